@@ -1,0 +1,64 @@
+# Beamline developer commands. `make help` lists them.
+#
+# Everything fetched (Python packages, Kafka jars, Prism) lands in .venv/ and
+# .cache/; stamp files make a second `make setup` do no network work.
+
+SHELL := /bin/bash
+PYTHON_BOOTSTRAP ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CACHE := .cache
+BEAM_VERSION := 2.77.0
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+
+.PHONY: help setup demo test test-fast lint format bench clean-state
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+setup: $(VENV)/.installed $(CACHE)/kafka/.installed $(CACHE)/bin/prism ## Create .venv and fetch Kafka jars and Prism (cached)
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt setup.py
+	test -x $(PY) || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+$(CACHE)/kafka/.installed: infra/kafka/pom.xml
+	rm -rf $(CACHE)/kafka/libs
+	mvn -q -B -f infra/kafka/pom.xml dependency:copy-dependencies \
+	    -DoutputDirectory=$(CURDIR)/$(CACHE)/kafka/libs -DincludeScope=runtime
+	touch $@
+
+$(CACHE)/bin/prism:
+	mkdir -p $(CACHE)/bin
+	GOBIN=$(CURDIR)/$(CACHE)/bin go install github.com/apache/beam/sdks/v2/go/cmd/prism@v$(BEAM_VERSION)
+
+demo: setup ## Start a local broker, produce sample events, run the inventory pipeline, query it
+	$(VENV)/bin/beamline demo
+
+test: setup ## Set up, then run the whole test suite (fails if no test ran)
+	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+test-fast: setup ## Run the fast tier only (skips tests marked slow)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+lint: setup ## ruff check and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup ## Apply ruff formatting and safe fixes
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: setup ## Run the benchmarks and rewrite bench/RESULTS.md
+	$(PY) -m bench
+
+clean-state: ## Stop the local broker and delete local state (.beamline/)
+	-$(VENV)/bin/beamline kafka stop
+	rm -rf .beamline

@@ -1,0 +1,1 @@
+"""Local services Beamline runs for users and tests: the Kafka broker, Prism, Flink."""

@@ -1,0 +1,377 @@
+"""A real Apache Kafka broker (KRaft, one node) run with ``java``.
+
+The broker is the event log, so its data lives on disk in a data folder that
+outlives the process: ``stop`` keeps it and ``start`` on the same folder brings
+every record back. The jars come from the project cache (``make setup``); the
+broker's configuration is written into the data folder, so a folder is
+self-describing and can be started again without remembering options.
+
+Layout of a data folder::
+
+    server.properties    broker + controller configuration
+    log4j2.properties    logging to broker.log
+    broker.pid           pid of the running broker (absent when stopped)
+    broker.log           the broker's own log
+    logs/                Kafka's log segments (the data)
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from infra.paths import kafka_libs_dir, state_dir
+from transforms.errors import ServiceError, SetupMissing
+
+__all__ = [
+    "BrokerStatus",
+    "KafkaBroker",
+    "find_java",
+    "free_port",
+    "port_is_free",
+    "wait_for_kafka",
+]
+
+DEFAULT_PORT = 9092
+READY_TIMEOUT_S = 90.0
+STOP_TIMEOUT_S = 60.0
+
+
+def default_data_dir() -> Path:
+    return state_dir() / "kafka"
+
+
+def find_java() -> str:
+    """The ``java`` to run the broker with: ``$JAVA_HOME/bin/java`` or the PATH's."""
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home:
+        candidate = Path(java_home) / "bin" / "java"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    found = shutil.which("java")
+    if not found:
+        raise ServiceError(
+            "Java not found: install a JDK 17 or newer and put `java` on PATH (or set JAVA_HOME)"
+        )
+    return found
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True when nothing listens on ``host:port`` and we may bind it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the OS reports free right now (for tests and controller listeners)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_kafka(bootstrap_servers: str, timeout_s: float = 10.0) -> None:
+    """Block until a broker answers a metadata request, or raise KafkaUnavailable.
+
+    A bounded wait: callers get a clear error instead of a client that retries
+    forever against an address where nothing listens.
+    """
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    from transforms.errors import KafkaUnavailable
+
+    deadline = time.monotonic() + timeout_s
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        remaining_ms = max(1000, int((deadline - time.monotonic()) * 1000))
+        try:
+            admin = KafkaAdminClient(
+                bootstrap_servers=bootstrap_servers,
+                request_timeout_ms=min(remaining_ms, 5000),
+                bootstrap_timeout_ms=min(remaining_ms, 3000),
+            )
+        except (KafkaError, OSError, ValueError) as exc:
+            last_error = exc
+            time.sleep(0.2)
+            continue
+        try:
+            admin.describe_cluster()
+            return
+        except (KafkaError, OSError) as exc:
+            last_error = exc
+            time.sleep(0.2)
+        finally:
+            admin.close()
+    raise KafkaUnavailable(
+        f"no Kafka broker answered at {bootstrap_servers} within {timeout_s:.0f}s "
+        f"({type(last_error).__name__ if last_error else 'timeout'}); start one with "
+        "`beamline kafka start` or pass --bootstrap-servers HOST:PORT"
+    )
+
+
+@dataclass(frozen=True)
+class BrokerStatus:
+    running: bool
+    pid: int | None
+    port: int | None
+    data_dir: Path
+
+    @property
+    def bootstrap_servers(self) -> str | None:
+        return f"127.0.0.1:{self.port}" if self.port else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); reap it so it reads as dead.
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+def _random_cluster_id() -> str:
+    """Kafka's cluster id format: 16 random bytes, URL-safe base64, no padding."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+class KafkaBroker:
+    """Start, stop and inspect one local KRaft broker rooted in ``data_dir``."""
+
+    def __init__(self, data_dir: Path | str | None = None, *, heap: str = "1g") -> None:
+        self.data_dir = Path(data_dir) if data_dir else default_data_dir()
+        self.heap = heap
+
+    # -- files in the data folder -------------------------------------------------
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "broker.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "broker.log"
+
+    @property
+    def config_file(self) -> Path:
+        return self.data_dir / "server.properties"
+
+    @property
+    def segments_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    def _read_pid(self) -> int | None:
+        try:
+            return int(self.pid_file.read_text().split()[0])
+        except (FileNotFoundError, ValueError, IndexError):
+            return None
+
+    def _configured_port(self) -> int | None:
+        try:
+            for line in self.config_file.read_text().splitlines():
+                if line.startswith("advertised.listeners="):
+                    return int(line.rsplit(":", 1)[1])
+        except (FileNotFoundError, ValueError):
+            return None
+        return None
+
+    # -- public API ---------------------------------------------------------------
+    def status(self) -> BrokerStatus:
+        pid = self._read_pid()
+        running = pid is not None and _pid_alive(pid)
+        return BrokerStatus(running, pid if running else None, self._configured_port(), self.data_dir)
+
+    def start(self, port: int = DEFAULT_PORT, *, timeout_s: float = READY_TIMEOUT_S) -> BrokerStatus:
+        """Start the broker and return once it answers metadata requests."""
+        current = self.status()
+        if current.running:
+            raise ServiceError(
+                f"a broker is already running from {self.data_dir} (pid {current.pid}, "
+                f"port {current.port}); use it, or run `beamline kafka stop` first"
+            )
+        java = find_java()
+        libs = kafka_libs_dir()
+        if not any(libs.glob("kafka_2.13-*.jar")):
+            raise SetupMissing(f"Kafka broker jars not found in {libs}; run `make setup` first")
+        if not port_is_free(port):
+            raise ServiceError(
+                f"port {port} is already in use by another program; "
+                "pass --port with a free port or stop what listens there"
+            )
+        self._prepare_data_dir()
+        controller_port = free_port()
+        self._write_config(port, controller_port)
+        if not (self.segments_dir / "meta.properties").exists():
+            self._format_storage(java, libs)
+
+        cmd = [
+            java,
+            "-Xms256m",
+            f"-Xmx{self.heap}",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
+            f"-Dkafka.logs.dir={self.data_dir}",
+            "-cp",
+            f"{libs}/*",
+            "kafka.Kafka",
+            str(self.config_file),
+        ]
+        with open(self.log_file, "ab") as log:
+            process = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # survives the CLI that started it
+            )
+        self.pid_file.write_text(f"{process.pid}\n")
+        bootstrap = f"127.0.0.1:{port}"
+        deadline = time.monotonic() + timeout_s
+        from transforms.errors import KafkaUnavailable
+
+        while True:
+            if process.poll() is not None:
+                self.pid_file.unlink(missing_ok=True)
+                raise ServiceError(
+                    f"the Kafka broker exited with code {process.returncode} while starting; "
+                    f"see {self.log_file}: {self._last_log_line()}"
+                )
+            try:
+                wait_for_kafka(bootstrap, timeout_s=min(5.0, max(1.0, deadline - time.monotonic())))
+                break
+            except KafkaUnavailable:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise ServiceError(
+                        f"the Kafka broker did not answer on {bootstrap} within {timeout_s:.0f}s; "
+                        f"see {self.log_file}"
+                    ) from None
+        return self.status()
+
+    def stop(self, *, timeout_s: float = STOP_TIMEOUT_S) -> bool:
+        """Stop the broker cleanly (SIGTERM, then wait). Returns False if none ran."""
+        pid = self._read_pid()
+        if pid is None or not _pid_alive(pid):
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while _pid_alive(pid):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                break
+            time.sleep(0.1)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def kill(self) -> None:
+        """Kill the broker without a clean shutdown (SIGKILL), as a crash would."""
+        pid = self._read_pid()
+        if pid is not None and _pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+            while _pid_alive(pid):
+                time.sleep(0.05)
+        self.pid_file.unlink(missing_ok=True)
+
+    # -- helpers ------------------------------------------------------------------
+    def _prepare_data_dir(self) -> None:
+        try:
+            self.segments_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.data_dir / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise ServiceError(
+                f"data dir {self.data_dir} is unusable ({exc.strerror or exc}); "
+                "pass --data-dir with a writable folder"
+            ) from None
+
+    def _write_config(self, port: int, controller_port: int) -> None:
+        settings = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(self.segments_dir),
+            "num.partitions": "4",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "4",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "auto.create.topics.enable": "false",
+            # The log is the source of truth: keep it until someone decides otherwise.
+            "log.retention.ms": "-1",
+            "message.max.bytes": str(8 * 1024 * 1024),
+        }
+        self.config_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+        (self.data_dir / "log4j2.properties").write_text(
+            "status = warn\n"
+            "appender.file.type = File\n"
+            "appender.file.name = file\n"
+            f"appender.file.fileName = {self.log_file}\n"
+            "appender.file.layout.type = PatternLayout\n"
+            "appender.file.layout.pattern = [%d] %p %m (%c)%n\n"
+            "rootLogger.level = INFO\n"
+            "rootLogger.appenderRef.file.ref = file\n"
+        )
+
+    def _format_storage(self, java: str, libs: Path) -> None:
+        result = subprocess.run(
+            [
+                java,
+                "-Xmx256m",
+                f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
+                "-cp",
+                f"{libs}/*",
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                _random_cluster_id(),
+                "-c",
+                str(self.config_file),
+                "--ignore-formatted",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            detail = (result.stderr or result.stdout).strip().splitlines()
+            raise ServiceError(
+                f"could not format Kafka storage in {self.segments_dir}: "
+                f"{detail[-1] if detail else 'exit ' + str(result.returncode)}"
+            )
+
+    def _last_log_line(self) -> str:
+        try:
+            lines = [ln for ln in self.log_file.read_text(errors="replace").splitlines() if ln.strip()]
+        except FileNotFoundError:
+            return "no log written"
+        errors = [ln for ln in lines if " ERROR " in ln or "Exception" in ln]
+        return (errors or lines or ["no log written"])[-1][:300]

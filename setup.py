@@ -1,0 +1,29 @@
+"""Packaging for Beamline.
+
+Installs the packages and the ``beamline`` command. Also usable as Beam's
+``--setup_file`` so remote workers (Flink task managers, a worker pool) get the
+same transforms and pinned dependencies.
+"""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+
+def read_requirements(name: str) -> list[str]:
+    lines = (HERE / name).read_text().splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.startswith(("#", "-r"))]
+
+
+setup(
+    name="beamline",
+    version="0.1.0",
+    description="Event-sourced, CQRS-style views from Kafka topics on Apache Beam",
+    python_requires=">=3.10",
+    packages=find_packages(include=["pipelines*", "transforms*", "infra*", "producers*", "readside*"]),
+    install_requires=read_requirements("requirements.txt"),
+    extras_require={"dev": read_requirements("requirements-dev.txt")},
+    entry_points={"console_scripts": ["beamline=pipelines.cli:main"]},
+)

@@ -1,0 +1,57 @@
+"""Shared fixtures: one real Kafka broker per test session, unique topics per test.
+
+The broker is the same :class:`infra.kafka_broker.KafkaBroker` that
+``beamline kafka start`` runs, on a free port with its data in a temp folder.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from infra.kafka_broker import KafkaBroker, free_port
+from infra.paths import prism_binary
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka"))
+    broker.start(free_port())
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def bootstrap_servers(kafka_broker: KafkaBroker) -> str:
+    bootstrap = kafka_broker.status().bootstrap_servers
+    assert bootstrap, "session broker has no port"
+    return bootstrap
+
+
+@pytest.fixture
+def make_topic(bootstrap_servers: str, request: pytest.FixtureRequest) -> Callable[..., str]:
+    """Factory: ``make_topic(partitions=4)`` creates a topic with a unique name."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    request.addfinalizer(admin.close)
+    prefix = request.node.name.split("[")[0][:40].replace("_", "-")
+
+    def create(partitions: int = 4, name: str | None = None) -> str:
+        topic = name or f"{prefix}-{uuid.uuid4().hex[:8]}"
+        admin.create_topics([NewTopic(topic, partitions, 1)])
+        return topic
+
+    return create
+
+
+@pytest.fixture(scope="session")
+def prism_location() -> str:
+    path = prism_binary()
+    if not Path(path).is_file():
+        pytest.fail(f"Prism not found at {path}; run `make setup`")
+    return str(path)

@@ -1,0 +1,1 @@
+"""Reusable Beam transforms: Kafka I/O, event decoding, per-key state, sinks."""
