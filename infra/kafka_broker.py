@@ -58,9 +58,7 @@ def find_java() -> str:
             return str(candidate)
     found = shutil.which("java")
     if not found:
-        raise ServiceError(
-            "Java not found: install a JDK 17 or newer and put `java` on PATH (or set JAVA_HOME)"
-        )
+        raise ServiceError("Java not found: install a JDK 17 or newer and put `java` on PATH (or set JAVA_HOME)")
     return found
 
 
@@ -181,7 +179,7 @@ class KafkaBroker:
     def _read_pid(self) -> int | None:
         try:
             return int(self.pid_file.read_text().split()[0])
-        except (FileNotFoundError, ValueError, IndexError):
+        except (OSError, ValueError, IndexError):
             return None
 
     def _configured_port(self) -> int | None:
@@ -189,7 +187,7 @@ class KafkaBroker:
             for line in self.config_file.read_text().splitlines():
                 if line.startswith("advertised.listeners="):
                     return int(line.rsplit(":", 1)[1])
-        except (FileNotFoundError, ValueError):
+        except (OSError, ValueError):
             return None
         return None
 
@@ -262,8 +260,7 @@ class KafkaBroker:
                 if time.monotonic() > deadline:
                     self.stop()
                     raise ServiceError(
-                        f"the Kafka broker did not answer on {bootstrap} within {timeout_s:.0f}s; "
-                        f"see {self.log_file}"
+                        f"the Kafka broker did not answer on {bootstrap} within {timeout_s:.0f}s; see {self.log_file}"
                     ) from None
         return self.status()
 
@@ -271,7 +268,8 @@ class KafkaBroker:
         """Stop the broker cleanly (SIGTERM, then wait). Returns False if none ran."""
         pid = self._read_pid()
         if pid is None or not _pid_alive(pid):
-            self.pid_file.unlink(missing_ok=True)
+            if pid is not None:
+                self.pid_file.unlink(missing_ok=True)
             return False
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
@@ -301,8 +299,7 @@ class KafkaBroker:
             probe.unlink()
         except OSError as exc:
             raise ServiceError(
-                f"data dir {self.data_dir} is unusable ({exc.strerror or exc}); "
-                "pass --data-dir with a writable folder"
+                f"data dir {self.data_dir} is unusable ({exc.strerror or exc}); pass --data-dir with a writable folder"
             ) from None
 
     def _write_config(self, port: int, controller_port: int) -> None:

@@ -1,0 +1,1 @@
+"""Runnable pipelines wired from `transforms`, and the `beamline` command line."""

@@ -1,0 +1,1 @@
+"""Sample-event producers: the command side that appends to the log."""
