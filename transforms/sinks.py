@@ -1,0 +1,353 @@
+"""Sinks into the warehouse: idempotent, versioned upserts of view rows.
+
+The warehouse is a folder of immutable Parquet files plus one immutable JSON
+manifest per snapshot. A commit writes new files, then a new manifest, then
+atomically replaces ``CURRENT`` (a one-line pointer to the newest manifest).
+Readers read ``CURRENT`` once and see exactly the files of that snapshot, so they
+never see half a commit and never take a lock. Writers in several processes
+serialise their commits with an exclusive ``fcntl`` lock on ``.lock`` (one host,
+local file system). Nothing is rewritten in place: compaction writes a new file
+and a new snapshot; old files stay until :meth:`Warehouse.expire_snapshots`
+removes snapshots older than a retention period, which bounds time travel.
+
+The format itself (layout, manifests, snapshots) is in :mod:`readside.snapshots`.
+
+Merge on read: a view is, per key, the stored row with the highest version. A
+commit keeps only the incoming rows whose version is higher than every stored
+version of their key, so a replayed or duplicated batch writes nothing and a
+lower version never hides a higher one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from readside.snapshots import (
+    CATALOG_SQL,
+    CURRENT_FILE,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    LOCK_FILE,
+    MARKER_FILE,
+    Snapshot,
+    WarehouseMissing,
+    catalog_sql,
+    check_root,
+    dedupe_sql,
+    list_snapshots,
+    load_snapshot,
+    manifest_name,
+    quote_ident,
+    read_manifest,
+)
+from transforms.errors import ConfigError
+from transforms.views import VIEWS, ViewSpec, get_view
+
+__all__ = ["CommitResult", "Warehouse", "WarehouseMissing", "WriteToWarehouse"]
+
+ROW_GROUP_SIZE = 32_768
+
+
+# -- the writer --------------------------------------------------------------------
+@dataclass(frozen=True)
+class CommitResult:
+    """What a commit did: the snapshot it made (None if nothing changed)."""
+
+    view: str
+    snapshot_id: int | None
+    rows_in: int
+    rows_written: int
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def _fsync_write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _coerce_timestamp(value: Any) -> Any:
+    # Beam's Timestamp carries its own conversion; datetimes and None pass through.
+    to_dt = getattr(value, "to_utc_datetime", None)
+    return to_dt(has_tz=True) if to_dt is not None else value
+
+
+class Warehouse:
+    """Writer of one warehouse folder; safe to use from several processes at once."""
+
+    def __init__(self, root: str | os.PathLike[str], *, max_files_per_view: int = 16) -> None:
+        self.root = Path(root).absolute()
+        self.max_files_per_view = max_files_per_view
+        self._thread_lock = threading.Lock()
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._init_layout()
+
+    # layout and locking
+    def _init_layout(self) -> None:
+        if self.root.exists() and not (self.root / MARKER_FILE).exists() and any(self.root.iterdir()):
+            raise WarehouseMissing(
+                f"{self.root} is not empty and is not a Beamline warehouse; pass an empty or new folder as --warehouse"
+            )
+        for sub in ("snapshots", *(f"data/{v}" for v in VIEWS)):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        with self._locked():
+            if not (self.root / CURRENT_FILE).exists():
+                self._publish(0, _now_us(), {v: () for v in VIEWS})
+            if not (self.root / MARKER_FILE).exists():
+                meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION}
+                tmp = self.root / f".{MARKER_FILE}.{uuid.uuid4().hex}"
+                _fsync_write(tmp, json.dumps(meta).encode())
+                os.replace(tmp, self.root / MARKER_FILE)
+        check_root(self.root)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._thread_lock, open(self.root / LOCK_FILE, "a+b") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+    def _connection(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            self._con = duckdb.connect(
+                config={"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+            )
+        return self._con
+
+    def close(self) -> None:
+        """Release the in-memory DuckDB connection used for merges."""
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+    def current(self) -> Snapshot:
+        """The newest committed snapshot."""
+        return load_snapshot(self.root)
+
+    # publishing
+    def _publish(self, snapshot_id: int, committed_at_us: int, files: Mapping[str, Sequence[tuple[str, int]]]) -> None:
+        doc = {
+            "snapshot_id": snapshot_id,
+            "committed_at_us": committed_at_us,
+            "views": {v: [{"path": p, "rows": n} for p, n in files.get(v, ())] for v in VIEWS},
+        }
+        name = manifest_name(snapshot_id, committed_at_us)
+        _fsync_write(self.root / "snapshots" / name, json.dumps(doc).encode())
+        snap = Snapshot(self.root, snapshot_id, committed_at_us, {v: tuple(files.get(v, ())) for v in VIEWS})
+        tmp_catalog = self.root / f".{CATALOG_SQL}.{uuid.uuid4().hex}"
+        tmp_catalog.write_text(catalog_sql(snap))
+        os.replace(tmp_catalog, self.root / CATALOG_SQL)
+        tmp = self.root / f".{CURRENT_FILE}.{uuid.uuid4().hex}"
+        _fsync_write(tmp, name.encode())
+        # The atomic step: readers see the old snapshot or the new one, never a mix.
+        os.replace(tmp, self.root / CURRENT_FILE)
+        _fsync_dir(self.root)
+
+    # committing
+    def to_arrow(self, view: str, rows: pa.Table | Iterable[Mapping[str, Any]]) -> pa.Table:
+        """Rows (dicts or an Arrow table) as a table with the view's storage schema."""
+        spec = get_view(view)
+        schema = spec.storage_schema
+        if isinstance(rows, pa.Table):
+            missing = [n for n in schema.names if n not in rows.column_names]
+            if missing:
+                raise ConfigError(f"rows for view {view!r} lack columns {missing}; expected {schema.names}")
+            return rows.select(schema.names).cast(schema)
+        ts_cols = [f.name for f in schema if pa.types.is_timestamp(f.type)]
+        columns: dict[str, list[Any]] = {n: [] for n in schema.names}
+        try:
+            for row in rows:
+                for n in schema.names:
+                    columns[n].append(row[n])
+        except KeyError as e:
+            raise ConfigError(f"a row for view {view!r} lacks column {e}; expected {schema.names}") from None
+        for n in ts_cols:
+            columns[n] = [_coerce_timestamp(v) for v in columns[n]]
+        return pa.table(columns, schema=schema)
+
+    def commit(self, view: str, rows: pa.Table | Iterable[Mapping[str, Any]]) -> CommitResult:
+        """Upsert rows into ``view`` as one snapshot; rows not newer than stored are dropped."""
+        spec = get_view(view)
+        batch = self.to_arrow(view, rows)
+        for k in (*spec.key, *([spec.version_column] if spec.version_column else [])):
+            if batch.column(k).null_count:
+                raise ConfigError(f"rows for view {view!r} have nulls in {k!r}; key and version columns are required")
+        if batch.num_rows == 0:
+            return CommitResult(view, None, 0, 0)
+        with self._locked():
+            parent = self.current()
+            con = self._connection()
+            fresh = self._newer_rows(con, spec, batch, parent.paths(view))
+            if fresh.num_rows == 0:
+                return CommitResult(view, None, batch.num_rows, 0)
+            sid = parent.snapshot_id + 1
+            files = {v: list(parent.files.get(v, ())) for v in VIEWS}
+            files[view].append((self._write_file(spec, sid, fresh), fresh.num_rows))
+            if len(files[view]) > self.max_files_per_view:
+                files[view] = self._compact(con, spec, sid, files[view])
+            self._publish(sid, max(_now_us(), parent.committed_at_us + 1), files)
+            return CommitResult(view, sid, batch.num_rows, fresh.num_rows)
+
+    def _newer_rows(
+        self, con: duckdb.DuckDBPyConnection, spec: ViewSpec, batch: pa.Table, paths: list[str]
+    ) -> pa.Table:
+        con.register("_batch", batch)
+        try:
+            deduped = dedupe_sql(spec, "_batch", visible_only=False)
+            order = ", ".join(quote_ident(k) for k in spec.key)
+            if not paths:
+                return con.sql(f"SELECT * FROM ({deduped}) ORDER BY {order}").to_arrow_table()
+            con.read_parquet(paths).create_view("_stored", replace=True)
+            match = " AND ".join(f"s.{quote_ident(k)} = b.{quote_ident(k)}" for k in spec.key)
+            if spec.version_column is not None:
+                ver = quote_ident(spec.version_column)
+                match += f" AND s.{ver} >= b.{ver}"
+            newer = f"SELECT b.* FROM ({deduped}) b WHERE NOT EXISTS (SELECT 1 FROM _stored s WHERE {match})"
+            return con.sql(f"{newer} ORDER BY {order}").to_arrow_table()
+        finally:
+            con.unregister("_batch")
+
+    def _write_file(self, spec: ViewSpec, sid: int, table: pa.Table) -> str:
+        rel = f"data/{spec.name}/{sid:012d}-{uuid.uuid4().hex}.parquet"
+        path = self.root / rel
+        pq.write_table(table.cast(spec.storage_schema), path, row_group_size=ROW_GROUP_SIZE, compression="zstd")
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+        return rel
+
+    def _compact(
+        self, con: duckdb.DuckDBPyConnection, spec: ViewSpec, sid: int, files: list[tuple[str, int]]
+    ) -> list[tuple[str, int]]:
+        """Merge small files into one; merge everything once the small ones are a quarter of the largest."""
+        largest = max(files, key=lambda f: f[1])
+        small = [f for f in files if f is not largest]
+        chosen = files if sum(n for _, n in small) * 4 >= largest[1] else small
+        con.read_parquet([str(self.root / p) for p, _ in chosen]).create_view("_compact", replace=True)
+        order = ", ".join(quote_ident(k) for k in spec.key)
+        merged = con.sql(f"SELECT * FROM ({dedupe_sql(spec, '_compact', visible_only=False)}) ORDER BY {order}")
+        table = merged.to_arrow_table()
+        kept = [f for f in files if f not in chosen]
+        return [*kept, (self._write_file(spec, sid, table), table.num_rows)]
+
+    def compact(self, view: str | None = None) -> int | None:
+        """Merge every view's files into one per view now; returns the new snapshot id."""
+        with self._locked():
+            parent = self.current()
+            files = {v: list(parent.files.get(v, ())) for v in VIEWS}
+            changed = False
+            for v in [view] if view else list(VIEWS):
+                if len(files[v]) > 1:
+                    keep_limit, self.max_files_per_view = self.max_files_per_view, 0
+                    try:
+                        files[v] = self._compact(self._connection(), get_view(v), parent.snapshot_id + 1, files[v])
+                    finally:
+                        self.max_files_per_view = keep_limit
+                    changed = True
+            if not changed:
+                return None
+            sid = parent.snapshot_id + 1
+            self._publish(sid, max(_now_us(), parent.committed_at_us + 1), files)
+            return sid
+
+    def expire_snapshots(self, retain: dt.timedelta) -> int:
+        """Delete snapshots older than ``retain`` and files no kept snapshot uses; bounds time travel."""
+        cutoff = _now_us() - int(retain.total_seconds() * 1_000_000)
+        removed = 0
+        with self._locked():
+            snaps = list_snapshots(self.root)
+            current = (self.root / CURRENT_FILE).read_text().strip()
+            keep = [s for s in snaps if s[1] >= cutoff or s[2] == current]
+            for s in snaps:
+                if s not in keep:
+                    (self.root / "snapshots" / s[2]).unlink()
+                    removed += 1
+            used = {
+                rel for s in keep for entries in read_manifest(self.root, s[2]).files.values() for rel, _ in entries
+            }
+            # Under the lock no commit is half done, so an unlisted file is garbage.
+            for v in VIEWS:
+                for f in (self.root / "data" / v).iterdir():
+                    if f"data/{v}/{f.name}" not in used:
+                        f.unlink()
+        return removed
+
+
+# -- the Beam sink -----------------------------------------------------------------
+class _CommitBatchesFn(beam.DoFn):
+    """Buffers a bundle's rows and commits them as one snapshot (or several if large)."""
+
+    def __init__(self, warehouse_dir: str, view: str, max_batch_rows: int) -> None:
+        self._dir = warehouse_dir
+        self._view = view
+        self._max = max_batch_rows
+        self._rows: list[Mapping[str, Any]] = []
+        self._warehouse: Warehouse | None = None
+
+    def setup(self) -> None:
+        self._warehouse = Warehouse(self._dir)
+
+    def start_bundle(self) -> None:
+        self._rows = []
+
+    def process(self, row: Mapping[str, Any]) -> None:
+        # beam.Row and NamedTuples arrive as objects; the writer wants mappings.
+        self._rows.append(row if isinstance(row, Mapping) else row._asdict())
+        if len(self._rows) >= self._max:
+            self._flush()
+
+    def finish_bundle(self) -> None:
+        # A retried bundle commits the same rows again: versions make that a no-op.
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._rows and self._warehouse is not None:
+            self._warehouse.commit(self._view, self._rows)
+        self._rows = []
+
+    def teardown(self) -> None:
+        if self._warehouse is not None:
+            self._warehouse.close()
+
+
+class WriteToWarehouse(beam.PTransform):
+    """Upsert dict rows of one view into a warehouse folder, one snapshot per bundle."""
+
+    def __init__(self, warehouse_dir: str, view: str, max_batch_rows: int = 100_000) -> None:
+        super().__init__()
+        get_view(view)
+        self._dir = str(warehouse_dir)
+        self._view = view
+        self._max = max_batch_rows
+
+    def expand(self, pcoll: beam.PCollection) -> beam.PCollection:
+        return pcoll | f"Commit[{self._view}]" >> beam.ParDo(_CommitBatchesFn(self._dir, self._view, self._max))

@@ -1,0 +1,123 @@
+"""The registry of views: one frozen spec per table a user queries.
+
+A view is defined once here (name, contract columns with Arrow types, key, and
+what orders its updates) so the sinks, the read side and the tests agree on it.
+The version column decides which of two rows for the same key wins: a row
+replaces the stored one only if its version is higher, which is what makes
+replays and retried bundles harmless. A *hidden* version column is stored in
+the Parquet files but never shown to users; ``None`` means insert-once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from transforms.errors import ConfigError
+
+__all__ = [
+    "DEAD_LETTERS",
+    "INVENTORY",
+    "SALES_BY_WINDOW",
+    "VIEWS",
+    "WORD_COUNTS",
+    "ViewSpec",
+    "get_view",
+]
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """A view: contract columns, key, and the column that orders its updates."""
+
+    name: str
+    columns: tuple[tuple[str, pa.DataType], ...]
+    key: tuple[str, ...]
+    version_column: str | None
+    version_hidden: bool = False
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        """The contract columns, in the order users see them."""
+        return tuple(name for name, _ in self.columns)
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The contract schema users see when they query the view."""
+        return pa.schema([pa.field(name, dtype) for name, dtype in self.columns])
+
+    @property
+    def storage_schema(self) -> pa.Schema:
+        """The schema of the Parquet files: contract columns plus a hidden version."""
+        if self.version_hidden and self.version_column:
+            return self.schema.append(pa.field(self.version_column, pa.int64()))
+        return self.schema
+
+
+INVENTORY = ViewSpec(
+    name="inventory",
+    columns=(
+        ("store_id", pa.string()),
+        ("item_id", pa.string()),
+        ("on_hand", pa.int64()),
+        ("shipped", pa.int64()),
+        ("sold", pa.int64()),
+        ("events", pa.int64()),
+        ("last_event_time", TIMESTAMP),
+    ),
+    key=("store_id", "item_id"),
+    # The number of distinct events applied to the key only grows.
+    version_column="events",
+)
+
+SALES_BY_WINDOW = ViewSpec(
+    name="sales_by_window",
+    columns=(
+        ("window_start", TIMESTAMP),
+        ("window_end", TIMESTAMP),
+        ("store_id", pa.string()),
+        ("item_id", pa.string()),
+        ("units", pa.int64()),
+    ),
+    key=("window_start", "window_end", "store_id", "item_id"),
+    # How many distinct sales the window holds when the row is emitted. Like units it
+    # only grows with the log's content (never with retries or restarts), so a
+    # replay, a restart or a batch backfill after streaming can only move a window
+    # forward; a pane index would restart at 1 after a crash and be ignored.
+    version_column="sales",
+    version_hidden=True,
+)
+
+WORD_COUNTS = ViewSpec(
+    name="word_counts",
+    columns=(("word", pa.string()), ("count", pa.int64())),
+    key=("word",),
+    version_column="count",
+)
+
+DEAD_LETTERS = ViewSpec(
+    name="dead_letters",
+    columns=(
+        ("source_topic", pa.string()),
+        ("partition", pa.int32()),
+        ("offset", pa.int64()),
+        ("error", pa.string()),
+        ("payload", pa.binary()),
+    ),
+    key=("source_topic", "partition", "offset"),
+    # A record's position in the log identifies it: written once, never replaced.
+    version_column=None,
+)
+
+VIEWS: dict[str, ViewSpec] = {v.name: v for v in (INVENTORY, SALES_BY_WINDOW, WORD_COUNTS, DEAD_LETTERS)}
+
+
+def get_view(name: str) -> ViewSpec:
+    """The spec of view ``name``, or a one-line error listing the views that exist."""
+    try:
+        return VIEWS[name]
+    except KeyError:
+        raise ConfigError(f"unknown view {name!r}; views: {', '.join(VIEWS)}") from None
