@@ -1,0 +1,388 @@
+"""Event types, their validation, and the dead letters that invalid records become.
+
+A shipment or sale is one UTF-8 JSON object per Kafka record (see the contract in
+DESIGN.md). :func:`parse_event` checks one record and returns either the event or a
+:class:`DeadLetter`; it never raises, because one bad record must not stop a
+pipeline. :class:`DecodeEvents` wraps it as a PTransform with a tagged dead-letter
+output.
+
+Time: ``event_time`` is kept as integer microseconds since the Unix epoch (UTC).
+That is exactly the resolution of a Beam timestamp, compares and hashes cheaply, and
+has no timezone to get wrong; :func:`micros_to_datetime` turns it into an aware UTC
+datetime for rows.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Literal, TypeAlias
+
+import apache_beam as beam
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import Timestamp
+
+from transforms.kafka import KafkaRecord
+
+__all__ = [
+    "DEAD_LETTERS_TAG",
+    "EVENTS_TAG",
+    "MAX_QUANTITY",
+    "DeadLetter",
+    "DecodeEvents",
+    "Event",
+    "EventKind",
+    "Sale",
+    "Shipment",
+    "dead_letter_to_kafka",
+    "dead_letter_to_row",
+    "event_payload",
+    "micros_to_datetime",
+    "parse_event",
+    "parse_rfc3339",
+]
+
+EVENTS_TAG = "events"
+DEAD_LETTERS_TAG = "dead_letters"
+
+# Quantities must fit a signed 64-bit column in the warehouse.
+MAX_QUANTITY = 2**63 - 1
+# Integer literals longer than this are not converted at all: int() on a
+# 100k-digit string is slow, and no valid quantity is that long.
+_MAX_INT_DIGITS = 20
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+EventKind: TypeAlias = Literal["shipment", "sale"]
+
+
+@dataclass(frozen=True)
+class _EventFields:
+    """Fields shared by every retail event.
+
+    The provenance fields (``source_topic``, ``partition``, ``offset``, ``payload``)
+    say where the event was read; they take no part in equality, so two reads of
+    the same event compare equal.
+    """
+
+    event_id: str
+    store_id: str
+    item_id: str
+    quantity: int
+    event_time: int  # microseconds since the epoch, UTC
+    source_topic: str = field(default="", compare=False)
+    partition: int = field(default=-1, compare=False)
+    offset: int = field(default=-1, compare=False)
+    payload: bytes = field(default=b"", compare=False, repr=False)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """The (store_id, item_id) key of the views this event updates."""
+        return (self.store_id, self.item_id)
+
+
+@dataclass(frozen=True)
+class Shipment(_EventFields):
+    """Stock arriving at a store: adds ``quantity`` to on_hand."""
+
+    kind: EventKind = field(default="shipment", init=False, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Sale(_EventFields):
+    """Stock leaving a store: subtracts ``quantity`` from on_hand."""
+
+    kind: EventKind = field(default="sale", init=False, repr=False, compare=False)
+
+
+Event: TypeAlias = Shipment | Sale
+_EVENT_TYPES: dict[str, type[Shipment] | type[Sale]] = {"shipment": Shipment, "sale": Sale}
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A record that could not be applied, with where it came from and why.
+
+    ``payload`` is the raw record value (``b""`` for a null value; the error says
+    so). Dead letters are data: they go to the ``dead-letters`` topic and the
+    ``dead_letters`` view.
+    """
+
+    source_topic: str
+    partition: int
+    offset: int
+    error: str
+    payload: bytes
+
+
+class _Invalid(ValueError):
+    """Internal: a record breaks the contract; the message becomes the error."""
+
+
+class _HugeInt(str):
+    """An integer literal too long to convert; kept as its text, never used."""
+
+
+def _parse_int(text: str) -> int | _HugeInt:
+    return _HugeInt(text) if len(text.lstrip("-")) > _MAX_INT_DIGITS else int(text)
+
+
+def _reject_constant(name: str) -> Any:
+    raise _Invalid(f"not JSON: {name} is not a JSON number")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # RFC 8259 leaves duplicate names undefined; readers disagree on which wins.
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise _Invalid(f"duplicate field {name!r} in JSON object")
+            seen.add(name)
+    return obj
+
+
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d+)?(?:([Zz])|([+-])(\d{2}):(\d{2}))",
+    re.ASCII,
+)
+
+
+def parse_rfc3339(text: str) -> int:
+    """Parse an RFC 3339 date-time that carries an offset; return UTC epoch micros.
+
+    Stricter than ``datetime.fromisoformat``: the offset is required (a time
+    without one is ambiguous), and only the RFC 3339 profile is accepted.
+    Fractions finer than a microsecond are truncated. Raises ValueError.
+    """
+    m = _RFC3339.fullmatch(text)
+    if not m:
+        raise ValueError(f"event_time {text!r} is not RFC 3339 with an offset (e.g. 2026-11-26T10:00:00Z)")
+    year, month, day, hour, minute, second = (int(m.group(i)) for i in range(1, 7))
+    if second == 60:
+        raise ValueError(f"event_time {text!r}: leap seconds are not supported")
+    micros = int((m.group(7) or ".0")[1:7].ljust(6, "0"))
+    if m.group(8):
+        offset = timedelta(0)
+    else:
+        oh, om = int(m.group(10)), int(m.group(11))
+        if oh > 23 or om > 59:
+            raise ValueError(f"event_time {text!r}: offset out of range")
+        offset = timedelta(hours=oh, minutes=om) * (-1 if m.group(9) == "-" else 1)
+    try:
+        local = datetime(year, month, day, hour, minute, second, micros, tzinfo=timezone(offset))
+        utc = local.astimezone(timezone.utc)
+    except (ValueError, OverflowError) as exc:
+        raise ValueError(f"event_time {text!r}: {exc}") from None
+    delta = utc - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def micros_to_datetime(micros: int) -> datetime:
+    """Epoch microseconds to an aware UTC datetime (the type rows carry)."""
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+def _string_field(obj: dict[str, Any], name: str) -> str:
+    value = obj.get(name)
+    if name not in obj:
+        raise _Invalid(f"missing field {name!r}")
+    if not isinstance(value, str):
+        raise _Invalid(f"field {name!r} must be a string, got {_json_type(value)}")
+    if not value:
+        raise _Invalid(f"field {name!r} must not be empty")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            # "\ud800" escapes decode to lone surrogates, which no sink can store.
+            raise _Invalid(f"field {name!r} contains a lone surrogate escape") from None
+    return value
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, _HugeInt):
+        return "integer"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number with fraction or exponent"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def _quantity(obj: dict[str, Any]) -> int:
+    if "quantity" not in obj:
+        raise _Invalid("missing field 'quantity'")
+    value = obj["quantity"]
+    if isinstance(value, _HugeInt):
+        raise _Invalid(f"quantity out of range (at most {MAX_QUANTITY})")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Invalid(f"quantity must be a JSON integer, got {_json_type(value)}")
+    if value <= 0:
+        raise _Invalid(f"quantity must be > 0, got {value}")
+    if value > MAX_QUANTITY:
+        raise _Invalid(f"quantity out of range (at most {MAX_QUANTITY})")
+    return value
+
+
+def _decode_object(value: bytes | None) -> dict[str, Any]:
+    if value is None:
+        raise _Invalid("null value (tombstone): expected a JSON object")
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _Invalid(f"invalid UTF-8 at byte {exc.start}") from None
+    try:
+        obj = json.loads(
+            text,
+            parse_int=_parse_int,
+            parse_constant=_reject_constant,
+            object_pairs_hook=_unique_keys,
+        )
+    except _Invalid:
+        raise
+    except RecursionError:
+        raise _Invalid("not JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError is a ValueError
+        raise _Invalid(f"not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise _Invalid(f"not a JSON object: got {_json_type(obj)}")
+    return obj
+
+
+def parse_event(record: KafkaRecord, kind: EventKind, *, keep_payload: bool = True) -> Shipment | Sale | DeadLetter:
+    """Validate one record as a ``kind`` event; a broken record becomes a DeadLetter.
+
+    Never raises for bad input: anything the record contains is turned into an
+    error string, so a poison record cannot stop the pipeline. ``keep_payload``
+    keeps the raw bytes on the event so that a later stage (the dedupe horizon)
+    can still dead-letter it with its original payload.
+    """
+    cls = _EVENT_TYPES[kind]
+    try:
+        obj = _decode_object(record.value)
+        event_id = _string_field(obj, "event_id")
+        store_id = _string_field(obj, "store_id")
+        item_id = _string_field(obj, "item_id")
+        quantity = _quantity(obj)
+        if "event_time" not in obj:
+            raise _Invalid("missing field 'event_time'")
+        raw_time = obj["event_time"]
+        if not isinstance(raw_time, str):
+            raise _Invalid(f"field 'event_time' must be a string, got {_json_type(raw_time)}")
+        try:
+            event_time = parse_rfc3339(raw_time)
+        except ValueError as exc:
+            raise _Invalid(str(exc)) from None
+    except _Invalid as exc:
+        return _dead(record, str(exc))
+    except Exception as exc:  # a bug here must still not stop the pipeline
+        return _dead(record, f"unexpected {type(exc).__name__} while decoding: {exc}")
+    return cls(
+        event_id=event_id,
+        store_id=store_id,
+        item_id=item_id,
+        quantity=quantity,
+        event_time=event_time,
+        source_topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        payload=(record.value or b"") if keep_payload else b"",
+    )
+
+
+def _dead(record: KafkaRecord, error: str) -> DeadLetter:
+    return DeadLetter(record.topic, record.partition, record.offset, error, record.value or b"")
+
+
+def event_payload(event: Shipment | Sale) -> bytes:
+    """The event's raw payload, or a canonical JSON re-encoding if it was not kept."""
+    if event.payload:
+        return event.payload
+    when = micros_to_datetime(event.event_time).isoformat().replace("+00:00", "Z")
+    body = {
+        "event_id": event.event_id,
+        "store_id": event.store_id,
+        "item_id": event.item_id,
+        "quantity": event.quantity,
+        "event_time": when,
+    }
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def dead_letter_to_row(dead: DeadLetter) -> dict[str, Any]:
+    """A row for the ``dead_letters`` view (payload stays raw bytes)."""
+    return {
+        "source_topic": dead.source_topic,
+        "partition": dead.partition,
+        "offset": dead.offset,
+        "error": dead.error,
+        "payload": dead.payload,
+    }
+
+
+def dead_letter_to_kafka(dead: DeadLetter) -> tuple[bytes, bytes]:
+    """A (key, value) pair for the ``dead-letters`` topic.
+
+    The key ``<topic>:<partition>:<offset>`` names the source record, so a replay
+    writes the same key again (compaction keeps one). The value is a JSON object
+    with the view's fields; ``payload`` is base64 (standard alphabet, padded)
+    because the raw bytes need not be UTF-8.
+    """
+    key = f"{dead.source_topic}:{dead.partition}:{dead.offset}".encode()
+    value = {
+        "source_topic": dead.source_topic,
+        "partition": dead.partition,
+        "offset": dead.offset,
+        "error": dead.error,
+        "payload": base64.b64encode(dead.payload).decode("ascii"),
+        "payload_encoding": "base64",
+    }
+    return key, json.dumps(value, ensure_ascii=False).encode("utf-8")
+
+
+class _DecodeFn(beam.DoFn):
+    def __init__(self, kind: EventKind, keep_payload: bool) -> None:
+        self._kind = kind
+        self._keep_payload = keep_payload
+        self._dead = beam.metrics.Metrics.counter("beamline", f"{kind}_dead_letters")
+
+    def process(self, record: KafkaRecord):  # type: ignore[override]
+        result = parse_event(record, self._kind, keep_payload=self._keep_payload)
+        if isinstance(result, DeadLetter):
+            self._dead.inc()
+            yield beam.pvalue.TaggedOutput(DEAD_LETTERS_TAG, result)
+        else:
+            yield TimestampedValue(result, Timestamp(micros=result.event_time))
+
+
+class DecodeEvents(beam.PTransform):
+    """KafkaRecords -> events timestamped at their event_time, plus dead letters.
+
+    Returns a tuple-like result: ``events, dead = records | DecodeEvents("sale")``
+    (also ``result.events`` / ``result.dead_letters``).
+    """
+
+    def __init__(self, kind: EventKind, *, keep_payload: bool = True) -> None:
+        super().__init__()
+        if kind not in _EVENT_TYPES:
+            raise ValueError(f"kind must be 'shipment' or 'sale', not {kind!r}")
+        self._kind = kind
+        self._keep_payload = keep_payload
+
+    def expand(self, records: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+        return records | beam.ParDo(_DecodeFn(self._kind, self._keep_payload)).with_outputs(
+            DEAD_LETTERS_TAG, main=EVENTS_TAG
+        )
