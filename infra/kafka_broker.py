@@ -25,6 +25,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from transforms.errors import ServiceError, SetupMissing
 __all__ = [
     "BrokerStatus",
     "KafkaBroker",
+    "ensure_topics",
     "find_java",
     "free_port",
     "port_is_free",
@@ -120,6 +122,29 @@ def wait_for_kafka(bootstrap_servers: str, timeout_s: float = 10.0) -> None:
     )
 
 
+def ensure_topics(
+    bootstrap_servers: str, names: Iterable[str], partitions: int = 4, *, timeout_s: float = 10.0
+) -> list[str]:
+    """Create the topics that do not exist yet; return the names created."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    wait_for_kafka(bootstrap_servers, timeout_s=timeout_s)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    try:
+        existing = set(admin.list_topics())
+        missing = sorted(set(names) - existing)
+        if missing:
+            try:
+                admin.create_topics([NewTopic(name, partitions, 1) for name in missing])
+            except TopicAlreadyExistsError:
+                pass  # another producer created it between our list and create
+        return missing
+    finally:
+        admin.close()
+
+
 @dataclass(frozen=True)
 class BrokerStatus:
     running: bool
@@ -149,7 +174,10 @@ def _pid_alive(pid: int) -> bool:
 
 def _random_cluster_id() -> str:
     """Kafka's cluster id format: 16 random bytes, URL-safe base64, no padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):  # a leading dash would read as an option
+            return cluster_id
 
 
 class KafkaBroker:
@@ -348,8 +376,7 @@ class KafkaBroker:
                 f"{libs}/*",
                 "kafka.tools.StorageTool",
                 "format",
-                "-t",
-                _random_cluster_id(),
+                f"--cluster-id={_random_cluster_id()}",
                 "-c",
                 str(self.config_file),
                 "--ignore-formatted",

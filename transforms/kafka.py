@@ -1,13 +1,86 @@
 """Kafka I/O for Beam in pure Python (kafka-python): ReadFromKafka, WriteToKafka.
 
-(Being written: only the record type is here yet.)
+Beam's own Kafka connector for Python is a Java cross-language transform; this
+one runs on any portable runner with only kafka-python. The read is a
+splittable DoFn: one element per partition, a restriction that is a range of
+offsets, and a watermark per partition. The same transform serves streaming
+(``stop=None``) and backfill (``stop="end"``): a backfill reads up to the end
+offsets seen when the read starts and then finishes on its own.
 """
 
 from __future__ import annotations
 
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NamedTuple
 
-__all__ = ["KafkaRecord"]
+import apache_beam as beam
+from apache_beam.coders import PickleCoder
+from apache_beam.io.iobase import RestrictionTracker, WatermarkEstimator
+from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.core import RestrictionProvider, WatermarkEstimatorProvider
+from apache_beam.transforms.periodicsequence import PeriodicImpulse
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
+from apache_beam.transforms.window import GlobalWindow, TimestampedValue
+from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
+
+from transforms.errors import BeamlineError, ConfigError, KafkaUnavailable
+
+__all__ = [
+    "METRICS_NAMESPACE",
+    "KafkaRecord",
+    "KafkaWriteError",
+    "ReadFromKafka",
+    "WriteToKafka",
+]
+
+# Beam metrics: counters ``<topic>.records_read`` / ``<topic>.bytes_read`` and
+# gauges ``<topic>.<partition>.lag`` (records between position and high watermark).
+METRICS_NAMESPACE = "beamline.kafka"
+_LOG = logging.getLogger(__name__)
+# The upper bound of an unbounded restriction: "no stop offset".
+_UNBOUNDED_STOP = sys.maxsize
+_START_MODES = ("earliest", "latest", "committed")
+# Settings the reader owns: records are bytes, and offsets are committed only
+# after a bundle's output is durable (bundle finalization), never by a timer.
+# Where to start is ``start``/``start_fallback``, so kafka-python's own reset is not ours to set.
+_READER_OWNED_KEYS = frozenset({"key_deserializer", "value_deserializer", "enable_auto_commit", "auto_offset_reset"})
+_WRITER_OWNED_KEYS = frozenset({"key_serializer", "value_serializer"})
+
+# Connection and security settings a producer config shares with the consumer
+# used to check the topic when a WriteToKafka is built.
+_SHARED_CLIENT_KEYS = frozenset(
+    {
+        "client_id",
+        "security_protocol",
+        "ssl_context",
+        "ssl_check_hostname",
+        "ssl_cafile",
+        "ssl_certfile",
+        "ssl_keyfile",
+        "ssl_password",
+        "ssl_crlfile",
+        "ssl_ciphers",
+        "sasl_mechanism",
+        "sasl_plain_username",
+        "sasl_plain_password",
+        "sasl_kerberos_name",
+        "sasl_kerberos_service_name",
+        "sasl_kerberos_domain_name",
+        "sasl_oauth_token_provider",
+        "api_version",
+    }
+)
+
+StartSpec = str | datetime | Mapping[tuple[str, int], int]
+StopSpec = str | datetime | Mapping[tuple[str, int], int] | None
 
 
 @dataclass(frozen=True)
@@ -25,3 +98,901 @@ class KafkaRecord:
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes | None], ...] = ()
+
+
+class KafkaWriteError(BeamlineError):
+    """The broker did not acknowledge written records; the bundle fails and is retried."""
+
+
+# -- configuration -----------------------------------------------------------------
+
+
+def _known_consumer_keys() -> frozenset[str]:
+    from kafka import KafkaConsumer
+
+    return frozenset(KafkaConsumer.DEFAULT_CONFIG)
+
+
+def _known_producer_keys() -> frozenset[str]:
+    from kafka import KafkaProducer
+
+    return frozenset(KafkaProducer.DEFAULT_CONFIG)
+
+
+def _check_config(config: Mapping[str, Any], known: frozenset[str], owned: frozenset[str], what: str) -> None:
+    """Reject misspelt or reader-owned keys now, not deep inside a worker."""
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown kafka-python {what} setting(s) {', '.join(unknown)}; "
+            f"use kafka-python names such as security_protocol, sasl_mechanism, client_id"
+        )
+    forbidden = sorted(set(config) & owned)
+    if forbidden:
+        raise ConfigError(
+            f"{what} setting(s) {', '.join(forbidden)} are managed by Beamline; remove them "
+            "(records are raw bytes, positions come from start/start_fallback, and offsets "
+            "are committed after output is durable)"
+        )
+
+
+def _to_millis(moment: datetime) -> int:
+    if moment.tzinfo is None:
+        raise ConfigError(f"timestamp {moment.isoformat()} has no time zone; pass an aware datetime")
+    return int(moment.timestamp() * 1000)
+
+
+def _check_offsets(spec: Mapping[Any, Any], what: str, topics: tuple[str, ...]) -> None:
+    for tp, offset in spec.items():
+        if not (isinstance(tp, tuple) and len(tp) == 2 and isinstance(tp[0], str) and isinstance(tp[1], int)):
+            raise ConfigError(f"{what} offsets must be keyed by (topic, partition); got {tp!r}")
+        if tp[0] not in topics:
+            raise ConfigError(f"{what} offset given for topic {tp[0]}, which is not read; add it to topics")
+        if not isinstance(offset, int) or offset < 0:
+            raise ConfigError(f"{what} offset for {tp} must be a non-negative integer; got {offset!r}")
+
+
+@dataclass(frozen=True)
+class _ReadSpec:
+    """Everything a worker needs to read; small, frozen and picklable."""
+
+    bootstrap_servers: str
+    topics: tuple[str, ...]
+    start: Any
+    start_fallback: str
+    stop: Any
+    consumer_config: tuple[tuple[str, Any], ...]
+    commit_offsets: bool
+    allowed_skew_s: float
+    resume_delay_s: float
+    max_bundle_s: float
+    discovery_interval_s: float
+    timeout_s: float
+
+    @property
+    def bounded(self) -> bool:
+        return self.stop is not None
+
+    def consumer_settings(self) -> dict[str, Any]:
+        timeout_ms = int(self.timeout_s * 1000)
+        settings: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers.split(","),
+            "enable_auto_commit": False,
+            # Only reached when retention deleted the offsets a restriction starts
+            # at: continue from the oldest record still in the log.
+            "auto_offset_reset": "earliest",
+            "bootstrap_timeout_ms": timeout_ms,
+            "request_timeout_ms": max(timeout_ms, 5000),
+            # Large polls and fetches keep the per-record cost in the decoder,
+            # not in round trips.
+            "max_poll_records": 10_000,
+            "fetch_max_bytes": 64 * 1024 * 1024,
+            "max_partition_fetch_bytes": 8 * 1024 * 1024,
+            "fetch_max_wait_ms": 100,
+        }
+        settings.update(self.consumer_config)
+        return settings
+
+
+def _new_consumer(spec: _ReadSpec) -> Any:
+    """A consumer with a bounded connect: an unreachable broker is an error, not a hang."""
+    from kafka import KafkaConsumer
+    from kafka.errors import KafkaConfigurationError, KafkaError
+
+    try:
+        return KafkaConsumer(**spec.consumer_settings())
+    except KafkaConfigurationError as exc:
+        raise ConfigError(f"invalid Kafka consumer settings: {exc}; fix consumer_config") from None
+    except (KafkaError, OSError) as exc:
+        raise KafkaUnavailable(
+            f"no Kafka broker answered at {spec.bootstrap_servers} within {spec.timeout_s:.0f}s "
+            f"({type(exc).__name__}); start the broker or fix --bootstrap-servers"
+        ) from None
+
+
+def _check_topics(consumer: Any, spec: _ReadSpec) -> None:
+    existing = consumer.topics()
+    missing = [t for t in spec.topics if t not in existing]
+    if missing:
+        raise ConfigError(
+            f"Kafka topic(s) {', '.join(missing)} do not exist at {spec.bootstrap_servers}; "
+            "create them or fix the topic names"
+        )
+
+
+# -- partitions and their offset ranges ----------------------------------------------
+
+
+class _Partition(NamedTuple):
+    """The SDF element: a (topic, partition) with the offsets resolved when it was found.
+
+    ``stop`` is exclusive (the next offset *not* to read); None means unbounded.
+    Resolving both ends in one place means every partition of a backfill
+    stops at the end offsets seen at the same moment.
+    """
+
+    topic: str
+    partition: int
+    start: int
+    stop: int | None
+
+
+def _resolve_partitions(consumer: Any, spec: _ReadSpec, tps: list[Any]) -> list[_Partition]:
+    """Turn the start/stop specs into concrete offsets for ``tps``."""
+    if not tps:
+        return []
+    timeout_ms = int(spec.timeout_s * 1000)
+    beginning = consumer.beginning_offsets(tps, timeout_ms=timeout_ms)
+    end = consumer.end_offsets(tps, timeout_ms=timeout_ms)
+
+    def at_time(millis: int) -> dict[Any, int]:
+        found = consumer.offsets_for_times(dict.fromkeys(tps, millis), timeout_ms=timeout_ms)
+        # No record at or after the time: the position is the end of the log.
+        return {tp: (found[tp].offset if found.get(tp) is not None else end[tp]) for tp in tps}
+
+    def by_mode(mode: str, tp: Any) -> int:
+        if mode == "earliest":
+            return beginning[tp]
+        if mode == "latest":
+            return end[tp]
+        committed = consumer.committed(tp, timeout_ms=timeout_ms)
+        # The committed offset is the next offset to read, as Kafka defines it.
+        return committed if committed is not None else by_mode(spec.start_fallback, tp)
+
+    start = spec.start
+    start_at_time = at_time(start) if isinstance(start, int) else {}
+    stop = spec.stop
+    stop_at_time = at_time(stop) if isinstance(stop, int) else {}
+    out = []
+    for tp in tps:
+        if isinstance(start, str):
+            first = by_mode(start, tp)
+        elif isinstance(start, int):
+            first = start_at_time[tp]
+        else:
+            first = dict(start).get((tp.topic, tp.partition))
+            first = by_mode(spec.start_fallback, tp) if first is None else first
+        # Offsets outside the log: before its start were deleted by retention,
+        # beyond its end do not exist yet.
+        first = min(max(first, beginning[tp]), end[tp])
+        if stop is None:
+            last = None
+        elif stop == "end":
+            last = end[tp]
+        elif isinstance(stop, int):
+            last = stop_at_time[tp]
+        else:
+            last = dict(stop).get((tp.topic, tp.partition), end[tp])
+        if last is not None:
+            last = max(first, last)
+        out.append(_Partition(tp.topic, tp.partition, first, last))
+    return out
+
+
+def _list_partitions(consumer: Any, spec: _ReadSpec, *, strict: bool) -> list[Any]:
+    from kafka import TopicPartition
+
+    consumer.topics()  # a fresh metadata request: picks up new topics and partitions
+    tps = []
+    for topic in spec.topics:
+        parts = consumer.partitions_for_topic(topic)
+        if not parts and strict:
+            raise ConfigError(
+                f"Kafka topic {topic} does not exist at {spec.bootstrap_servers}; create it or fix the topic name"
+            )
+        tps.extend(TopicPartition(topic, p) for p in sorted(parts or ()))
+    return tps
+
+
+class _DiscoverPartitionsFn(beam.DoFn):
+    """Lists the topics' partitions and resolves their offset ranges."""
+
+    def __init__(self, spec: _ReadSpec) -> None:
+        self._spec = spec
+        self._consumer: Any = None
+
+    def setup(self) -> None:
+        self._consumer = _new_consumer(self._spec)
+
+    def process(self, unused_impulse: Any) -> Iterator[Any]:
+        tps = _list_partitions(self._consumer, self._spec, strict=self._spec.bounded)
+        for part in _resolve_partitions(self._consumer, self._spec, tps):
+            # Minimum timestamp: a partition's element must not hold the watermark
+            # later than its oldest record; the read's estimator sets the real one.
+            yield TimestampedValue(part, MIN_TIMESTAMP)
+
+    def teardown(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+
+class _ListTopicPartitionsFn(beam.DoFn):
+    """Unbounded mode, step 1: the (topic, partition) pairs that exist now."""
+
+    def __init__(self, spec: _ReadSpec) -> None:
+        self._spec = spec
+        self._consumer: Any = None
+
+    def process(self, unused_tick: Any) -> Iterator[tuple[str, tuple[str, int]]]:
+        from kafka.errors import KafkaError
+
+        try:
+            # Connected lazily: a streaming read outlives broker restarts.
+            if self._consumer is None:
+                self._consumer = _new_consumer(self._spec)
+            tps = _list_partitions(self._consumer, self._spec, strict=False)
+        except (KafkaError, KafkaUnavailable) as exc:
+            # A streaming read outlives broker restarts: the next tick looks again.
+            _LOG.warning("Kafka partition discovery skipped a round: %r", exc)
+            return
+        for tp in tps:
+            yield "", (tp.topic, tp.partition)
+
+    def teardown(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+
+_SEEN = ReadModifyWriteStateSpec("seen", PickleCoder())
+_SEEN_PARAM = beam.DoFn.StateParam(_SEEN)
+
+
+class _NewPartitionsOnlyFn(beam.DoFn):
+    """Unbounded mode, step 2: emit a partition the first time it is seen.
+
+    The set of seen partitions is Beam state, so it survives worker restarts;
+    offsets for a new partition are resolved when it first appears.
+    """
+
+    def __init__(self, spec: _ReadSpec) -> None:
+        self._spec = spec
+        self._consumer: Any = None
+
+    def process(self, keyed: tuple[str, tuple[str, int]], seen_state: Any = _SEEN_PARAM) -> Iterator[Any]:
+        from kafka import TopicPartition
+        from kafka.errors import KafkaError
+
+        seen = seen_state.read() or frozenset()
+        topic, partition = keyed[1]
+        if (topic, partition) in seen:
+            return
+        try:
+            if self._consumer is None:
+                self._consumer = _new_consumer(self._spec)
+            parts = _resolve_partitions(self._consumer, self._spec, [TopicPartition(topic, partition)])
+        except (KafkaError, KafkaUnavailable) as exc:
+            # Not marked as seen: the next discovery round tries this partition again.
+            _LOG.warning("Kafka offsets for %s/%s not resolved yet: %r", topic, partition, exc)
+            return
+        seen_state.write(seen | {(topic, partition)})
+        for part in parts:
+            yield TimestampedValue(part, MIN_TIMESTAMP)
+
+    def teardown(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+
+# -- the splittable read -------------------------------------------------------------
+
+
+class _OffsetTracker(OffsetRestrictionTracker):
+    """Offset tracker that knows whether its range is unbounded.
+
+    An unbounded range only accepts checkpoints (fraction 0): splitting
+    ``[n, inf)`` in half would hand a worker offsets that never exist.
+    """
+
+    def __init__(self, offset_range: OffsetRange, bounded: bool) -> None:
+        super().__init__(offset_range)
+        self._bounded = bounded
+
+    def try_split(self, fraction_of_remainder: float) -> Any:
+        if not self._bounded and fraction_of_remainder != 0:
+            return None
+        return super().try_split(fraction_of_remainder)
+
+    def is_bounded(self) -> bool:
+        return self._bounded
+
+
+class _OffsetRangeProvider(RestrictionProvider):
+    def initial_restriction(self, element: _Partition) -> OffsetRange:
+        stop = _UNBOUNDED_STOP if element.stop is None else element.stop
+        return OffsetRange(element.start, stop)
+
+    def create_tracker(self, restriction: OffsetRange) -> RestrictionTracker:
+        return _OffsetTracker(restriction, restriction.stop != _UNBOUNDED_STOP)
+
+    def restriction_size(self, element: _Partition, restriction: OffsetRange) -> int:
+        if restriction.stop == _UNBOUNDED_STOP:
+            return 1
+        return max(0, restriction.stop - restriction.start)
+
+    def truncate(self, element: _Partition, restriction: OffsetRange) -> OffsetRange | None:
+        # On drain an unbounded read stops; a bounded one still finishes its range.
+        return None if restriction.stop == _UNBOUNDED_STOP else restriction
+
+
+class _PartitionWatermark(WatermarkEstimator):
+    """Monotonic watermark of one partition, moved only by the reader.
+
+    The reader advances it after each poll to the newest record time minus the
+    allowed skew, and when the partition is caught up and idle to "now minus
+    the allowed skew", so event-time windows downstream close even when a
+    partition receives nothing. Per-output observation is a no-op: once per
+    poll is enough and cheaper.
+    """
+
+    def __init__(self, state: Timestamp | None) -> None:
+        self._watermark = state if state is not None else MIN_TIMESTAMP
+
+    def observe_timestamp(self, timestamp: Timestamp) -> None:
+        pass
+
+    def advance_to(self, timestamp: Timestamp) -> None:
+        if timestamp > self._watermark:
+            self._watermark = timestamp
+
+    def current_watermark(self) -> Timestamp:
+        return self._watermark
+
+    def get_estimator_state(self) -> Timestamp:
+        return self._watermark
+
+
+class _PartitionWatermarkProvider(WatermarkEstimatorProvider):
+    def initial_estimator_state(self, element: _Partition, restriction: OffsetRange) -> None:
+        return None
+
+    def create_watermark_estimator(self, estimator_state: Timestamp | None) -> _PartitionWatermark:
+        return _PartitionWatermark(estimator_state)
+
+    def estimator_state_coder(self) -> Any:
+        return PickleCoder()
+
+
+# The read's input is always in the global window (this module makes it), so
+# records are emitted as ready-made windowed values: no per-record re-windowing.
+_GLOBAL_WINDOWS = (GlobalWindow(),)
+_TRACKER_PARAM = beam.DoFn.RestrictionParam(_OffsetRangeProvider())
+_WATERMARK_PARAM = beam.DoFn.WatermarkEstimatorParam(_PartitionWatermarkProvider())
+
+
+class _ReadPartitionFn(beam.DoFn):
+    """Reads one partition's offset range; one consumer per DoFn instance."""
+
+    def __init__(self, spec: _ReadSpec) -> None:
+        self._spec = spec
+        self._consumer: Any = None
+        self._next_offset: dict[Any, int] = {}
+        self._committed: dict[Any, int] = {}
+        self._commit_lock = threading.Lock()
+        self._records: dict[str, Any] = {}
+        self._bytes: dict[str, Any] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_spec": self._spec}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["_spec"])
+
+    def setup(self) -> None:
+        self._connect(not self._spec.bounded)
+
+    def _connect(self, tolerate_outage: bool) -> bool:
+        """Create the consumer; in streaming an unreachable broker only pauses the read."""
+        try:
+            self._consumer = _new_consumer(self._spec)
+        except KafkaUnavailable as exc:
+            if not tolerate_outage:
+                raise
+            _LOG.warning("Kafka read waiting for the broker: %s", exc)
+            return False
+        return True
+
+    def _counters(self, topic: str) -> tuple[Any, Any]:
+        if topic not in self._records:
+            self._records[topic] = Metrics.counter(METRICS_NAMESPACE, f"{topic}.records_read")
+            self._bytes[topic] = Metrics.counter(METRICS_NAMESPACE, f"{topic}.bytes_read")
+        return self._records[topic], self._bytes[topic]
+
+    def _seek(self, tp: Any, offset: int) -> None:
+        """Point the shared consumer at ``tp``/``offset``, keeping its buffer if already there."""
+        consumer = self._consumer
+        if consumer.assignment() != {tp}:
+            consumer.assign([tp])
+            self._next_offset.clear()
+        if self._next_offset.get(tp) != offset:
+            consumer.seek(tp, offset)
+            self._next_offset[tp] = offset
+
+    def process(
+        self,
+        element: _Partition,
+        tracker: Any = _TRACKER_PARAM,
+        watermark: Any = _WATERMARK_PARAM,
+    ) -> Iterator[WindowedValue]:
+        return self._read(element, tracker, watermark, None)
+
+    def _read(self, element: _Partition, tracker: Any, watermark: Any, finalizer: Any) -> Iterator[WindowedValue]:
+        """Claim and emit records until the range ends, the poll is empty, or time is up."""
+        from kafka import TopicPartition
+        from kafka.errors import KafkaConnectionError, KafkaError
+
+        spec = self._spec
+        restriction = tracker.current_restriction()
+        tp = TopicPartition(element.topic, element.partition)
+        if restriction.start >= restriction.stop or (
+            self._consumer is None and not self._connect(restriction.stop == _UNBOUNDED_STOP)
+        ):
+            if finalizer is not None:
+                finalizer.register(_no_commit)
+            if restriction.start < restriction.stop:
+                tracker.defer_remainder(Duration.of(spec.resume_delay_s))
+            return
+        self._seek(tp, restriction.start)
+        records_counter, bytes_counter = self._counters(tp.topic)
+        lag_gauge = Metrics.gauge(METRICS_NAMESPACE, f"{tp.topic}.{tp.partition}.lag")
+        poll = self._consumer.poll
+        claim = tracker.try_claim
+        poll_ms = max(1, int(min(spec.resume_delay_s, 0.5) * 1000))
+        deadline = time.monotonic() + spec.max_bundle_s
+        skew = Duration.of(spec.allowed_skew_s)
+        timeout_ms = int(spec.timeout_s * 1000)
+        next_offset = restriction.start  # the next offset to read = what a commit saves
+        try:
+            while True:
+                try:
+                    batch = poll(timeout_ms=poll_ms, max_records=10_000).get(tp)
+                    position = None if batch else self._consumer.position(tp, timeout_ms=timeout_ms)
+                except KafkaError as exc:
+                    if not getattr(exc, "retriable", False) and not isinstance(exc, KafkaConnectionError):
+                        raise KafkaUnavailable(
+                            f"reading {tp.topic}/{tp.partition} at {spec.bootstrap_servers} failed: {exc!r}; "
+                            "check the broker and the consumer settings"
+                        ) from exc
+                    # The broker is away (restart, leader change): try again later from
+                    # the next offset to read, without moving the watermark.
+                    _LOG.warning("Kafka read of %s paused: %r", tp, exc)
+                    self._next_offset.pop(tp, None)
+                    tracker.defer_remainder(Duration.of(spec.resume_delay_s))
+                    return
+                if not batch:
+                    if position is None:
+                        self._next_offset.pop(tp, None)
+                        tracker.defer_remainder(Duration.of(spec.resume_delay_s))
+                        return
+                    stop = tracker.current_restriction().stop
+                    if position >= stop:
+                        # Offsets up to the stop hold no records (transaction
+                        # markers, compaction): claim the stop to end the range.
+                        claim(stop)
+                        return
+                    highwater = self._consumer.highwater(tp)
+                    if highwater is not None:
+                        lag_gauge.set(max(0, highwater - position))
+                    # Caught up (per the broker's last answer, never a guess): let the
+                    # watermark follow the clock so windows downstream can close.
+                    if highwater is not None and position >= highwater:
+                        watermark.advance_to(Timestamp.now() - skew)
+                    tracker.defer_remainder(Duration.of(spec.resume_delay_s))
+                    return
+                # One claim per poll: claiming the batch's last offset claims every
+                # offset before it. If a split moved the stop into this batch, the
+                # records below the new stop are still ours and nothing after it is.
+                # No later split can cut below a failed claim, so the stop is final.
+                if batch[0].offset < next_offset:
+                    # Already emitted (a re-fetch after a reconnect): never twice.
+                    batch = [rec for rec in batch if rec.offset >= next_offset]
+                    if not batch:
+                        continue
+                claimed_all = claim(batch[-1].offset)
+                if not claimed_all:
+                    stop = tracker.current_restriction().stop
+                    batch = [rec for rec in batch if rec.offset < stop]
+                    self._next_offset.pop(tp, None)
+                size = 0
+                newest = -1
+                for rec in batch:
+                    millis = rec.timestamp
+                    if millis > newest:
+                        newest = millis
+                    size += rec.serialized_value_size + max(rec.serialized_key_size, 0)
+                    yield WindowedValue(
+                        KafkaRecord(
+                            rec.topic,
+                            rec.partition,
+                            rec.offset,
+                            millis,
+                            rec.key,
+                            rec.value,
+                            tuple(rec.headers) if rec.headers else (),
+                        ),
+                        Timestamp(micros=millis * 1000),
+                        _GLOBAL_WINDOWS,
+                    )
+                if batch:
+                    next_offset = batch[-1].offset + 1  # the next offset to read
+                    watermark.advance_to(Timestamp(micros=newest * 1000) - skew)
+                    records_counter.inc(len(batch))
+                    bytes_counter.inc(max(size, 0))
+                if not claimed_all:
+                    return
+                self._next_offset[tp] = next_offset
+                highwater = self._consumer.highwater(tp)
+                if highwater is not None:
+                    lag_gauge.set(max(0, highwater - next_offset))
+                if next_offset >= tracker.current_restriction().stop:
+                    return
+                if time.monotonic() > deadline:
+                    # Self-checkpoint so the runner can commit output and move watermarks.
+                    tracker.defer_remainder()
+                    return
+        finally:
+            # Registered on every call: a runner may ask to finalize any bundle of
+            # a DoFn that declares a finalizer.
+            if finalizer is not None:
+                finalizer.register(lambda tp=tp, offset=next_offset: self._commit(tp, offset))
+
+    def _commit(self, tp: Any, offset: int) -> None:
+        """Commit ``offset`` (the next one to read) once the runner made the output durable."""
+        from kafka.structs import OffsetAndMetadata
+
+        with self._commit_lock:
+            if self._committed.get(tp, 0) >= offset or self._consumer is None:
+                return
+            self._consumer.commit({tp: OffsetAndMetadata(offset, "", -1)})
+            self._committed[tp] = offset
+
+    def teardown(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close(autocommit=False)
+            self._consumer = None
+
+
+class _CommittingReadPartitionFn(_ReadPartitionFn):
+    """The read with offset commits after bundle finalization (output durable)."""
+
+    def process(
+        self,
+        element: _Partition,
+        # The finalizer goes first: Beam passes it by position, the tracker
+        # and the watermark estimator by keyword.
+        finalizer: Any = beam.DoFn.BundleFinalizerParam,
+        tracker: Any = _TRACKER_PARAM,
+        watermark: Any = _WATERMARK_PARAM,
+    ) -> Iterator[WindowedValue]:
+        return self._read(element, tracker, watermark, finalizer)
+
+
+def _no_commit() -> None:
+    """Finalization callback for a bundle that read nothing."""
+
+
+class ReadFromKafka(beam.PTransform):
+    """Reads Kafka topics as :class:`KafkaRecord` elements timestamped with record time.
+
+    ``start``: ``"earliest"``, ``"latest"``, ``"committed"`` (the group in
+    ``consumer_config['group_id']``; partitions without a commit use
+    ``start_fallback``), an aware ``datetime``, or ``{(topic, partition): offset}``
+    (unlisted partitions use ``start_fallback``).
+
+    ``stop``: ``None`` reads forever and picks up partitions added later;
+    ``"end"`` stops at the end offsets seen when the read starts (backfill);
+    an aware ``datetime`` stops before the first record at or after it;
+    ``{(topic, partition): offset}`` stops before that offset (unlisted
+    partitions stop at their end offsets).
+
+    ``commit_offsets`` commits, for the group in ``consumer_config``, the next
+    offset to read once a bundle's output is durable. ``allowed_skew_s`` keeps
+    the watermark that far behind record time, and behind wall time when a
+    partition is idle. ``validate`` checks the broker and topics when the
+    pipeline is built, with a bounded wait of ``timeout_s``.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str | Sequence[str],
+        topics: str | Sequence[str],
+        *,
+        start: StartSpec = "earliest",
+        stop: StopSpec = None,
+        start_fallback: str = "earliest",
+        consumer_config: Mapping[str, Any] | None = None,
+        commit_offsets: bool = False,
+        allowed_skew_s: float = 5.0,
+        resume_delay_s: float = 0.5,
+        max_bundle_s: float = 5.0,
+        discovery_interval_s: float = 10.0,
+        timeout_s: float = 10.0,
+        validate: bool = True,
+    ) -> None:
+        super().__init__()
+        servers = bootstrap_servers if isinstance(bootstrap_servers, str) else ",".join(bootstrap_servers)
+        if not servers:
+            raise ConfigError("bootstrap_servers is empty; pass HOST:PORT of a Kafka broker")
+        topic_list = (topics,) if isinstance(topics, str) else tuple(topics)
+        if not topic_list or not all(isinstance(t, str) and t for t in topic_list):
+            raise ConfigError(f"topics must be one or more non-empty names; got {topics!r}")
+        config = dict(consumer_config or {})
+        _check_config(config, _known_consumer_keys(), _READER_OWNED_KEYS, "consumer")
+        if start_fallback not in ("earliest", "latest"):
+            raise ConfigError(f"start_fallback must be 'earliest' or 'latest'; got {start_fallback!r}")
+        start_value: Any
+        if isinstance(start, str):
+            if start not in _START_MODES:
+                raise ConfigError(f"start must be one of {', '.join(_START_MODES)}; got {start!r}")
+            start_value = start
+        elif isinstance(start, datetime):
+            start_value = _to_millis(start)
+        elif isinstance(start, Mapping):
+            _check_offsets(start, "start", topic_list)
+            start_value = tuple(sorted(start.items()))
+        else:
+            raise ConfigError(f"start must be a mode, an aware datetime or offsets; got {start!r}")
+        if (start == "committed" or commit_offsets) and not config.get("group_id"):
+            raise ConfigError("committed offsets need a consumer group: set consumer_config['group_id']")
+        stop_value: Any
+        if stop is None or stop == "end":
+            stop_value = stop
+        elif isinstance(stop, datetime):
+            stop_value = _to_millis(stop)
+        elif isinstance(stop, Mapping):
+            _check_offsets(stop, "stop", topic_list)
+            stop_value = tuple(sorted(stop.items()))
+        else:
+            raise ConfigError(f"stop must be None, 'end', an aware datetime or offsets; got {stop!r}")
+        for name, seconds in (
+            ("allowed_skew_s", allowed_skew_s),
+            ("resume_delay_s", resume_delay_s),
+            ("max_bundle_s", max_bundle_s),
+            ("discovery_interval_s", discovery_interval_s),
+            ("timeout_s", timeout_s),
+        ):
+            if seconds < 0 or (name != "allowed_skew_s" and seconds == 0):
+                raise ConfigError(f"{name} must be positive; got {seconds!r}")
+        self._spec = _ReadSpec(
+            bootstrap_servers=servers,
+            topics=topic_list,
+            start=start_value,
+            start_fallback=start_fallback,
+            stop=stop_value,
+            consumer_config=tuple(sorted(config.items())),
+            commit_offsets=commit_offsets,
+            allowed_skew_s=float(allowed_skew_s),
+            resume_delay_s=float(resume_delay_s),
+            max_bundle_s=float(max_bundle_s),
+            discovery_interval_s=float(discovery_interval_s),
+            timeout_s=float(timeout_s),
+        )
+        if validate:
+            consumer = _new_consumer(self._spec)
+            try:
+                _check_topics(consumer, self._spec)
+            finally:
+                consumer.close(autocommit=False)
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection[KafkaRecord]:
+        spec = self._spec
+        read_fn = (_CommittingReadPartitionFn if spec.commit_offsets else _ReadPartitionFn)(spec)
+        if spec.bounded:
+            return (
+                pbegin
+                | "Impulse" >> beam.Impulse()
+                | "DiscoverPartitions" >> beam.ParDo(_DiscoverPartitionsFn(spec))
+                | "SpreadPartitions" >> beam.Reshuffle()
+                | "ReadPartitions" >> beam.ParDo(read_fn).with_output_types(KafkaRecord)
+            )
+        # The first listing comes from an Impulse, whose element has the minimum
+        # timestamp: it holds the watermark from the very start until each
+        # partition's own estimator takes over, so history already in the log is
+        # not late. Later ticks only add partitions (records in a partition added
+        # while running that are older than the watermark are late, as in any
+        # Kafka source). No shuffle between here and the read: it would not keep
+        # that hold.
+        first = pbegin | "FirstListing" >> beam.Impulse()
+        ticks = pbegin | "DiscoveryTicks" >> PeriodicImpulse(
+            start_timestamp=Timestamp.now() + Duration.of(spec.discovery_interval_s),
+            fire_interval=spec.discovery_interval_s,
+        )
+        return (
+            (first, ticks)
+            | "Listings" >> beam.Flatten()
+            | "ListPartitions" >> beam.ParDo(_ListTopicPartitionsFn(spec))
+            | "NewPartitionsOnly" >> beam.ParDo(_NewPartitionsOnlyFn(spec))
+            | "ReadPartitions" >> beam.ParDo(read_fn).with_output_types(KafkaRecord)
+        )
+
+    def default_label(self) -> str:
+        return f"ReadFromKafka({','.join(self._spec.topics)})"
+
+
+# -- the sink ------------------------------------------------------------------------
+
+
+class _WriteFn(beam.DoFn):
+    """Sends records and waits for the broker's acknowledgement before the bundle ends."""
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        key_fn: Callable[[Any], bytes | None] | None,
+        value_fn: Callable[[Any], bytes | None] | None,
+        producer_config: tuple[tuple[str, Any], ...],
+        timeout_s: float,
+        max_pending: int,
+    ) -> None:
+        self._servers = bootstrap_servers
+        self._topic = topic
+        self._key_fn = key_fn
+        self._value_fn = value_fn
+        self._config = producer_config
+        self._timeout_s = timeout_s
+        self._max_pending = max_pending
+        self._producer: Any = None
+        self._pending: list[Any] = []
+
+    def setup(self) -> None:
+        from kafka import KafkaProducer
+        from kafka.errors import KafkaConfigurationError, KafkaError
+
+        timeout_ms = int(self._timeout_s * 1000)
+        settings: dict[str, Any] = {
+            "bootstrap_servers": self._servers.split(","),
+            "acks": -1,  # all in-sync replicas; kafka-python spells "all" as -1
+            "linger_ms": 5,
+            "batch_size": 256 * 1024,
+            "max_request_size": 8 * 1024 * 1024,
+            "bootstrap_timeout_ms": timeout_ms,
+            "max_block_ms": timeout_ms,
+            "request_timeout_ms": max(timeout_ms, 5000),
+            # kafka-python requires delivery > linger + request timeout.
+            "delivery_timeout_ms": max(timeout_ms, 5000) + 30_000,
+        }
+        settings.update(self._config)
+        try:
+            self._producer = KafkaProducer(**settings)
+        except KafkaConfigurationError as exc:
+            raise ConfigError(f"invalid Kafka producer settings: {exc}; fix producer_config") from None
+        except (KafkaError, OSError) as exc:
+            raise KafkaUnavailable(
+                f"no Kafka broker answered at {self._servers} within {self._timeout_s:.0f}s "
+                f"({type(exc).__name__}); start the broker or fix --bootstrap-servers"
+            ) from None
+
+    def start_bundle(self) -> None:
+        self._pending = []
+
+    def process(self, element: Any) -> None:
+        if self._key_fn is None and self._value_fn is None:
+            key, value = element
+        else:
+            key = self._key_fn(element) if self._key_fn else None
+            value = self._value_fn(element) if self._value_fn else element
+        from kafka.errors import KafkaError
+
+        try:
+            self._pending.append(self._producer.send(self._topic, key=key, value=value))
+        except KafkaError as exc:
+            raise KafkaWriteError(
+                f"could not send to Kafka topic {self._topic} at {self._servers} ({exc}); "
+                "the bundle will be retried; check that the topic exists and the broker is up"
+            ) from exc
+        if len(self._pending) >= self._max_pending:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Wait for every pending send; raise (fail the bundle) if any was not acknowledged."""
+        from kafka.errors import KafkaError
+
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        try:
+            self._producer.flush(timeout=self._timeout_s + 40)
+        except KafkaError as exc:
+            raise KafkaWriteError(
+                f"Kafka did not acknowledge writes to topic {self._topic} at {self._servers} "
+                f"({type(exc).__name__}); the bundle will be retried; check the broker"
+            ) from exc
+        failed = [f for f in pending if not f.is_done or f.failed()]
+        if failed:
+            first = failed[0].exception if failed[0].is_done else "no answer"
+            raise KafkaWriteError(
+                f"Kafka did not acknowledge {len(failed)} of {len(pending)} records to topic "
+                f"{self._topic} ({first}); the bundle will be retried; check the broker and topic"
+            )
+
+    def finish_bundle(self) -> None:
+        self._flush()
+
+    def teardown(self) -> None:
+        if self._producer is not None:
+            self._producer.close(timeout=self._timeout_s)
+            self._producer = None
+
+
+class WriteToKafka(beam.PTransform):
+    """Writes elements to one Kafka topic, acknowledged before each bundle commits.
+
+    Without ``key_fn``/``value_fn`` the elements are ``(key, value)`` pairs of
+    bytes (or None); otherwise ``key_fn(element)`` and ``value_fn(element)``
+    give the bytes (``value_fn`` defaults to the element itself). Writes are
+    at-least-once: a retried bundle may write a record again, so readers
+    dedupe by event id.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str | Sequence[str],
+        topic: str,
+        *,
+        key_fn: Callable[[Any], bytes | None] | None = None,
+        value_fn: Callable[[Any], bytes | None] | None = None,
+        producer_config: Mapping[str, Any] | None = None,
+        timeout_s: float = 10.0,
+        max_pending: int = 50_000,
+        validate: bool = True,
+    ) -> None:
+        super().__init__()
+        servers = bootstrap_servers if isinstance(bootstrap_servers, str) else ",".join(bootstrap_servers)
+        if not servers:
+            raise ConfigError("bootstrap_servers is empty; pass HOST:PORT of a Kafka broker")
+        if not isinstance(topic, str) or not topic:
+            raise ConfigError(f"topic must be a non-empty name; got {topic!r}")
+        config = dict(producer_config or {})
+        _check_config(config, _known_producer_keys(), _WRITER_OWNED_KEYS, "producer")
+        if timeout_s <= 0 or max_pending <= 0:
+            raise ConfigError("timeout_s and max_pending must be positive")
+        self._fn = _WriteFn(
+            servers, topic, key_fn, value_fn, tuple(sorted(config.items())), float(timeout_s), max_pending
+        )
+        if validate:
+            spec = _ReadSpec(
+                bootstrap_servers=servers,
+                topics=(topic,),
+                start="earliest",
+                start_fallback="earliest",
+                stop=None,
+                consumer_config=tuple((k, v) for k, v in sorted(config.items()) if k in _SHARED_CLIENT_KEYS),
+                commit_offsets=False,
+                allowed_skew_s=0.0,
+                resume_delay_s=1.0,
+                max_bundle_s=1.0,
+                discovery_interval_s=1.0,
+                timeout_s=float(timeout_s),
+            )
+            consumer = _new_consumer(spec)
+            try:
+                _check_topics(consumer, spec)
+            finally:
+                consumer.close(autocommit=False)
+
+    def expand(self, pcoll: beam.PCollection[Any]) -> beam.pvalue.PDone:
+        pcoll | "Write" >> beam.ParDo(self._fn)
+        return beam.pvalue.PDone(pcoll.pipeline)

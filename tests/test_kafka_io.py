@@ -1,0 +1,501 @@
+"""ReadFromKafka / WriteToKafka against the session's real broker.
+
+Given records produced with known offsets, when a pipeline reads them, then it
+returns exactly those records (FnApiRunner and Prism, batch and streaming).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from typing import Any
+
+import apache_beam as beam
+import pytest
+from apache_beam.io.restriction_trackers import OffsetRange
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.runner import PipelineState
+from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms import window
+from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewPartitions, NewTopic
+
+from infra.kafka_broker import KafkaBroker, free_port
+from transforms.errors import ConfigError, KafkaUnavailable
+from transforms.kafka import (
+    METRICS_NAMESPACE,
+    KafkaRecord,
+    ReadFromKafka,
+    WriteToKafka,
+    _OffsetTracker,
+    _PartitionWatermark,
+)
+
+BIG_VALUE = bytes(range(256)) * 4096  # 1 MiB
+
+
+def _fingerprint(rec: KafkaRecord, ts: Timestamp = MIN_TIMESTAMP) -> tuple[Any, ...]:
+    """A small, comparable summary of a record (the 1 MiB value is hashed)."""
+    value = None if rec.value is None else hashlib.sha1(rec.value).hexdigest()
+    timestamped = ts == MIN_TIMESTAMP or ts.micros == rec.timestamp * 1000
+    return (rec.topic, rec.partition, rec.offset, rec.timestamp, rec.key, value, rec.headers, timestamped)
+
+
+def _expected(topic: str, meta: Any, key: bytes | None, value: bytes | None, headers: Any) -> tuple[Any, ...]:
+    digest = None if value is None else hashlib.sha1(value).hexdigest()
+    return (topic, meta.partition, meta.offset, meta.timestamp, key, digest, tuple(headers), True)
+
+
+class _Fingerprint(beam.DoFn):
+    def process(self, rec: KafkaRecord, ts: Any = beam.DoFn.TimestampParam) -> Iterator[tuple[Any, ...]]:
+        yield _fingerprint(rec, ts)
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float, what: str, result: Any = None) -> None:
+    """Poll ``condition`` until it holds; fail at the deadline or when the pipeline died."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if result is not None and PipelineState.is_terminal(result.state):
+            pytest.fail(f"the pipeline ended ({result.state}) while waiting for {what}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(0.2)
+
+
+def _prism(prism_location: str, *, streaming: bool = False) -> beam.Pipeline:
+    args = [f"--prism_location={prism_location}"]
+    if streaming:
+        args.append("--streaming")
+    return beam.Pipeline("PrismRunner", options=PipelineOptions(args))
+
+
+def _fn_api() -> beam.Pipeline:
+    return beam.Pipeline("FnApiRunner")
+
+
+@pytest.fixture(scope="module")
+def backfill_topic(bootstrap_servers: str) -> tuple[str, list[tuple[Any, ...]]]:
+    """A 4-partition topic with 20k records: null keys, empty values, headers, one 1 MiB value."""
+    topic = f"backfill-{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin.create_topics([NewTopic(topic, 4, 1)])
+    admin.close()
+    producer = KafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=10, max_request_size=4 << 20)
+    sent = []
+    for i in range(20_000):
+        key = None if i % 7 == 0 else b"k%d" % i
+        value = BIG_VALUE if i == 12_345 else (b"" if i % 11 == 0 else b"v%d" % i)
+        headers = [("source", b"test"), ("n", str(i).encode())] if i % 5 == 0 else []
+        if i % 13 == 0:
+            headers.append(("empty", b""))  # kafka-python's producer refuses None header values
+        future = producer.send(topic, key=key, value=value, headers=headers, partition=i % 4)
+        sent.append((future, key, value, headers))
+    producer.flush()
+    producer.close()
+    expected = [_expected(topic, f.get(timeout=10), k, v, h) for f, k, v, h in sent]
+    return topic, expected
+
+
+def _read_all(pipeline: beam.Pipeline, bootstrap: str, topic: str, expected: list[Any], **kw: Any) -> None:
+    with pipeline as p:
+        got = p | ReadFromKafka(bootstrap, topic, stop="end", **kw) | beam.ParDo(_Fingerprint())
+        assert_that(got, equal_to(expected))
+
+
+# -- bounded reads (backfill) -----------------------------------------------------------
+
+
+def test_bounded_read_returns_exactly_the_log_on_fnapi(bootstrap_servers: str, backfill_topic: Any) -> None:
+    topic, expected = backfill_topic
+    assert len(expected) == 20_000 and any(e[4] is None for e in expected) and any(e[6] for e in expected)
+    _read_all(_fn_api(), bootstrap_servers, topic, expected)
+
+
+def test_bounded_read_returns_exactly_the_log_on_prism(
+    bootstrap_servers: str, backfill_topic: Any, prism_location: str
+) -> None:
+    topic, expected = backfill_topic
+    _read_all(_prism(prism_location), bootstrap_servers, topic, expected)
+
+
+def test_bounded_read_finishes_in_streaming_mode_on_prism(
+    bootstrap_servers: str, make_topic: Callable[..., str], prism_location: str
+) -> None:
+    topic = make_topic(partitions=3)
+    producer = KafkaProducer(bootstrap_servers=bootstrap_servers)
+    # Event times spread over 30 one-minute windows an hour ago: history, which
+    # a backfill in streaming mode must not treat as late.
+    base = (int(time.time()) - 3600) // 60 * 60 * 1000
+    metas = [
+        producer.send(topic, value=b"%d" % i, partition=i % 2, timestamp_ms=base + i * 6000).get(timeout=10)
+        for i in range(300)
+    ]
+    producer.close()
+    # Partition 2 is empty: its range is empty and must not keep the read alive.
+    expected = [(m.partition, m.offset) for m in metas]
+    with _prism(prism_location, streaming=True) as p:
+        records = p | ReadFromKafka(bootstrap_servers, topic, stop="end")
+        got = records | beam.Map(lambda r: (r.partition, r.offset))
+        assert_that(got, equal_to(expected))
+        per_window = (
+            records
+            | beam.WindowInto(window.FixedWindows(60))
+            | beam.Map(lambda r: ("all", 1))
+            | beam.CombinePerKey(sum)
+            | beam.Map(lambda kv: kv[1])
+        )
+        assert_that(per_window, equal_to([10] * 30), label="every window complete")
+
+
+def test_stop_and_start_by_offsets_and_time(bootstrap_servers: str, make_topic: Callable[..., str]) -> None:
+    topic = make_topic(partitions=1)
+    producer = KafkaProducer(bootstrap_servers=bootstrap_servers)
+    base = 1_700_000_000_000
+    for i in range(50):
+        producer.send(topic, value=b"%d" % i, timestamp_ms=base + i * 1000)
+    producer.flush()
+    producer.close()
+    moment = datetime.fromtimestamp((base + 20_000) / 1000, tz=timezone.utc)
+    with _fn_api() as p:
+        by_offsets = (
+            p
+            | "Offsets" >> ReadFromKafka(bootstrap_servers, topic, start={(topic, 0): 5}, stop={(topic, 0): 15})
+            | "O" >> beam.Map(lambda r: r.offset)
+        )
+        by_time = (
+            p
+            | "Time" >> ReadFromKafka(bootstrap_servers, topic, start=moment, stop="end")
+            | "T" >> beam.Map(lambda r: r.offset)
+        )
+        until_time = (
+            p | "Until" >> ReadFromKafka(bootstrap_servers, topic, stop=moment) | "U" >> beam.Map(lambda r: r.offset)
+        )
+        assert_that(by_offsets, equal_to(list(range(5, 15))), label="by offsets")
+        assert_that(by_time, equal_to(list(range(20, 50))), label="from time")
+        assert_that(until_time, equal_to(list(range(20))), label="until time")
+
+
+# -- unbounded reads (streaming) ----------------------------------------------------------
+
+
+class _WindowCount(beam.DoFn):
+    def process(self, count: int, win: Any = beam.DoFn.WindowParam) -> Iterator[tuple[bytes, bytes]]:
+        yield b"window", b"%d:%d" % (win.start.micros // 1_000_000, count)
+
+
+def _partition_count(bootstrap: str, topic: str) -> int:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        consumer.topics()  # a fresh metadata request
+        return len(consumer.partitions_for_topic(topic) or ())
+    finally:
+        consumer.close()
+
+
+def _drain(consumer: KafkaConsumer, into: list[Any]) -> None:
+    for records in consumer.poll(timeout_ms=200).values():
+        into.extend(records)
+
+
+@pytest.mark.slow
+def test_unbounded_read_on_prism_follows_new_records_partitions_and_idle_watermark(
+    bootstrap_servers: str, make_topic: Callable[..., str], prism_location: str
+) -> None:
+    source = make_topic(partitions=2)
+    raw_out = make_topic(partitions=1)
+    window_out = make_topic(partitions=1)
+    p = _prism(prism_location, streaming=True)
+    records = p | ReadFromKafka(
+        bootstrap_servers, source, discovery_interval_s=1.0, allowed_skew_s=1.0, resume_delay_s=0.2, max_bundle_s=1
+    )
+    records | "Raw" >> beam.Map(lambda r: (None, r.value)) | "WriteRaw" >> WriteToKafka(bootstrap_servers, raw_out)
+    (
+        records
+        | "Window" >> beam.WindowInto(window.FixedWindows(2))
+        | "Count" >> beam.CombineGlobally(beam.combiners.CountCombineFn()).without_defaults()
+        | "Label" >> beam.ParDo(_WindowCount())
+        | "WriteWindows" >> WriteToKafka(bootstrap_servers, window_out)
+    )
+    # History from two minutes ago, in the log before the pipeline starts: its
+    # window must still count it (the watermark may not run ahead of the log).
+    old_millis = int(time.time() * 1000) - 120_000
+    old_window = old_millis // 2000 * 2
+    history = [b"old-%d" % i for i in range(10)]
+    producer = KafkaProducer(bootstrap_servers=bootstrap_servers)
+    for value in history:
+        producer.send(source, value=value, partition=0, timestamp_ms=old_millis)
+    producer.close()
+    result = p.run()
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    consumer.assign([TopicPartition(raw_out, 0), TopicPartition(window_out, 0)])
+    consumer.seek_to_beginning()
+    seen: list[Any] = []
+    try:
+        # Records arrive after the pipeline started; only partition 0 gets any,
+        # so partition 1 is idle and only its idle watermark lets windows fire.
+        producer = KafkaProducer(bootstrap_servers=bootstrap_servers)
+        first = [b"live-%d" % i for i in range(20)]
+        for value in first:
+            producer.send(source, value=value, partition=0)
+        producer.flush()
+
+        def values() -> set[bytes]:
+            return {r.value for r in seen if r.topic == raw_out}
+
+        def windows() -> list[bytes]:
+            return [r.value for r in seen if r.topic == window_out]
+
+        _wait_for(
+            lambda: (_drain(consumer, seen), set(first) <= values())[1], 90, "records produced after start", result
+        )
+        assert set(history) <= values()
+
+        def live_count() -> int:
+            return sum(int(w.split(b":")[1]) for w in windows() if int(w.split(b":")[0]) != old_window)
+
+        _wait_for(
+            lambda: (
+                (_drain(consumer, seen), b"%d:10" % old_window in windows(), live_count() == len(first))[1:]
+                == (True, True)
+            ),
+            60,
+            "the windows of old and live records to fire with partition 1 idle",
+            result,
+        )
+
+        # A partition added while running is discovered and read from its start.
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers)
+        admin.create_partitions({source: NewPartitions(total_count=3)})
+        admin.close()
+        producer.close()
+        _wait_for(lambda: _partition_count(bootstrap_servers, source) == 3, 30, "the new partition in metadata")
+        producer = KafkaProducer(bootstrap_servers=bootstrap_servers)
+        producer.send(source, value=b"new-partition", partition=2).get(timeout=10)
+        producer.close()
+        _wait_for(
+            lambda: (_drain(consumer, seen), b"new-partition" in values())[1],
+            60,
+            "the added partition's record",
+            result,
+        )
+        raw_values = [r.value for r in seen if r.topic == raw_out]
+        assert sorted(raw_values) == sorted([*history, *first, b"new-partition"]), "lost or duplicated records"
+        assert live_count() == len(first) and windows().count(b"%d:10" % old_window) == 1
+    finally:
+        consumer.close()
+        result.cancel()
+
+
+@pytest.mark.slow
+def test_unbounded_read_survives_a_broker_restart_without_loss_or_duplicates(
+    kafka_broker: KafkaBroker, bootstrap_servers: str, make_topic: Callable[..., str], prism_location: str
+) -> None:
+    source = make_topic(partitions=2)
+    out = make_topic(partitions=1)
+    p = _prism(prism_location, streaming=True)
+    (
+        p
+        | ReadFromKafka(bootstrap_servers, source, discovery_interval_s=2.0, resume_delay_s=0.2, max_bundle_s=1)
+        | beam.Map(lambda r: (None, r.value))
+        | WriteToKafka(bootstrap_servers, out, timeout_s=30)
+    )
+    result = p.run()
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    consumer.assign([TopicPartition(out, 0)])
+    consumer.seek_to_beginning()
+    seen: list[Any] = []
+    before = [b"before-%d" % i for i in range(40)]
+    after = [b"after-%d" % i for i in range(40)]
+    port = int(bootstrap_servers.rsplit(":", 1)[1])
+    try:
+        producer = KafkaProducer(bootstrap_servers=bootstrap_servers)
+        for i, value in enumerate(before):
+            producer.send(source, value=value, partition=i % 2)
+        producer.close()
+        _wait_for(
+            lambda: (_drain(consumer, seen), len(seen) >= len(before))[1], 90, "records before the restart", result
+        )
+        kafka_broker.stop()
+        kafka_broker.start(port)
+        producer = KafkaProducer(bootstrap_servers=bootstrap_servers)
+        for i, value in enumerate(after):
+            producer.send(source, value=value, partition=i % 2)
+        producer.close()
+        _wait_for(
+            lambda: (_drain(consumer, seen), len(seen) >= len(before) + len(after))[1],
+            90,
+            "records after the restart",
+            result,
+        )
+        # Let anything duplicated arrive before comparing.
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            _drain(consumer, seen)
+        assert sorted(r.value for r in seen) == sorted(before + after)
+    finally:
+        consumer.close()
+        result.cancel()
+        if not kafka_broker.status().running:
+            kafka_broker.start(port)
+
+
+# -- committed offsets ---------------------------------------------------------------------
+
+
+def test_restart_from_committed_offsets_continues_where_the_last_run_committed(
+    bootstrap_servers: str, make_topic: Callable[..., str], prism_location: str
+) -> None:
+    topic = make_topic(partitions=2)
+    group = f"group-{uuid.uuid4().hex[:8]}"
+    producer = KafkaProducer(bootstrap_servers=bootstrap_servers)
+    for i in range(200):
+        producer.send(topic, value=b"%d" % i, partition=i % 2)
+    producer.flush()
+    producer.close()
+    config = {"group_id": group}
+    first_stop = {(topic, 0): 40, (topic, 1): 70}
+    with _prism(prism_location) as p:
+        first = (
+            p
+            | ReadFromKafka(
+                bootstrap_servers,
+                topic,
+                start="committed",
+                stop=first_stop,
+                consumer_config=config,
+                commit_offsets=True,
+            )
+            | beam.Map(lambda r: (r.partition, r.offset))
+        )
+        assert_that(first, equal_to([(0, o) for o in range(40)] + [(1, o) for o in range(70)]))
+
+    checker = KafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=group, enable_auto_commit=False)
+    try:
+        committed = {p: checker.committed(TopicPartition(topic, p)) for p in (0, 1)}
+    finally:
+        checker.close(autocommit=False)
+    assert committed == {0: 40, 1: 70}, "the committed offset is the next offset to read"
+
+    with _fn_api() as p:
+        second = (
+            p
+            | ReadFromKafka(
+                bootstrap_servers, topic, start="committed", stop="end", consumer_config=config, commit_offsets=True
+            )
+            | beam.Map(lambda r: (r.partition, r.offset))
+        )
+        assert_that(second, equal_to([(0, o) for o in range(40, 100)] + [(1, o) for o in range(70, 100)]))
+
+
+# -- the sink ------------------------------------------------------------------------------
+
+
+def test_write_then_read_round_trips(bootstrap_servers: str, make_topic: Callable[..., str]) -> None:
+    topic = make_topic(partitions=4)
+    events = [{"id": i, "body": "x" * (i % 50)} for i in range(2_000)]
+    with _fn_api() as p:
+        (
+            p
+            | beam.Create(events)
+            | WriteToKafka(
+                bootstrap_servers,
+                topic,
+                key_fn=lambda e: None if e["id"] % 10 == 0 else str(e["id"]).encode(),
+                value_fn=lambda e: e["body"].encode(),
+            )
+        )
+    expected = [(None if e["id"] % 10 == 0 else str(e["id"]).encode(), e["body"].encode()) for e in events]
+    p = _fn_api()
+    got = p | ReadFromKafka(bootstrap_servers, topic, stop="end") | beam.Map(lambda r: (r.key, r.value))
+    assert_that(got, equal_to(expected))
+    result = p.run()
+    result.wait_until_finish()
+    counters = {
+        c.key.metric.name: c.committed
+        for c in result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]
+    }
+    assert counters[f"{topic}.records_read"] == len(events)
+    assert counters[f"{topic}.bytes_read"] >= sum(len(k or b"") + len(v) for k, v in expected)
+
+
+def test_write_fails_the_bundle_when_the_broker_does_not_acknowledge(bootstrap_servers: str) -> None:
+    missing = f"missing-{uuid.uuid4().hex[:8]}"
+    started = time.monotonic()
+    with pytest.raises(Exception, match=r"KafkaWriteError|did not acknowledge|could not send") as info:
+        with _fn_api() as p:
+            p | beam.Create([(b"k", b"v")]) | WriteToKafka(bootstrap_servers, missing, timeout_s=2, validate=False)
+    assert missing in str(info.value)
+    assert time.monotonic() - started < 30
+
+
+# -- bad input -----------------------------------------------------------------------------
+
+
+def test_unknown_consumer_setting_is_one_clear_error(bootstrap_servers: str, make_topic: Callable[..., str]) -> None:
+    with pytest.raises(ConfigError, match="fetch_max_byte"):
+        ReadFromKafka(bootstrap_servers, make_topic(), consumer_config={"fetch_max_byte": 1})
+    with pytest.raises(ConfigError, match="value_deserializer"):
+        ReadFromKafka(bootstrap_servers, make_topic(), consumer_config={"value_deserializer": bytes})
+    with pytest.raises(ConfigError, match="group_id"):
+        ReadFromKafka(bootstrap_servers, make_topic(), start="committed")
+    with pytest.raises(ConfigError, match="auto_offset_reset"):
+        ReadFromKafka(bootstrap_servers, make_topic(), consumer_config={"auto_offset_reset": "latest"})
+    with pytest.raises(ConfigError, match="not read"):
+        ReadFromKafka(bootstrap_servers, make_topic(), start={("other-topic", 0): 3})
+    with pytest.raises(ConfigError, match="start must be"):
+        ReadFromKafka(bootstrap_servers, make_topic(), start="beginning")
+    with pytest.raises(ConfigError, match="compresion_type"):
+        WriteToKafka(bootstrap_servers, make_topic(), producer_config={"compresion_type": "gzip"})
+
+
+def test_unknown_topic_is_an_error_at_construction(bootstrap_servers: str) -> None:
+    missing = f"no-such-topic-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(ConfigError, match=missing):
+        ReadFromKafka(bootstrap_servers, missing, stop="end")
+    with pytest.raises(ConfigError, match=missing):
+        WriteToKafka(bootstrap_servers, missing)
+
+
+def test_unknown_topic_is_an_error_at_start_when_not_validated(bootstrap_servers: str) -> None:
+    missing = f"no-such-topic-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(Exception, match=f"{missing} does not exist"):
+        with _fn_api() as p:
+            p | ReadFromKafka(bootstrap_servers, missing, stop="end", validate=False)
+
+
+def test_unreachable_broker_fails_fast() -> None:
+    nowhere = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with pytest.raises(KafkaUnavailable, match=nowhere):
+        ReadFromKafka(nowhere, "anything", timeout_s=2)
+    assert time.monotonic() - started < 15
+
+
+# -- pieces of the splittable read ----------------------------------------------------------
+
+
+def test_unbounded_range_only_checkpoints_and_bounded_range_splits() -> None:
+    unbounded = _OffsetTracker(OffsetRange(10, 2**63 - 1), bounded=False)
+    assert not unbounded.is_bounded()
+    assert unbounded.try_claim(10)
+    assert unbounded.try_split(0.5) is None
+    primary, residual = unbounded.try_split(0)
+    assert (primary.stop, residual.start) == (11, 11)
+    bounded = _OffsetTracker(OffsetRange(0, 100), bounded=True)
+    assert bounded.is_bounded()
+    assert bounded.try_split(0.5) is not None
+
+
+def test_partition_watermark_never_goes_back() -> None:
+    estimator = _PartitionWatermark(None)
+    assert estimator.current_watermark() == MIN_TIMESTAMP
+    estimator.advance_to(Timestamp(100))
+    estimator.advance_to(Timestamp(50))
+    estimator.observe_timestamp(Timestamp(500))
+    assert estimator.current_watermark() == Timestamp(100)
+    assert _PartitionWatermark(estimator.get_estimator_state()).current_watermark() == Timestamp(100)
