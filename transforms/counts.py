@@ -339,10 +339,45 @@ class SalesByWindow(beam.PTransform):
         early = mode == "streaming" and early_delay is not None
         fn_class = EarlySalesWindowDoFn if early else SalesWindowDoFn
         self._fn = fn_class(mode, window_size, allowed_lateness, early_delay, clock)
+        self._batch = mode == "batch"
+        self._size = _micros(window_size)
 
     def expand(self, events: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
+        if self._batch and events.is_bounded:
+            return self._expand_batch(events)
         keyed = events | "KeySales" >> beam.FlatMap(_key_sale).with_output_types(tuple[tuple[str, str], Any])
         return keyed | "CountWindows" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTERS_TAG, main=SALES_WINDOWS_TAG)
+
+    def _expand_batch(self, events: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
+        """Batch: nothing is late, so a window is a plain sum per (window, store, item)."""
+        rows = (
+            events
+            | "KeySaleWindows" >> beam.FlatMap(_window_units, self._size)
+            | "SumWindows" >> beam.CombinePerKey(beam.combiners.TupleCombineFn(sum, sum))
+            | "WindowRows" >> beam.Map(_batch_window_row, self._size)
+        )
+        nothing_late = events.pipeline | "NoSaleIsLateInBatch" >> beam.Create([])
+        return rows, nothing_late
+
+
+def _window_units(event: Any, size: int) -> Iterable[tuple[tuple[int, str, str], tuple[int, int]]]:
+    if isinstance(event, Sale):
+        start = event.event_time - event.event_time % size
+        yield (start, event.store_id, event.item_id), (event.quantity, 1)
+
+
+def _batch_window_row(summed: tuple[tuple[int, str, str], tuple[int, int]], size: int) -> dict[str, Any]:
+    (start, store_id, item_id), (units, sales) = summed
+    return {
+        "window_start": micros_to_datetime(start),
+        "window_end": micros_to_datetime(start + size),
+        "store_id": store_id,
+        "item_id": item_id,
+        "units": units,
+        "sales": sales,
+        "pane": 0,
+        "timing": "on_time",
+    }
 
 
 def _key_sale(event: Any) -> Iterable[tuple[tuple[str, str], Sale]]:
@@ -427,7 +462,12 @@ class CountWords(beam.PTransform):
     def expand(self, records: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
         split = records | "SplitLines" >> beam.FlatMap(_split_line).with_outputs(DEAD_LETTERS_TAG, main="words")
         words = split.words | "TypedWords" >> beam.Map(lambda kv: kv).with_output_types(tuple[str, int])
-        rows = words | "RunningTotal" >> beam.ParDo(self._fn)
+        if self._fn._batch and records.is_bounded:
+            # A backfill sees every line: a combiner sums partial counts before the shuffle.
+            totals = words | "SumPerWord" >> beam.CombinePerKey(sum)
+            rows = totals | "WordRows" >> beam.MapTuple(lambda word, total: {"word": word, "count": total})
+        else:
+            rows = words | "RunningTotal" >> beam.ParDo(self._fn)
         return rows, split[DEAD_LETTERS_TAG]
 
 

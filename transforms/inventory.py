@@ -62,6 +62,7 @@ __all__ = [
     "KEY_STATE",
     "SEEN_STATE",
     "ComputeInventory",
+    "GroupedInventoryFn",
     "InventoryDoFn",
     "Mode",
 ]
@@ -111,6 +112,16 @@ class _KeyState:
     final_set: bool = False
 
 
+def _apply(st: _KeyState, event: Shipment | Sale) -> None:
+    """Add one (already deduped) event to a key's totals."""
+    if isinstance(event, Shipment):
+        st.shipped += event.quantity
+    else:
+        st.sold += event.quantity
+    st.events += 1
+    st.last_event_time = max(st.last_event_time, event.event_time)
+
+
 class InventoryDoFn(beam.DoFn):
     """Applies ((store_id, item_id), event) pairs once each; emits inventory rows.
 
@@ -154,13 +165,7 @@ class InventoryDoFn(beam.DoFn):
             return
         seen[ident] = et
         seen_state.write(seen)
-
-        if isinstance(event, Shipment):
-            st.shipped += event.quantity
-        else:
-            st.sold += event.quantity
-        st.events += 1
-        st.last_event_time = max(st.last_event_time, et)
+        _apply(st, event)
         self._applied.inc()
 
         if self._mode == "streaming":
@@ -243,6 +248,37 @@ class InventoryDoFn(beam.DoFn):
         )
 
 
+class GroupedInventoryFn(beam.DoFn):
+    """Batch: every event of one key at once -> one row, deduped with a plain set.
+
+    A backfill has the whole log, so there is nothing to expire and no reason to
+    touch per-element state: grouping first is the recompute itself, and far
+    cheaper than a state read and write per event.
+    """
+
+    def __init__(self) -> None:
+        self._applied = Metrics.counter("beamline", "inventory_events_applied")
+        self._duplicates = Metrics.counter("beamline", "inventory_duplicates")
+
+    def process(self, element: tuple[tuple[str, str], Iterable[Shipment | Sale]]) -> Iterator[Any]:  # type: ignore[override]
+        key, events = element
+        st = _KeyState()
+        seen: set[tuple[str, str]] = set()
+        duplicates = 0
+        for event in events:
+            ident = (event.kind, event.event_id)
+            if ident in seen:
+                duplicates += 1
+                continue
+            seen.add(ident)
+            _apply(st, event)
+            yield beam.pvalue.TaggedOutput(APPLIED_TAG, event)
+        self._applied.inc(len(seen))
+        self._duplicates.inc(duplicates)
+        if st.events:
+            yield from InventoryDoFn._flush(key, st)
+
+
 class ComputeInventory(beam.PTransform):
     """Events (one PCollection of both kinds, or a tuple of PCollections) -> inventory.
 
@@ -255,6 +291,7 @@ class ComputeInventory(beam.PTransform):
     def __init__(self, mode: Mode = "streaming", horizon: timedelta = DEFAULT_HORIZON) -> None:
         super().__init__()
         self._fn = InventoryDoFn(mode, horizon)
+        self._batch = mode == "batch"
 
     def expand(self, events: Any) -> beam.pvalue.DoOutputsTuple:
         if isinstance(events, (tuple, list)):
@@ -262,6 +299,12 @@ class ComputeInventory(beam.PTransform):
         keyed = events | "KeyByStoreItem" >> beam.Map(lambda e: (e.key, e)).with_output_types(
             tuple[tuple[str, str], Any]
         )
-        return keyed | "ApplyOnce" >> beam.ParDo(self._fn).with_outputs(
+        fn: beam.DoFn = self._fn
+        if self._batch and keyed.is_bounded:
+            # Bounded input in batch mode: group, then apply (the stateful DoFn
+            # keeps batch semantics for unbounded input such as a TestStream).
+            keyed = keyed | "GroupByStoreItem" >> beam.GroupByKey()
+            fn = GroupedInventoryFn()
+        return keyed | "ApplyOnce" >> beam.ParDo(fn).with_outputs(
             APPLIED_TAG, DEAD_LETTERS_TAG, main=INVENTORY_TAG
         )
