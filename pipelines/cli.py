@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 
 from transforms.errors import BeamlineError
 
-__all__ = ["build_parser", "default_bootstrap_servers", "main"]
+__all__ = ["build_parser", "default_bootstrap_servers", "main", "report_errors"]
 
 
 def default_bootstrap_servers() -> str:
@@ -69,6 +70,8 @@ def _produce_retail(args: argparse.Namespace) -> int:
         duplicate_rate=args.duplicate_rate,
         shipments_topic=args.shipments_topic,
         sales_topic=args.sales_topic,
+        start_time=args.start_time,
+        mean_gap_s=args.mean_gap if args.mean_gap is not None else (1.0 / args.rate if args.rate else 20.0),
     )
     ensure_topics(args.bootstrap_servers, [config.shipments_topic, config.sales_topic], args.partitions)
     summary = send_records(
@@ -106,8 +109,21 @@ def _rate(text: str) -> float:
     return value
 
 
+def _moment(text: str) -> datetime:
+    if text == "now":
+        return datetime.now(timezone.utc)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an RFC 3339 time or 'now': {text!r}") from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"give a UTC offset, e.g. {text}Z")
+    return moment
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used by tests and `--help`)."""
+    from producers.retail import RetailConfig
     from transforms import topics
 
     parser = argparse.ArgumentParser(
@@ -132,6 +148,18 @@ def build_parser() -> argparse.ArgumentParser:
     retail.add_argument("--rate", type=float, default=None, help="records per second (default: as fast as possible)")
     retail.add_argument("--invalid-rate", type=_rate, default=0.0, help="share of invalid records (0..1)")
     retail.add_argument("--duplicate-rate", type=_rate, default=0.0, help="share of re-sent event_ids (0..1)")
+    retail.add_argument(
+        "--start-time",
+        type=_moment,
+        default=RetailConfig.start_time,
+        help="event time of the first record: RFC 3339, or 'now' for a live feed (default %(default)s)",
+    )
+    retail.add_argument(
+        "--mean-gap",
+        type=float,
+        default=None,
+        help="mean seconds of event time between records (default 1/rate, else 20)",
+    )
     retail.add_argument("--partitions", type=_positive_int, default=4, help="partitions for new topics")
     retail.add_argument("--shipments-topic", default=topics.SHIPMENTS)
     retail.add_argument("--sales-topic", default=topics.SALES)
@@ -158,17 +186,25 @@ def _add_optional_verbs(verbs: argparse._SubParsersAction) -> None:
     commands.add_commands(verbs)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def report_errors(action: Callable[[], int | None]) -> int:
+    """Run ``action``; print a BeamlineError as one line and return an exit code."""
     try:
-        return int(args.func(args) or 0)
+        return int(action() or 0)
     except BeamlineError as exc:
         print(f"beamline: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("beamline: interrupted", file=sys.stderr)
         return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_extra", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.beam_args = extra
+    return report_errors(lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -3,17 +3,43 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+from collections.abc import Sequence
 
-__all__ = ["add_commands"]
+__all__ = ["PIPELINES", "add_commands", "pipeline_argv"]
 
+PIPELINES = {"inventory": "pipelines.inventory", "wordcount": "pipelines.wordcount"}
 DEMO_EVENTS = 20_000
+
+
+def pipeline_argv(args: argparse.Namespace, extra: Sequence[str]) -> list[str]:
+    """Translate ``beamline run`` options into the pipeline's Beam-style arguments."""
+    argv = [f"--mode={args.mode}", f"--bootstrap_servers={args.bootstrap_servers}"]
+    if args.warehouse:
+        argv.append(f"--warehouse={args.warehouse}")
+    if args.runner == "flink":
+        from infra.flink_cluster import flink_runner_args
+
+        argv.extend(flink_runner_args(args.flink_master, extra))
+    argv.extend(extra)
+    return argv
+
+
+def _run(args: argparse.Namespace) -> int:
+    module = importlib.import_module(PIPELINES[args.pipeline])
+    summary = module.run(pipeline_argv(args, args.beam_args))
+    print(f"{args.pipeline} ({args.mode}) {summary.describe()}")
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
     """Broker up, sample events in, the inventory pipeline, a few queries out."""
     from infra.kafka_broker import KafkaBroker
+    from pipelines import inventory
+    from pipelines.options import default_warehouse
     from producers.retail import RetailConfig, generate_retail
     from producers.send import ensure_topics, send_records
+    from readside.query import format_result, run_query
     from transforms import topics
 
     broker = KafkaBroker()
@@ -21,21 +47,66 @@ def _demo(args: argparse.Namespace) -> int:
     if not status.running:
         status = broker.start(args.port)
     bootstrap = status.bootstrap_servers or f"127.0.0.1:{args.port}"
-    print(f"[1/2] Kafka broker up at {bootstrap} (data in {status.data_dir})")
+    print(f"[1/4] Kafka broker up at {bootstrap} (data in {status.data_dir})")
 
-    created = ensure_topics(bootstrap, [topics.SHIPMENTS, topics.SALES])
-    if created:
+    created = ensure_topics(bootstrap, [topics.SHIPMENTS, topics.SALES, topics.DEAD_LETTERS])
+    if topics.SHIPMENTS in created:
         config = RetailConfig(events=args.events, invalid_rate=0.01, duplicate_rate=0.02)
         summary = send_records(bootstrap, generate_retail(config), total=config.events)
-        print(f"[2/2] {summary.describe()}")
+        print(f"[2/4] {summary.describe()}")
     else:
-        print("[2/2] sample topics already exist: reusing their events (the log is the truth)")
-    print(f"broker up, events in topics {topics.SHIPMENTS!r} and {topics.SALES!r}")
+        print("[2/4] sample topics already exist: reusing their events (the log is the truth)")
+
+    warehouse = default_warehouse()
+    result = inventory.run([f"--bootstrap_servers={bootstrap}", f"--warehouse={warehouse}", "--mode=batch"])
+    print(f"[3/4] inventory pipeline (batch backfill) {result.describe()}; views in {warehouse}")
+
+    print('[4/4] queries (try your own: beamline query "SELECT ...")')
+    for title, sql in (
+        (
+            "Top 5 items by units sold",
+            "SELECT item_id, sum(sold) AS sold, sum(on_hand) AS on_hand FROM inventory "
+            "GROUP BY item_id ORDER BY sold DESC LIMIT 5",
+        ),
+        (
+            "Stock at store-001 (first 5 items)",
+            "SELECT item_id, on_hand, shipped, sold, events FROM inventory "
+            "WHERE store_id = 'store-001' ORDER BY item_id LIMIT 5",
+        ),
+        (
+            "Dead letters by error (first 5)",
+            "SELECT error, count(*) AS records FROM dead_letters GROUP BY error ORDER BY records DESC LIMIT 5",
+        ),
+    ):
+        print(f"\n{title}:\n{format_result(run_query(sql, warehouse), 'table')}")
     return 0
 
 
 def add_commands(verbs: argparse._SubParsersAction) -> None:
+    from pipelines.cli import default_bootstrap_servers
+
+    run = verbs.add_parser(
+        "run",
+        help="run a pipeline (extra arguments go to Beam)",
+        description="Run a pipeline. Arguments not listed here are passed to Beam as pipeline options.",
+    )
+    run.add_argument("pipeline", choices=sorted(PIPELINES))
+    run.add_argument("--mode", choices=["batch", "streaming"], default="batch")
+    run.add_argument("--runner", choices=["direct", "flink"], default="direct")
+    run.add_argument(
+        "--flink-master",
+        default="[local]",
+        help="with --runner flink: [local] (embedded) or HOST:PORT of a session cluster's REST endpoint",
+    )
+    run.add_argument("--bootstrap-servers", default=default_bootstrap_servers())
+    run.add_argument("--warehouse", default=None, help="warehouse folder (default .beamline/warehouse)")
+    run.set_defaults(func=_run, accepts_extra=True)
+
     demo = verbs.add_parser("demo", help="the whole story on a local broker, end to end")
     demo.add_argument("--events", type=int, default=DEMO_EVENTS)
     demo.add_argument("--port", type=int, default=9092)
     demo.set_defaults(func=_demo)
+
+    from readside.cli import add_commands as add_read_commands
+
+    add_read_commands(verbs)

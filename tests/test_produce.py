@@ -7,35 +7,16 @@ import json
 import time
 import uuid
 from collections import Counter, defaultdict
-from datetime import datetime
 
 from kafka import KafkaAdminClient, KafkaConsumer
 
 from producers.retail import RetailConfig, generate_retail
 from tests.cli_helpers import run_cli
+from tests.truth import parse_event
 
 
 def _is_valid_event(value: bytes | None) -> bool:
-    """An independent reading of the event contract in DESIGN.md."""
-    if value is None:
-        return False
-    try:
-        event = json.loads(value.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    if not isinstance(event, dict):
-        return False
-    for name in ("event_id", "store_id", "item_id", "event_time"):
-        if not isinstance(event.get(name), str) or not event[name]:
-            return False
-    quantity = event.get("quantity")
-    if type(quantity) is not int or quantity <= 0:
-        return False
-    try:
-        moment = datetime.fromisoformat(event["event_time"].replace("Z", "+00:00"))
-    except ValueError:
-        return False
-    return moment.tzinfo is not None
+    return parse_event(value) is not None
 
 
 def test_same_seed_same_records_and_another_seed_differs():

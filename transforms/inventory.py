@@ -305,6 +305,4 @@ class ComputeInventory(beam.PTransform):
             # keeps batch semantics for unbounded input such as a TestStream).
             keyed = keyed | "GroupByStoreItem" >> beam.GroupByKey()
             fn = GroupedInventoryFn()
-        return keyed | "ApplyOnce" >> beam.ParDo(fn).with_outputs(
-            APPLIED_TAG, DEAD_LETTERS_TAG, main=INVENTORY_TAG
-        )
+        return keyed | "ApplyOnce" >> beam.ParDo(fn).with_outputs(APPLIED_TAG, DEAD_LETTERS_TAG, main=INVENTORY_TAG)

@@ -112,13 +112,18 @@ class Warehouse:
 
     # layout and locking
     def _init_layout(self) -> None:
-        if self.root.exists() and not (self.root / MARKER_FILE).exists() and any(self.root.iterdir()):
-            raise WarehouseMissing(
-                f"{self.root} is not empty and is not a Beamline warehouse; pass an empty or new folder as --warehouse"
-            )
-        for sub in ("snapshots", *(f"data/{v}" for v in VIEWS)):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        # Several workers may create the same new warehouse at once: the folder
+        # check and the layout happen under the lock, and the marker comes last,
+        # so a second writer sees either nothing of ours or a whole warehouse.
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise WarehouseMissing(f"cannot create warehouse {self.root}: {exc.strerror or exc}") from None
+        self._refuse_foreign_folder()  # before the lock file, which would litter it
         with self._locked():
+            self._refuse_foreign_folder()
+            for sub in ("snapshots", *(f"data/{v}" for v in VIEWS)):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
             if not (self.root / CURRENT_FILE).exists():
                 self._publish(0, _now_us(), {v: () for v in VIEWS})
             if not (self.root / MARKER_FILE).exists():
@@ -127,6 +132,17 @@ class Warehouse:
                 _fsync_write(tmp, json.dumps(meta).encode())
                 os.replace(tmp, self.root / MARKER_FILE)
         check_root(self.root)
+
+    def _refuse_foreign_folder(self) -> None:
+        if (self.root / MARKER_FILE).exists():
+            return
+        ours = {LOCK_FILE, CURRENT_FILE, "snapshots", "data"}
+        foreign = sorted(p.name for p in self.root.iterdir() if p.name not in ours and p.name[0] != ".")
+        if foreign:
+            raise WarehouseMissing(
+                f"{self.root} is not empty and is not a Beamline warehouse (it holds {foreign[0]!r}); "
+                "pass an empty or new folder as --warehouse"
+            )
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

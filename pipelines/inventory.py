@@ -1,0 +1,107 @@
+"""Retail inventory: shipments and sales into stock per store and item.
+
+Wiring only; the work is in ``transforms/``::
+
+    shipments ─ ReadShipments ─ DecodeShipments ─┐
+                                                 ├─ ApplyToInventory ─ WriteInventory   (view inventory)
+    sales ───── ReadSales ───── DecodeSales ─────┘        │
+                                                 applied sales ─ SalesByWindow ─ WriteSalesByWindow
+    dead letters of every step ─ WriteDeadLetters (view dead_letters) + DeadLettersToKafka
+
+Run it with ``python -m pipelines.inventory --mode batch|streaming [Beam options]``
+or ``beamline run inventory ...``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from datetime import timedelta
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from infra.kafka_broker import ensure_topics
+from pipelines.options import BeamlineOptions, KafkaOptions, WarehouseOptions, bootstrap_servers
+from pipelines.runner import RunSummary, main_for, run_pipeline
+from transforms.counts import SalesByWindow
+from transforms.events import DecodeEvents, dead_letter_to_kafka, dead_letter_to_row
+from transforms.inventory import ComputeInventory
+from transforms.kafka import ReadFromKafka, WriteToKafka
+from transforms.sinks import WriteToWarehouse
+
+__all__ = ["build", "main", "run"]
+
+
+def read_log(pipeline: beam.Pipeline, label: str, topic: str, options: PipelineOptions) -> beam.PCollection:
+    """One topic from its earliest offset: to the end offsets seen at start (batch) or forever."""
+    kafka = options.view_as(KafkaOptions)
+    batch = options.view_as(BeamlineOptions).mode == "batch"
+    consumer_config = {"group_id": kafka.consumer_group} if kafka.consumer_group else None
+    return pipeline | label >> ReadFromKafka(
+        bootstrap_servers(options),
+        topic,
+        start="earliest",
+        stop="end" if batch else None,
+        consumer_config=consumer_config,
+        commit_offsets=bool(kafka.consumer_group),
+    )
+
+
+def write_dead_letters(dead_letters: Sequence[beam.PCollection], options: PipelineOptions) -> None:
+    """Every dead letter goes to the dead_letters view and the dead-letters topic."""
+    kafka = options.view_as(KafkaOptions)
+    warehouse = options.view_as(WarehouseOptions).warehouse
+    ensure_topics(bootstrap_servers(options), [kafka.dead_letter_topic])
+    merged = tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten()
+    _ = (
+        merged
+        | "DeadLetterRows" >> beam.Map(dead_letter_to_row)
+        | "WriteDeadLetters" >> WriteToWarehouse(warehouse, "dead_letters")
+    )
+    _ = (
+        merged
+        | "DeadLetterRecords" >> beam.Map(dead_letter_to_kafka)
+        | "DeadLettersToKafka" >> WriteToKafka(bootstrap_servers(options), kafka.dead_letter_topic)
+    )
+
+
+def build(pipeline: beam.Pipeline, options: PipelineOptions) -> None:
+    """Add the inventory pipeline's steps to ``pipeline``."""
+    kafka = options.view_as(KafkaOptions)
+    settings = options.view_as(BeamlineOptions)
+    warehouse = options.view_as(WarehouseOptions).warehouse
+    mode = settings.mode
+
+    shipments = read_log(pipeline, "ReadShipments", kafka.shipments_topic, options) | "DecodeShipments" >> DecodeEvents(
+        "shipment"
+    )
+    sales = read_log(pipeline, "ReadSales", kafka.sales_topic, options) | "DecodeSales" >> DecodeEvents("sale")
+
+    inventory = (shipments.events, sales.events) | "ApplyToInventory" >> ComputeInventory(
+        mode=mode, horizon=timedelta(seconds=settings.dedupe_horizon)
+    )
+    _ = inventory.inventory | "WriteInventory" >> WriteToWarehouse(warehouse, "inventory")
+
+    window_rows, too_late = inventory.applied | "SalesByWindow" >> SalesByWindow(
+        mode=mode,
+        window_size=timedelta(seconds=settings.window_size),
+        allowed_lateness=timedelta(seconds=settings.allowed_lateness),
+        early_delay=timedelta(seconds=settings.early_firing) if settings.early_firing > 0 else None,
+    )
+    _ = window_rows | "WriteSalesByWindow" >> WriteToWarehouse(warehouse, "sales_by_window")
+
+    write_dead_letters([shipments.dead_letters, sales.dead_letters, inventory.dead_letters, too_late], options)
+
+
+def run(argv: Sequence[str] | None = None) -> RunSummary:
+    """Run the inventory pipeline with Beam-style arguments; return its summary."""
+    return run_pipeline(build, argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return main_for(build, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

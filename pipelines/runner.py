@@ -1,0 +1,145 @@
+"""Running a Beamline pipeline: runner choice, clean stop on signals, a summary.
+
+The pipelines only describe *what* to compute; this module decides *where*:
+
+* ``--mode batch`` with no runner named runs on Beam's in-process FnApiRunner
+  (one process, no job service: the fastest way to backfill on one machine);
+* ``--mode streaming`` with no runner named runs on Prism, Beam's portable
+  local runner, from the binary cached by ``make setup``;
+* any runner named explicitly (``--runner=FlinkRunner``, ``PrismRunner``, ...)
+  is used as given.
+
+In streaming mode SIGINT and SIGTERM cancel the job and the process exits 0:
+the views hold everything committed so far, and a restart replays the log
+(idempotent upserts make that safe).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.runners.runner import PipelineState
+
+from infra.paths import prism_binary
+from pipelines.options import BeamlineOptions
+from transforms.errors import PipelineFailed, SetupMissing
+
+__all__ = ["RunSummary", "main_for", "run_pipeline"]
+
+FN_API_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
+METRICS_NAMESPACE = "beamline"
+
+_LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class RunSummary:
+    """Counters the pipeline reported (namespace ``beamline``), and the elapsed time."""
+
+    state: str
+    elapsed_s: float
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        parts = [f"{name}={value:,}" for name, value in sorted(self.counters.items())]
+        return f"{self.state.lower()} in {self.elapsed_s:.1f}s" + (": " + ", ".join(parts) if parts else "")
+
+
+def _has_flag(argv: Sequence[str], name: str) -> bool:
+    return any(arg == name or arg.startswith(name + "=") for arg in argv)
+
+
+def resolve_argv(argv: Sequence[str]) -> list[str]:
+    """Add the runner Beamline picks for the mode when the caller named none."""
+    args = list(argv)
+    options = PipelineOptions(args)
+    mode = options.view_as(BeamlineOptions).mode
+    if mode == "streaming" and not _has_flag(args, "--streaming"):
+        args.append("--streaming")
+    if not _has_flag(args, "--runner"):
+        args.append("--runner=" + ("PrismRunner" if mode == "streaming" else FN_API_RUNNER))
+    runner = options.view_as(StandardOptions).runner or ""
+    uses_prism = "--runner=PrismRunner" in args or runner.lower() in ("prismrunner", "prism")
+    if uses_prism and not _has_flag(args, "--prism_location"):
+        binary = prism_binary()
+        if not binary.is_file():
+            raise SetupMissing(f"Prism runner not found at {binary}; run `make setup`")
+        args.append(f"--prism_location={binary}")
+    return args
+
+
+def _collect_counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
+    try:
+        metrics = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(METRICS_NAMESPACE))
+    except Exception as exc:  # a runner without metrics support still finished its work
+        _LOG.debug("metrics unavailable: %s", exc)
+        return {}
+    totals: dict[str, int] = {}
+    for counter in metrics.get("counters", []):
+        value = counter.committed if counter.committed is not None else counter.attempted
+        totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + int(value or 0)
+    return totals
+
+
+def run_pipeline(
+    build: Callable[[beam.Pipeline, PipelineOptions], None],
+    argv: Sequence[str] | None = None,
+    *,
+    on_started: Callable[[beam.runners.runner.PipelineResult], None] | None = None,
+) -> RunSummary:
+    """Build and run a pipeline; block until it finishes or a signal stops it."""
+    args = resolve_argv(sys.argv[1:] if argv is None else argv)
+    options = PipelineOptions(args)
+    options.view_as(beam.options.pipeline_options.SetupOptions).save_main_session = False
+    streaming = options.view_as(BeamlineOptions).mode == "streaming"
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, options)
+
+    started = time.monotonic()
+    result = pipeline.run()
+    if on_started is not None:
+        on_started(result)
+    stop_requested = threading.Event()
+
+    def _stop(signum: int, _frame: object) -> None:
+        if stop_requested.is_set():
+            return
+        stop_requested.set()
+        print(f"beamline: {signal.Signals(signum).name} received, stopping the pipeline", file=sys.stderr)
+        try:
+            result.cancel()
+        except Exception as exc:  # already finished, or the runner cannot cancel
+            _LOG.debug("cancel failed: %s", exc)
+
+    previous = {}
+    if streaming and threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, _stop)
+    try:
+        state = result.wait_until_finish()
+    except Exception:
+        if not stop_requested.is_set():
+            raise
+        state = PipelineState.CANCELLED
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    state_name = str(state).split(".")[-1]
+    if state_name not in ("DONE", "CANCELLED", "CANCELLING") or (state_name != "DONE" and not stop_requested.is_set()):
+        raise PipelineFailed(f"the pipeline ended in state {state_name}; see the log above for the failing step")
+    return RunSummary(state_name, time.monotonic() - started, _collect_counters(result))
+
+
+def main_for(build: Callable[[beam.Pipeline, PipelineOptions], None], argv: Sequence[str] | None = None) -> int:
+    """``python -m pipelines.X`` entry: run, print the summary, errors as one line."""
+    from pipelines.cli import report_errors
+
+    return report_errors(lambda: print(run_pipeline(build, argv).describe()))

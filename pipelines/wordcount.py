@@ -1,0 +1,56 @@
+"""Word count: lines of text into running totals per word.
+
+    text-lines ─ ReadLines ─ CountWords ─┬─ WriteWordCounts   (view word_counts)
+                                         └─ WordCountsToKafka (topic word-counts)
+    undecodable lines ─ dead letters (view dead_letters + topic dead-letters)
+
+Run it with ``python -m pipelines.wordcount --mode batch|streaming [Beam options]``
+or ``beamline run wordcount ...``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from infra.kafka_broker import ensure_topics
+from pipelines.inventory import read_log, write_dead_letters
+from pipelines.options import BeamlineOptions, KafkaOptions, WarehouseOptions, bootstrap_servers
+from pipelines.runner import RunSummary, main_for, run_pipeline
+from transforms.counts import CountWords, word_count_to_kafka
+from transforms.kafka import WriteToKafka
+from transforms.sinks import WriteToWarehouse
+
+__all__ = ["build", "main", "run"]
+
+
+def build(pipeline: beam.Pipeline, options: PipelineOptions) -> None:
+    """Add the word count's steps to ``pipeline``."""
+    kafka = options.view_as(KafkaOptions)
+    warehouse = options.view_as(WarehouseOptions).warehouse
+    ensure_topics(bootstrap_servers(options), [kafka.word_counts_topic])
+    lines = read_log(pipeline, "ReadLines", kafka.text_topic, options)
+    counts, dead = lines | "CountWords" >> CountWords(mode=options.view_as(BeamlineOptions).mode)
+    _ = counts | "WriteWordCounts" >> WriteToWarehouse(warehouse, "word_counts")
+    _ = (
+        counts
+        | "WordCountRecords" >> beam.Map(word_count_to_kafka)
+        | "WordCountsToKafka" >> WriteToKafka(bootstrap_servers(options), kafka.word_counts_topic)
+    )
+    write_dead_letters([dead], options)
+
+
+def run(argv: Sequence[str] | None = None) -> RunSummary:
+    """Run the word count with Beam-style arguments; return its summary."""
+    return run_pipeline(build, argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return main_for(build, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""End to end: the real broker, the `beamline` command, the warehouse, and a recompute.
+
+Each test produces events into fresh topics, runs a pipeline as a user would
+(a separate `beamline run ...` process), and compares every view with
+:mod:`tests.truth`, an independent recompute of the same log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from kafka import KafkaProducer
+
+from producers.retail import RetailConfig, generate_retail
+from producers.send import send_records
+from readside.query import run_query
+from tests.cli_helpers import PROJECT_ROOT, run_cli
+from tests.truth import Truth, read_topic, recompute_retail, recompute_word_counts
+
+pytestmark = pytest.mark.slow
+
+
+class RetailLog:
+    """Fresh shipments/sales/dead-letter topics for one test, plus its warehouse."""
+
+    def __init__(self, bootstrap: str, make_topic: Callable[..., str], warehouse: Path) -> None:
+        self.bootstrap = bootstrap
+        self.shipments = make_topic(4)
+        self.sales = make_topic(4)
+        self.dead_letters = make_topic(1)
+        self.warehouse = warehouse
+
+    def produce(self, config: RetailConfig, rate: float | None = None) -> None:
+        config = RetailConfig(**{**config.__dict__, "shipments_topic": self.shipments, "sales_topic": self.sales})
+        send_records(self.bootstrap, generate_retail(config), rate=rate, progress=None)
+
+    def run_args(self, mode: str) -> list[str]:
+        return [
+            "run", "inventory", "--mode", mode, "--bootstrap-servers", self.bootstrap,
+            "--warehouse", str(self.warehouse), f"--shipments_topic={self.shipments}",
+            f"--sales_topic={self.sales}", f"--dead_letter_topic={self.dead_letters}",
+        ]  # fmt: skip
+
+    def truth(self) -> Truth:
+        return recompute_retail(read_topic(self.bootstrap, self.shipments), read_topic(self.bootstrap, self.sales))
+
+
+@pytest.fixture
+def retail_log(bootstrap_servers: str, make_topic: Callable[..., str], tmp_path: Path) -> RetailLog:
+    return RetailLog(bootstrap_servers, make_topic, tmp_path / "warehouse")
+
+
+def _views(warehouse: Path) -> dict[str, object]:
+    inventory = run_query("SELECT * FROM inventory", warehouse).to_pylist()
+    windows = run_query("SELECT * FROM sales_by_window", warehouse).to_pylist()
+    dead = run_query('SELECT source_topic, partition, "offset" FROM dead_letters', warehouse).to_pylist()
+    return {
+        "inventory": {
+            (r["store_id"], r["item_id"]): (r["on_hand"], r["shipped"], r["sold"], r["events"], r["last_event_time"])
+            for r in inventory
+        },
+        "windows": {(r["window_start"], r["store_id"], r["item_id"]): r["units"] for r in windows},
+        "window_ends_ok": all((r["window_end"] - r["window_start"]).total_seconds() == 3600 for r in windows),
+        "dead": {(r["source_topic"], r["partition"], r["offset"]) for r in dead},
+    }
+
+
+def _expected(truth: Truth) -> dict[str, object]:
+    return {
+        "inventory": {
+            key: (row["on_hand"], row["shipped"], row["sold"], row["events"], row["last_event_time"])
+            for key, row in truth.inventory.items()
+        },
+        "windows": dict(truth.sales_by_window),
+        "window_ends_ok": True,
+        "dead": set(truth.dead_letters),
+    }
+
+
+def _views_or_none(warehouse: Path) -> dict[str, object] | None:
+    from transforms.errors import BeamlineError
+
+    try:
+        return _views(warehouse)
+    except BeamlineError:  # the pipeline has not committed every view yet
+        return None
+
+
+def _wait_for_views(warehouse: Path, expected: dict[str, object], process: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    latest = None
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"the streaming pipeline exited early with {process.returncode}"
+        latest = _views_or_none(warehouse)
+        if latest == expected:
+            return
+        time.sleep(1.0)  # polling interval of a convergence check, not a readiness guess
+    assert latest is not None, "no view was ever committed"
+    for name in expected:
+        assert latest[name] == expected[name], f"view {name} did not converge to the recompute"
+
+
+def _start_streaming(log: RetailLog, stderr_path: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", *log.run_args("streaming")],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=open(stderr_path, "ab"),
+        start_new_session=True,  # its own process group: Prism dies with it on kill -9
+    )
+
+
+def _stop(process: subprocess.Popen) -> int:
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def test_batch_backfill_equals_the_recompute(retail_log: RetailLog):
+    retail_log.produce(RetailConfig(events=100_000, seed=21, invalid_rate=0.01, duplicate_rate=0.03))
+    result = run_cli(*retail_log.run_args("batch"), timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    truth = retail_log.truth()
+    assert truth.duplicates > 1000 and len(truth.dead_letters) > 500  # the log has what we test against
+    assert _views(retail_log.warehouse) == _expected(truth)
+    # A second backfill over the same log changes nothing.
+    again = run_cli(*retail_log.run_args("batch"), timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _views(retail_log.warehouse) == _expected(truth)
+
+
+def test_streaming_survives_kill_9_and_matches_a_later_batch(retail_log: RetailLog, tmp_path: Path):
+    live = RetailConfig(
+        events=3_000, seed=5, invalid_rate=0.02, duplicate_rate=0.05, start_time=datetime.now(timezone.utc),
+        mean_gap_s=0.01,
+    )  # fmt: skip
+    stderr_path = tmp_path / "pipeline.log"
+    process = _start_streaming(retail_log, stderr_path)
+    try:
+        retail_log.produce(live, rate=1_000)
+        _wait_for_views(retail_log.warehouse, _expected(retail_log.truth()), process, timeout_s=240)
+
+        os.killpg(process.pid, signal.SIGKILL)  # a crash: no clean shutdown of anything
+        process.wait()
+        more = RetailConfig(**{**live.__dict__, "seed": 6, "start_time": datetime.now(timezone.utc)})
+        retail_log.produce(more, rate=1_000)  # produced while the pipeline is down
+        process = _start_streaming(retail_log, stderr_path)
+        retail_log.produce(RetailConfig(**{**more.__dict__, "seed": 7, "events": 1_000}), rate=500)
+        expected = _expected(retail_log.truth())
+        _wait_for_views(retail_log.warehouse, expected, process, timeout_s=300)
+        assert _stop(process) == 0, stderr_path.read_text()[-3000:]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    streamed = _views(retail_log.warehouse)
+    batch = run_cli(*retail_log.run_args("batch"), timeout=600)
+    assert batch.returncode == 0, batch.stderr[-3000:]
+    assert _views(retail_log.warehouse) == streamed == expected
+
+
+def test_wordcount_batch_equals_the_recompute(bootstrap_servers: str, make_topic, tmp_path: Path):
+    lines_topic, counts_topic, dead_topic = make_topic(2), make_topic(1), make_topic(1)
+    producer = KafkaProducer(bootstrap_servers=bootstrap_servers)
+    lines = ["The quick brown fox", "jumps over the lazy dog", "Ünïcode wörds, ÜNÏCODE", "", "x_y 42 x_y"]
+    for index in range(400):
+        producer.send(lines_topic, value=f"{lines[index % len(lines)]} n{index % 7}".encode())
+    producer.send(lines_topic, value=b"\xff\xfe broken utf-8")
+    producer.flush()
+    producer.close()
+    warehouse = tmp_path / "warehouse"
+    result = run_cli(
+        "run", "wordcount", "--mode", "batch", "--bootstrap-servers", bootstrap_servers, "--warehouse", str(warehouse),
+        f"--text_topic={lines_topic}", f"--word_counts_topic={counts_topic}", f"--dead_letter_topic={dead_topic}",
+        timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts, dead = recompute_word_counts(read_topic(bootstrap_servers, lines_topic))
+    got = {r["word"]: r["count"] for r in run_query("SELECT * FROM word_counts", warehouse).to_pylist()}
+    assert got == counts
+    got_dead = run_query('SELECT source_topic, partition, "offset" FROM dead_letters', warehouse).to_pylist()
+    assert {(r["source_topic"], r["partition"], r["offset"]) for r in got_dead} == dead
+    # The word-counts topic carries the totals too: the last record per word is the final count.
+    latest: dict[str, int] = {}
+    for _, _, _, value in read_topic(bootstrap_servers, counts_topic):
+        row = json.loads(value)
+        latest[row["word"]] = max(latest.get(row["word"], 0), row["count"])
+    assert latest == counts
+
+
+def test_a_bad_option_is_one_line(tmp_path: Path):
+    result = run_cli("run", "inventory", "--mode", "batch", "--bootstrap-servers", "127.0.0.1:1", "--warehouse",
+                     str(tmp_path / "w"), timeout=120)  # fmt: skip
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "beamline: error:" in result.stderr

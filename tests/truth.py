@@ -1,0 +1,124 @@
+"""An independent recompute of the views from the log, for end-to-end tests.
+
+Written from DESIGN.md alone, in plain Python, without importing Beamline's
+transforms: if the pipelines and this file disagree, one of them misreads the
+contract. Records are read straight from the topics with kafka-python.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from kafka import KafkaConsumer, TopicPartition
+
+RawRecord = tuple[str, int, int, bytes | None]  # topic, partition, offset, value
+
+
+def read_topic(bootstrap: str, topic: str, timeout_s: float = 120) -> list[RawRecord]:
+    """Every record of ``topic`` up to the end offsets seen now."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        ends = consumer.end_offsets(partitions)
+        out: list[RawRecord] = []
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.position(tp) < ends[tp] for tp in partitions):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic} did not reach its end offsets")
+            for batch in consumer.poll(timeout_ms=500, max_records=50_000).values():
+                out.extend((r.topic, r.partition, r.offset, r.value) for r in batch)
+        return out
+    finally:
+        consumer.close()
+
+
+def parse_event(value: bytes | None) -> dict | None:
+    """The event if it obeys the contract, else None."""
+    if value is None:
+        return None
+    try:
+        event = json.loads(value.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if not isinstance(event, dict):
+        return None
+    for name in ("event_id", "store_id", "item_id", "event_time"):
+        if not isinstance(event.get(name), str) or not event[name]:
+            return None
+    quantity = event.get("quantity")
+    if type(quantity) is not int or quantity <= 0:
+        return None
+    text = event["event_time"]
+    if not re.fullmatch(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)", text):
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return None
+    event["_time"] = moment.astimezone(timezone.utc)
+    return event
+
+
+@dataclass
+class Truth:
+    inventory: dict[tuple[str, str], dict]
+    sales_by_window: dict[tuple[datetime, str, str], int]
+    dead_letters: set[tuple[str, int, int]]
+    applied: int
+    duplicates: int
+
+
+def recompute_retail(shipments: list[RawRecord], sales: list[RawRecord], window_s: int = 3600) -> Truth:
+    """Inventory, hourly sales and dead letters exactly as the contract defines them."""
+    inventory: dict[tuple[str, str], dict] = defaultdict(
+        lambda: {"shipped": 0, "sold": 0, "events": 0, "last_event_time": None}
+    )
+    windows: dict[tuple[datetime, str, str], int] = defaultdict(int)
+    dead: set[tuple[str, int, int]] = set()
+    applied = duplicates = 0
+    for records, column in ((shipments, "shipped"), (sales, "sold")):
+        seen: set[str] = set()
+        for topic, partition, offset, value in records:
+            event = parse_event(value)
+            if event is None:
+                dead.add((topic, partition, offset))
+                continue
+            if event["event_id"] in seen:
+                duplicates += 1
+                continue
+            seen.add(event["event_id"])
+            applied += 1
+            row = inventory[(event["store_id"], event["item_id"])]
+            row[column] += event["quantity"]
+            row["events"] += 1
+            if row["last_event_time"] is None or event["_time"] > row["last_event_time"]:
+                row["last_event_time"] = event["_time"]
+            if column == "sold":
+                epoch = event["_time"].timestamp()
+                start = datetime.fromtimestamp(math.floor(epoch / window_s) * window_s, timezone.utc)
+                windows[(start, event["store_id"], event["item_id"])] += event["quantity"]
+    for row in inventory.values():
+        row["on_hand"] = row["shipped"] - row["sold"]
+    return Truth(dict(inventory), dict(windows), dead, applied, duplicates)
+
+
+def recompute_word_counts(lines: list[RawRecord]) -> tuple[dict[str, int], set[tuple[str, int, int]]]:
+    counts: dict[str, int] = defaultdict(int)
+    dead: set[tuple[str, int, int]] = set()
+    for topic, partition, offset, value in lines:
+        try:
+            text = (value or b"").decode("utf-8")
+        except UnicodeDecodeError:
+            dead.add((topic, partition, offset))
+            continue
+        for word in re.findall(r"\w+", text.lower()):
+            counts[word] += 1
+    return dict(counts), dead
