@@ -24,7 +24,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt setup.py
 	test -x $(PY) || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-dev.txt
-	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip install -q --no-deps -e . --config-settings editable_mode=compat
 	touch $@
 
 $(CACHE)/kafka/.installed: infra/kafka/pom.xml

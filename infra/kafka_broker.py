@@ -35,6 +35,7 @@ from transforms.errors import ServiceError, SetupMissing
 __all__ = [
     "BrokerStatus",
     "KafkaBroker",
+    "count_records",
     "ensure_topics",
     "find_java",
     "free_port",
@@ -143,6 +144,25 @@ def ensure_topics(
         return missing
     finally:
         admin.close()
+
+
+def count_records(bootstrap_servers: str, names: Iterable[str], *, timeout_s: float = 10.0) -> int:
+    """Records between the earliest and the end offsets of the topics, now."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    wait_for_kafka(bootstrap_servers, timeout_s=timeout_s)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    try:
+        partitions = [
+            TopicPartition(topic, p) for topic in names for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        if not partitions:
+            return 0
+        starts = consumer.beginning_offsets(partitions)
+        ends = consumer.end_offsets(partitions)
+        return sum(ends[tp] - starts[tp] for tp in partitions)
+    finally:
+        consumer.close()
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ a non-zero exit code; a traceback means a bug in Beamline, not in the input.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -198,7 +199,25 @@ def report_errors(action: Callable[[], int | None]) -> int:
         return 130
 
 
+class _QuietLibraries(logging.Filter):
+    """Drop library chatter that says nothing to an operator of Beamline."""
+
+    _NOISE = ("apitools not found", "It is blocking the event loop")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(noise in message for noise in self._NOISE)
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_QuietLibraries())
+    logging.getLogger("kafka").setLevel(logging.ERROR)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _configure_logging()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "accepts_extra", False):

@@ -79,6 +79,7 @@ def _demo(args: argparse.Namespace) -> int:
         ),
     ):
         print(f"\n{title}:\n{format_result(run_query(sql, warehouse), 'table')}")
+    print(f"\nThe broker keeps running at {bootstrap}; stop it with `beamline kafka stop`.")
     return 0
 
 

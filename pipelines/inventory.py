@@ -94,13 +94,19 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions) -> None:
     write_dead_letters([shipments.dead_letters, sales.dead_letters, inventory.dead_letters, too_late], options)
 
 
+def topics_read(options: PipelineOptions) -> list[str]:
+    """The topics this pipeline reads (for progress lines)."""
+    kafka = options.view_as(KafkaOptions)
+    return [kafka.shipments_topic, kafka.sales_topic]
+
+
 def run(argv: Sequence[str] | None = None) -> RunSummary:
     """Run the inventory pipeline with Beam-style arguments; return its summary."""
-    return run_pipeline(build, argv)
+    return run_pipeline(build, argv, progress_topics=topics_read)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return main_for(build, argv)
+    return main_for(build, argv, topics_read)
 
 
 if __name__ == "__main__":

@@ -28,9 +28,11 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineState
 
+from infra.kafka_broker import count_records
 from infra.paths import prism_binary
-from pipelines.options import BeamlineOptions
+from pipelines.options import BeamlineOptions, bootstrap_servers
 from transforms.errors import PipelineFailed, SetupMissing
+from transforms.kafka import LOCAL_PROGRESS
 
 __all__ = ["RunSummary", "main_for", "run_pipeline"]
 
@@ -89,13 +91,40 @@ def _collect_counters(result: beam.runners.runner.PipelineResult) -> dict[str, i
     return totals
 
 
+class _ProgressReporter(threading.Thread):
+    """Prints "read X of Y records" of a backfill every few seconds, on stderr."""
+
+    def __init__(self, total: int, every_s: float = 5.0) -> None:
+        super().__init__(name="beamline-progress", daemon=True)
+        self._total = total
+        self._every_s = every_s
+        self._done = threading.Event()
+        self._base = LOCAL_PROGRESS.records
+
+    def run(self) -> None:
+        started = time.monotonic()
+        while not self._done.wait(self._every_s):
+            read = LOCAL_PROGRESS.records - self._base
+            elapsed = time.monotonic() - started
+            share = f" ({100 * read / self._total:.0f}%)" if self._total else ""
+            print(f"  read {read:,} of {self._total:,} records{share}, {read / elapsed:,.0f}/s", file=sys.stderr)
+
+    def stop(self) -> None:
+        self._done.set()
+
+
 def run_pipeline(
     build: Callable[[beam.Pipeline, PipelineOptions], None],
     argv: Sequence[str] | None = None,
     *,
+    progress_topics: Callable[[PipelineOptions], list[str]] | None = None,
     on_started: Callable[[beam.runners.runner.PipelineResult], None] | None = None,
 ) -> RunSummary:
-    """Build and run a pipeline; block until it finishes or a signal stops it."""
+    """Build and run a pipeline; block until it finishes or a signal stops it.
+
+    ``progress_topics`` names the topics a batch run reads, so a long backfill
+    reports how far it got while it runs.
+    """
     args = resolve_argv(sys.argv[1:] if argv is None else argv)
     options = PipelineOptions(args)
     options.view_as(beam.options.pipeline_options.SetupOptions).save_main_session = False
@@ -103,8 +132,18 @@ def run_pipeline(
     pipeline = beam.Pipeline(options=options)
     build(pipeline, options)
 
+    reporter = None
+    if not streaming and progress_topics is not None:
+        total = count_records(bootstrap_servers(options), progress_topics(options))
+        reporter = _ProgressReporter(total)
+        reporter.start()
     started = time.monotonic()
-    result = pipeline.run()
+    try:
+        result = pipeline.run()
+    except BaseException:
+        if reporter is not None:
+            reporter.stop()
+        raise
     if on_started is not None:
         on_started(result)
     stop_requested = threading.Event()
@@ -132,14 +171,20 @@ def run_pipeline(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if reporter is not None:
+            reporter.stop()
     state_name = str(state).split(".")[-1]
     if state_name not in ("DONE", "CANCELLED", "CANCELLING") or (state_name != "DONE" and not stop_requested.is_set()):
         raise PipelineFailed(f"the pipeline ended in state {state_name}; see the log above for the failing step")
     return RunSummary(state_name, time.monotonic() - started, _collect_counters(result))
 
 
-def main_for(build: Callable[[beam.Pipeline, PipelineOptions], None], argv: Sequence[str] | None = None) -> int:
+def main_for(
+    build: Callable[[beam.Pipeline, PipelineOptions], None],
+    argv: Sequence[str] | None = None,
+    progress_topics: Callable[[PipelineOptions], list[str]] | None = None,
+) -> int:
     """``python -m pipelines.X`` entry: run, print the summary, errors as one line."""
     from pipelines.cli import report_errors
 
-    return report_errors(lambda: print(run_pipeline(build, argv).describe()))
+    return report_errors(lambda: print(run_pipeline(build, argv, progress_topics=progress_topics).describe()))

@@ -34,6 +34,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from transforms.errors import BeamlineError, ConfigError, KafkaUnavailable
 
 __all__ = [
+    "LOCAL_PROGRESS",
     "METRICS_NAMESPACE",
     "KafkaRecord",
     "KafkaWriteError",
@@ -81,6 +82,30 @@ _SHARED_CLIENT_KEYS = frozenset(
 
 StartSpec = str | datetime | Mapping[tuple[str, int], int]
 StopSpec = str | datetime | Mapping[tuple[str, int], int] | None
+
+
+class _LocalProgress:
+    """Records read by readers running in this process.
+
+    Beam metrics reach the launcher only when a job ends on some runners; this
+    running total lets the launcher print progress of a long backfill while it
+    runs when the workers share its process (FnApiRunner, Prism's loopback).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._records = 0
+
+    def add(self, records: int) -> None:
+        with self._lock:
+            self._records += records
+
+    @property
+    def records(self) -> int:
+        return self._records
+
+
+LOCAL_PROGRESS = _LocalProgress()
 
 
 @dataclass(frozen=True)
@@ -640,6 +665,7 @@ class _ReadPartitionFn(beam.DoFn):
                     watermark.advance_to(Timestamp(micros=newest * 1000) - skew)
                     records_counter.inc(len(batch))
                     bytes_counter.inc(max(size, 0))
+                    LOCAL_PROGRESS.add(len(batch))
                 if not claimed_all:
                     return
                 self._next_offset[tp] = next_offset

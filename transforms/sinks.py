@@ -319,13 +319,21 @@ class Warehouse:
 
 
 # -- the Beam sink -----------------------------------------------------------------
+DEFAULT_RETENTION = dt.timedelta(days=7)
+
+
 class _CommitBatchesFn(beam.DoFn):
     """Buffers a bundle's rows and commits them as one snapshot (or several if large)."""
 
-    def __init__(self, warehouse_dir: str, view: str, max_batch_rows: int) -> None:
+    def __init__(
+        self, warehouse_dir: str, view: str, max_batch_rows: int, retain: dt.timedelta | None, expire_every: int
+    ) -> None:
         self._dir = warehouse_dir
         self._view = view
         self._max = max_batch_rows
+        self._retain = retain
+        self._expire_every = expire_every
+        self._commits = 0
         self._rows: list[Mapping[str, Any]] = []
         self._warehouse: Warehouse | None = None
 
@@ -348,6 +356,11 @@ class _CommitBatchesFn(beam.DoFn):
     def _flush(self) -> None:
         if self._rows and self._warehouse is not None:
             self._warehouse.commit(self._view, self._rows)
+            self._commits += 1
+            # A stream commits every bundle; without expiry, manifests and
+            # superseded files would pile up forever.
+            if self._retain is not None and self._commits % self._expire_every == 0:
+                self._warehouse.expire_snapshots(self._retain)
         self._rows = []
 
     def teardown(self) -> None:
@@ -356,14 +369,29 @@ class _CommitBatchesFn(beam.DoFn):
 
 
 class WriteToWarehouse(beam.PTransform):
-    """Upsert dict rows of one view into a warehouse folder, one snapshot per bundle."""
+    """Upsert dict rows of one view into a warehouse folder, one snapshot per bundle.
 
-    def __init__(self, warehouse_dir: str, view: str, max_batch_rows: int = 100_000) -> None:
+    ``retain`` bounds time travel: every ``expire_every`` commits a worker
+    deletes snapshots older than that (None keeps every snapshot).
+    """
+
+    def __init__(
+        self,
+        warehouse_dir: str,
+        view: str,
+        max_batch_rows: int = 100_000,
+        *,
+        retain: dt.timedelta | None = DEFAULT_RETENTION,
+        expire_every: int = 500,
+    ) -> None:
         super().__init__()
         get_view(view)
         self._dir = str(warehouse_dir)
         self._view = view
         self._max = max_batch_rows
+        self._retain = retain
+        self._expire_every = max(1, expire_every)
 
     def expand(self, pcoll: beam.PCollection) -> beam.PCollection:
-        return pcoll | f"Commit[{self._view}]" >> beam.ParDo(_CommitBatchesFn(self._dir, self._view, self._max))
+        fn = _CommitBatchesFn(self._dir, self._view, self._max, self._retain, self._expire_every)
+        return pcoll | f"Commit[{self._view}]" >> beam.ParDo(fn)
