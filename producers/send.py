@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from infra.kafka_broker import wait_for_kafka
+from infra.kafka_broker import ensure_topics, wait_for_kafka
 from producers.retail import GeneratedRecord
 from transforms.errors import ConfigError, KafkaUnavailable
 
@@ -41,27 +41,6 @@ class ProduceSummary:
         kind_text = ", ".join(f"{k}={n}" for k, n in sorted(kinds.items()))
         rate = self.sent / self.elapsed_s if self.elapsed_s > 0 else 0.0
         return f"{self.sent} events produced in {self.elapsed_s:.1f}s ({rate:,.0f}/s): {topics} [{kind_text}]"
-
-
-def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions: int = 4) -> list[str]:
-    """Create the topics that do not exist yet; return the names created."""
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-    from kafka.errors import TopicAlreadyExistsError
-
-    wait_for_kafka(bootstrap_servers, timeout_s=CONNECT_TIMEOUT_S)
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers)
-    try:
-        existing = set(admin.list_topics())
-        missing = sorted(set(names) - existing)
-        if missing:
-            try:
-                admin.create_topics([NewTopic(name, partitions, 1) for name in missing])
-            except TopicAlreadyExistsError:
-                pass  # another producer created it between our list and create
-        return missing
-    finally:
-        admin.close()
 
 
 def send_records(

@@ -11,6 +11,7 @@ __all__ = [
     "BeamlineError",
     "ConfigError",
     "KafkaUnavailable",
+    "PipelineFailed",
     "ServiceError",
     "SetupMissing",
 ]
@@ -34,3 +35,7 @@ class ServiceError(BeamlineError):
 
 class KafkaUnavailable(BeamlineError):
     """No Kafka broker answered at the given bootstrap servers."""
+
+
+class PipelineFailed(BeamlineError):
+    """A pipeline run ended in a state other than done or cancelled-on-request."""
