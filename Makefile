@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-setup: $(VENV)/.installed $(CACHE)/kafka/.installed $(CACHE)/bin/prism ## Create .venv and fetch Kafka jars and Prism (cached)
+setup: $(VENV)/.installed $(CACHE)/kafka/.installed $(CACHE)/flink/.installed $(CACHE)/bin/prism ## Create .venv; fetch Kafka and Flink jars and Prism (cached)
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt setup.py
 	test -x $(PY) || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
@@ -31,6 +31,12 @@ $(CACHE)/kafka/.installed: infra/kafka/pom.xml
 	rm -rf $(CACHE)/kafka/libs
 	mvn -q -B -f infra/kafka/pom.xml dependency:copy-dependencies \
 	    -DoutputDirectory=$(CURDIR)/$(CACHE)/kafka/libs -DincludeScope=runtime
+	touch $@
+
+$(CACHE)/flink/.installed: infra/flink/pom.xml
+	rm -rf $(CACHE)/flink/libs
+	mvn -q -B -f infra/flink/pom.xml dependency:copy-dependencies \
+	    -DoutputDirectory=$(CURDIR)/$(CACHE)/flink/libs -DincludeScope=runtime
 	touch $@
 
 $(CACHE)/bin/prism:
@@ -61,4 +67,5 @@ bench: setup ## Run the benchmarks and rewrite bench/RESULTS.md
 
 clean-state: ## Stop the local broker and delete local state (.beamline/)
 	-$(VENV)/bin/beamline kafka stop
+	-$(VENV)/bin/beamline flink stop
 	rm -rf .beamline

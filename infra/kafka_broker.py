@@ -18,10 +18,6 @@ Layout of a data folder::
 from __future__ import annotations
 
 import base64
-import os
-import shutil
-import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -30,6 +26,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from infra.paths import kafka_libs_dir, state_dir
+from infra.process import (
+    find_java,
+    free_port,
+    port_is_free,
+    read_pid,
+    require_free_port,
+    spawn,
+    terminate,
+    wait_started,
+)
 from transforms.errors import ServiceError, SetupMissing
 
 __all__ = [
@@ -50,37 +56,6 @@ STOP_TIMEOUT_S = 60.0
 
 def default_data_dir() -> Path:
     return state_dir() / "kafka"
-
-
-def find_java() -> str:
-    """The ``java`` to run the broker with: ``$JAVA_HOME/bin/java`` or the PATH's."""
-    java_home = os.environ.get("JAVA_HOME")
-    if java_home:
-        candidate = Path(java_home) / "bin" / "java"
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    found = shutil.which("java")
-    if not found:
-        raise ServiceError("Java not found: install a JDK 17 or newer and put `java` on PATH (or set JAVA_HOME)")
-    return found
-
-
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    """True when nothing listens on ``host:port`` and we may bind it."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port the OS reports free right now (for tests and controller listeners)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def wait_for_kafka(bootstrap_servers: str, timeout_s: float = 10.0) -> None:
@@ -177,21 +152,6 @@ class BrokerStatus:
         return f"127.0.0.1:{self.port}" if self.port else None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child still answers kill(0); reap it so it reads as dead.
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    except ChildProcessError:
-        return True
-
-
 def _random_cluster_id() -> str:
     """Kafka's cluster id format: 16 random bytes, URL-safe base64, no padding."""
     while True:
@@ -224,12 +184,6 @@ class KafkaBroker:
     def segments_dir(self) -> Path:
         return self.data_dir / "logs"
 
-    def _read_pid(self) -> int | None:
-        try:
-            return int(self.pid_file.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
-
     def _configured_port(self) -> int | None:
         try:
             for line in self.config_file.read_text().splitlines():
@@ -241,9 +195,8 @@ class KafkaBroker:
 
     # -- public API ---------------------------------------------------------------
     def status(self) -> BrokerStatus:
-        pid = self._read_pid()
-        running = pid is not None and _pid_alive(pid)
-        return BrokerStatus(running, pid if running else None, self._configured_port(), self.data_dir)
+        pid = read_pid(self.pid_file)
+        return BrokerStatus(pid is not None, pid, self._configured_port(), self.data_dir)
 
     def start(self, port: int = DEFAULT_PORT, *, timeout_s: float = READY_TIMEOUT_S) -> BrokerStatus:
         """Start the broker and return once it answers metadata requests."""
@@ -257,11 +210,7 @@ class KafkaBroker:
         libs = kafka_libs_dir()
         if not any(libs.glob("kafka_2.13-*.jar")):
             raise SetupMissing(f"Kafka broker jars not found in {libs}; run `make setup` first")
-        if not port_is_free(port):
-            raise ServiceError(
-                f"port {port} is already in use by another program; "
-                "pass --port with a free port or stop what listens there"
-            )
+        require_free_port(port, hint="pass --port with a free port")
         self._prepare_data_dir()
         controller_port = free_port()
         self._write_config(port, controller_port)
@@ -281,62 +230,37 @@ class KafkaBroker:
             "kafka.Kafka",
             str(self.config_file),
         ]
-        with open(self.log_file, "ab") as log:
-            process = subprocess.Popen(
-                cmd,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # survives the CLI that started it
-            )
-        self.pid_file.write_text(f"{process.pid}\n")
+        process = spawn(cmd, self.log_file, self.pid_file)
         bootstrap = f"127.0.0.1:{port}"
         deadline = time.monotonic() + timeout_s
         from transforms.errors import KafkaUnavailable
 
-        while True:
-            if process.poll() is not None:
-                self.pid_file.unlink(missing_ok=True)
-                raise ServiceError(
-                    f"the Kafka broker exited with code {process.returncode} while starting; "
-                    f"see {self.log_file}: {self._last_log_line()}"
-                )
+        def answers() -> bool:
             try:
                 wait_for_kafka(bootstrap, timeout_s=min(5.0, max(1.0, deadline - time.monotonic())))
-                break
             except KafkaUnavailable:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise ServiceError(
-                        f"the Kafka broker did not answer on {bootstrap} within {timeout_s:.0f}s; see {self.log_file}"
-                    ) from None
+                return False
+            return True
+
+        wait_started(
+            process,
+            answers,
+            what="the Kafka broker",
+            expectation=f"answer on {bootstrap}",
+            log_file=self.log_file,
+            pid_file=self.pid_file,
+            stop=self.stop,
+            timeout_s=timeout_s,
+        )
         return self.status()
 
     def stop(self, *, timeout_s: float = STOP_TIMEOUT_S) -> bool:
         """Stop the broker cleanly (SIGTERM, then wait). Returns False if none ran."""
-        pid = self._read_pid()
-        if pid is None or not _pid_alive(pid):
-            if pid is not None:
-                self.pid_file.unlink(missing_ok=True)
-            return False
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while _pid_alive(pid):
-            if time.monotonic() > deadline:
-                os.kill(pid, signal.SIGKILL)
-                break
-            time.sleep(0.1)
-        self.pid_file.unlink(missing_ok=True)
-        return True
+        return terminate(self.pid_file, timeout_s)
 
     def kill(self) -> None:
         """Kill the broker without a clean shutdown (SIGKILL), as a crash would."""
-        pid = self._read_pid()
-        if pid is not None and _pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
-            while _pid_alive(pid):
-                time.sleep(0.05)
-        self.pid_file.unlink(missing_ok=True)
+        terminate(self.pid_file, STOP_TIMEOUT_S, hard=True)
 
     # -- helpers ------------------------------------------------------------------
     def _prepare_data_dir(self) -> None:
@@ -411,11 +335,3 @@ class KafkaBroker:
                 f"could not format Kafka storage in {self.segments_dir}: "
                 f"{detail[-1] if detail else 'exit ' + str(result.returncode)}"
             )
-
-    def _last_log_line(self) -> str:
-        try:
-            lines = [ln for ln in self.log_file.read_text(errors="replace").splitlines() if ln.strip()]
-        except FileNotFoundError:
-            return "no log written"
-        errors = [ln for ln in lines if " ERROR " in ln or "Exception" in ln]
-        return (errors or lines or ["no log written"])[-1][:300]

@@ -213,7 +213,8 @@ def _configure_logging() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(_QuietLibraries())
-    logging.getLogger("kafka").setLevel(logging.ERROR)
+    # kafka-python logs every refused connection at ERROR; Beamline reports those itself.
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -111,3 +111,4 @@ def add_commands(verbs: argparse._SubParsersAction) -> None:
     from readside.cli import add_commands as add_read_commands
 
     add_read_commands(verbs)
+    importlib.import_module("infra.flink_cli").add_commands(verbs)
