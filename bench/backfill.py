@@ -1,0 +1,664 @@
+"""Batch backfill of the inventory views against two plain baselines, in one run.
+
+Run with ``python -m bench.backfill [--events N]``. It starts its own broker in a
+temp folder, produces N retail events once (4 partitions per topic, ~1% invalid,
+~3% duplicates), then measures, each in a fresh Python process:
+
+* Beamline: ``pipelines.inventory.run`` in batch mode into a fresh warehouse
+  (inventory, sales_by_window and dead_letters views, dead letters to Kafka);
+* baseline (a): one kafka-python consumer loop that reads both topics to the end
+  offsets seen at start, validates per the contract, dedupes by event_id per
+  topic, computes inventory and hourly sales in dicts and writes the inventory
+  to a Parquet file;
+* baseline (b): DuckDB SQL over the same records exported once (not timed) to a
+  JSON-lines file, computing the same inventory with dedupe into a Parquet file.
+
+Every inventory is checked against a plain recompute of the log (``tests.truth``)
+outside the timed sections. Figures go to ``bench/results/backfill.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+RESULTS = Path(__file__).resolve().parent / "results" / "backfill.md"
+PARTITIONS = 4
+SHIPMENTS, SALES, DEAD = "bench-shipments", "bench-sales", "bench-dead-letters"
+INVALID_RATE, DUPLICATE_RATE = 0.01, 0.03
+GOAL_PLAIN, GOAL_DUCKDB = 1.0, 0.2
+# The FnApiRunner's other mode, measured as a second Beamline row: one SDK worker process per core.
+PARALLEL_ARGS = ("--direct_num_workers=2", "--direct_running_mode=multi_processing")
+WINDOW_S = 3600
+
+# Inventory rows compared across the three answers: key -> (shipped, sold, on_hand, events, last_event_time us).
+Inventory = dict[tuple[str, str], tuple[int, int, int, int, int]]
+
+
+# ---------------------------------------------------------------- machine info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _memory_gib() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 1024 / 1024
+    except (OSError, ValueError):
+        pass
+    return float("nan")
+
+
+def _versions() -> str:
+    import apache_beam
+    import duckdb
+    import kafka
+    import pyarrow
+
+    from infra.paths import kafka_libs_dir
+
+    broker = "unknown"
+    for jar in sorted(kafka_libs_dir().glob("kafka_*.jar")):
+        match = re.fullmatch(r"kafka_[\d.]+-([\d.]+)\.jar", jar.name)
+        if match:
+            broker = match.group(1)
+    return (
+        f"Python {platform.python_version()}, apache-beam {apache_beam.__version__}, "
+        f"kafka-python {kafka.__version__}, duckdb {duckdb.__version__}, pyarrow {pyarrow.__version__}, "
+        f"Apache Kafka broker {broker}"
+    )
+
+
+def _load() -> str:
+    return ", ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def _peak_rss_mib() -> float:
+    """Peak RSS of this process (VmHWM) or of its largest finished child, in MiB.
+
+    ``ru_maxrss`` of a fresh process starts from its parent's peak on Linux (it
+    survives fork and exec), so this process's own figure comes from VmHWM.
+    """
+    own = 0
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                own = int(line.split()[1])
+    except (OSError, ValueError):
+        own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / 1024
+
+
+# ---------------------------------------------------------------- baseline (a)
+
+_TIME = re.compile(r"\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)", re.ASCII)
+
+
+def _valid(value: bytes | None) -> tuple[str, str, str, int, datetime] | None:
+    """(event_id, store_id, item_id, quantity, event time) if the record obeys the contract."""
+    if value is None:
+        return None
+    try:
+        obj = json.loads(value.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if type(obj) is not dict:
+        return None
+    event_id, store, item, when = obj.get("event_id"), obj.get("store_id"), obj.get("item_id"), obj.get("event_time")
+    quantity = obj.get("quantity")
+    if not (type(event_id) is str and event_id and type(store) is str and store and type(item) is str and item):
+        return None
+    if type(quantity) is not int or quantity <= 0 or type(when) is not str or not _TIME.fullmatch(when):
+        return None
+    try:
+        moment = datetime.fromisoformat(when.upper().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return event_id, store, item, quantity, moment
+
+
+def plain_loop(bootstrap: str, out: Path) -> dict[str, Any]:
+    """Baseline (a): one consumer, both topics, inventory and hourly sales in dicts, inventory to Parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from kafka import KafkaConsumer, TopicPartition
+
+    started = time.perf_counter()
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        max_poll_records=10_000,
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
+    tps = [TopicPartition(t, p) for t in (SHIPMENTS, SALES) for p in sorted(consumer.partitions_for_topic(t) or ())]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    ends = consumer.end_offsets(tps)
+    remaining = {tp for tp in tps if ends[tp] > 0}
+    shipped: dict[tuple[str, str], int] = defaultdict(int)
+    sold: dict[tuple[str, str], int] = defaultdict(int)
+    events: dict[tuple[str, str], int] = defaultdict(int)
+    last: dict[tuple[str, str], datetime] = {}
+    windows: dict[tuple[int, str, str], int] = defaultdict(int)
+    seen: dict[str, set[str]] = {SHIPMENTS: set(), SALES: set()}
+    read = invalid = duplicates = 0
+    while remaining:
+        for tp, records in consumer.poll(timeout_ms=500, max_records=10_000).items():
+            is_sale = tp.topic == SALES
+            ids = seen[tp.topic]
+            end = ends[tp]
+            for record in records:
+                if record.offset >= end:
+                    break
+                read += 1
+                event = _valid(record.value)
+                if event is None:
+                    invalid += 1
+                    continue
+                event_id, store, item, quantity, moment = event
+                if event_id in ids:
+                    duplicates += 1
+                    continue
+                ids.add(event_id)
+                key = (store, item)
+                if is_sale:
+                    sold[key] += quantity
+                    start = math.floor(moment.timestamp() / WINDOW_S) * WINDOW_S
+                    windows[(start, store, item)] += quantity
+                else:
+                    shipped[key] += quantity
+                events[key] += 1
+                if key not in last or moment > last[key]:
+                    last[key] = moment
+            if consumer.position(tp) >= end:
+                remaining.discard(tp)
+    consumer.close(autocommit=False)
+    keys = sorted(events)
+    table = pa.table(
+        {
+            "store_id": [k[0] for k in keys],
+            "item_id": [k[1] for k in keys],
+            "on_hand": pa.array([shipped[k] - sold[k] for k in keys], pa.int64()),
+            "shipped": pa.array([shipped[k] for k in keys], pa.int64()),
+            "sold": pa.array([sold[k] for k in keys], pa.int64()),
+            "events": pa.array([events[k] for k in keys], pa.int64()),
+            "last_event_time": pa.array([last[k] for k in keys], pa.timestamp("us", tz="UTC")),
+        }
+    )
+    pq.write_table(table, out)
+    elapsed = time.perf_counter() - started
+    return {
+        "elapsed_s": elapsed,
+        "read": read,
+        "invalid": invalid,
+        "duplicates": duplicates,
+        "windows": len(windows),
+        "rows": table.num_rows,
+    }
+
+
+# ---------------------------------------------------------------- baseline (b)
+
+DUCKDB_SQL = r"""
+COPY (
+  WITH raw AS (
+    SELECT topic, partition, "offset", TRY_CAST(value AS JSON) AS v
+    FROM read_json({input}, format = 'newline_delimited',
+                   columns = {{topic: 'VARCHAR', partition: 'INTEGER', "offset": 'BIGINT', value: 'VARCHAR'}})
+  ), fields AS (
+    SELECT topic, partition, "offset",
+           v->>'$.event_id' AS event_id, v->>'$.store_id' AS store_id, v->>'$.item_id' AS item_id,
+           v->>'$.event_time' AS event_time, TRY_CAST(v->'$.quantity' AS HUGEINT) AS quantity,
+           json_type(v) AS t_obj, json_type(v, '$.event_id') AS t_id, json_type(v, '$.store_id') AS t_store,
+           json_type(v, '$.item_id') AS t_item, json_type(v, '$.event_time') AS t_time,
+           json_type(v, '$.quantity') AS t_qty
+    FROM raw
+  ), valid AS (
+    SELECT topic, partition, "offset", event_id, store_id, item_id, CAST(quantity AS BIGINT) AS quantity,
+           TRY_CAST(event_time AS TIMESTAMPTZ) AS event_time
+    FROM fields
+    WHERE t_obj = 'OBJECT' AND t_id = 'VARCHAR' AND event_id <> '' AND t_store = 'VARCHAR' AND store_id <> ''
+      AND t_item = 'VARCHAR' AND item_id <> '' AND t_qty IN ('UBIGINT', 'BIGINT') AND quantity > 0
+      AND t_time = 'VARCHAR'
+      AND regexp_full_match(event_time, '\d{{4}}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)')
+  ), deduped AS (
+    SELECT * FROM valid
+    QUALIFY row_number() OVER (PARTITION BY topic, event_id ORDER BY partition, "offset") = 1
+  )
+  SELECT store_id, item_id,
+         sum(CASE WHEN topic = {shipments} THEN quantity ELSE 0 END)
+           - sum(CASE WHEN topic = {sales} THEN quantity ELSE 0 END) AS on_hand,
+         sum(CASE WHEN topic = {shipments} THEN quantity ELSE 0 END) AS shipped,
+         sum(CASE WHEN topic = {sales} THEN quantity ELSE 0 END) AS sold,
+         count(*) AS events,
+         max(event_time) AS last_event_time
+  FROM deduped
+  GROUP BY store_id, item_id
+  ORDER BY store_id, item_id
+) TO {out} (FORMAT parquet)
+"""
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def duckdb_sql(jsonl: Path, out: Path) -> dict[str, Any]:
+    """Baseline (b): validate, dedupe and aggregate the exported records with DuckDB SQL into Parquet."""
+    import duckdb
+
+    started = time.perf_counter()
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    names = {"input": jsonl, "out": out, "shipments": SHIPMENTS, "sales": SALES}
+    con.execute(DUCKDB_SQL.format(**{k: _literal(str(v)) for k, v in names.items()}))
+    con.close()
+    return {"elapsed_s": time.perf_counter() - started, "threads": os.cpu_count()}
+
+
+# ---------------------------------------------------------------- Beamline
+
+
+def beamline(bootstrap: str, warehouse: Path, extra: list[str]) -> dict[str, Any]:
+    """The Beamline batch backfill, as ``python -m pipelines.inventory --mode=batch`` runs it."""
+    from pipelines.inventory import run
+
+    started = time.perf_counter()
+    summary = run(
+        [
+            "--mode=batch",
+            f"--bootstrap_servers={bootstrap}",
+            f"--warehouse={warehouse}",
+            f"--shipments_topic={SHIPMENTS}",
+            f"--sales_topic={SALES}",
+            f"--dead_letter_topic={DEAD}",
+            *extra,
+        ]
+    )
+    elapsed = time.perf_counter() - started
+    return {"elapsed_s": elapsed, "state": summary.state, "counters": summary.counters}
+
+
+# ---------------------------------------------------------------- workers and checks
+
+
+def _worker(argv: list[str]) -> int:
+    """Child-process entry: run one measured job, print its figures as one JSON line."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("job", choices=("beamline", "plain", "duckdb"))
+    parser.add_argument("--bootstrap", default="")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--jsonl", type=Path)
+    parser.add_argument("--beam-arg", action="append", default=[])
+    args = parser.parse_args(argv)
+    if args.job == "beamline":
+        figures = beamline(args.bootstrap, args.out, args.beam_arg)
+    elif args.job == "plain":
+        figures = plain_loop(args.bootstrap, args.out)
+    else:
+        assert args.jsonl is not None
+        figures = duckdb_sql(args.jsonl, args.out)
+    figures["peak_rss_mib"] = _peak_rss_mib()
+    print("RESULT " + json.dumps(figures), flush=True)
+    return 0
+
+
+def _run_worker(job: str, args: list[str], profile_to: Path | None = None) -> dict[str, Any]:
+    """Run one job in a fresh interpreter; wall time includes start-up and imports."""
+    command = [sys.executable, "-m", "bench.backfill", "--worker", job, *args]
+    if profile_to is not None:
+        py_spy = Path(sys.executable).with_name("py-spy")
+        command = [str(py_spy), "record", "-f", "raw", "-r", "50", "-s", "-o", str(profile_to), "--", *command]
+    started = time.perf_counter()
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
+    wall = time.perf_counter() - started
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        raise SystemExit(f"{job} failed (exit {done.returncode}):\n{done.stdout[-2000:]}")
+    figures = json.loads(lines[-1][len("RESULT ") :])
+    figures["wall_s"] = wall
+    return figures
+
+
+def _micros(moment: Any) -> int:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    delta = moment - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _rows_to_inventory(rows: list[dict[str, Any]]) -> Inventory:
+    out: Inventory = {}
+    for r in rows:
+        key = (r["store_id"], r["item_id"])
+        if key in out:
+            raise AssertionError(f"duplicate inventory row for {key}")
+        value = (r["shipped"], r["sold"], r["on_hand"], r["events"], _micros(r["last_event_time"]))
+        out[key] = value
+    return out
+
+
+def _parquet_inventory(path: Path) -> Inventory:
+    import pyarrow.parquet as pq
+
+    return _rows_to_inventory(pq.read_table(path).to_pylist())
+
+
+def _warehouse_inventory(root: Path) -> Inventory:
+    from readside.query import Reader
+
+    reader = Reader(root)
+    try:
+        cols = "store_id, item_id, shipped, sold, on_hand, events, last_event_time"
+        return _rows_to_inventory(reader.query(f"SELECT {cols} FROM inventory").to_pylist())
+    finally:
+        reader.close()
+
+
+def _truth_inventory(shipments: list[Any], sales: list[Any]) -> tuple[Inventory, Any]:
+    from tests.truth import recompute_retail
+
+    truth = recompute_retail(shipments, sales, WINDOW_S)
+    inv = {
+        k: (r["shipped"], r["sold"], r["on_hand"], r["events"], _micros(r["last_event_time"]))
+        for k, r in truth.inventory.items()
+    }
+    return inv, truth
+
+
+def _compare(name: str, got: Inventory, want: Inventory) -> str:
+    if got == want:
+        return f"{name}: equal ({len(got):,} keys)"
+    missing = sorted(set(want) - set(got))[:3]
+    extra = sorted(set(got) - set(want))[:3]
+    diff = [k for k in sorted(set(got) & set(want)) if got[k] != want[k]][:3]
+    detail = "; ".join(f"{k}: {got[k]} != {want[k]}" for k in diff)
+    raise SystemExit(f"{name} differs from the recompute: missing {missing}, extra {extra}, {detail}")
+
+
+# ---------------------------------------------------------------- profile summary
+
+# Each sample is charged to the innermost frame that matches one of these (first match from the leaf up).
+_CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
+    ("kafka-python fetch + record parsing", ("kafka/",)),
+    ("event JSON decode + validation (transforms/events)", ("transforms/events.py",)),
+    ("inventory DoFn (transforms/inventory)", ("transforms/inventory.py",)),
+    ("sales windows (transforms/counts, TupleCombineFn)", ("transforms/counts.py", "combiners.py")),
+    ("warehouse sink (transforms/sinks, duckdb, pyarrow)", ("transforms/sinks.py", "duckdb", "pyarrow")),
+    ("other Beamline code (ReadFromKafka loop, dead letters, wiring)", ("transforms/", "pipelines/")),
+    ("Beam coders (pickling elements between stages)", ("coders", "pickle")),
+    ("Beam runner: element passing, GBK buffering, data channel", ("apache_beam/",)),
+]
+_IDLE = ("wait (threading.py", "select (selectors.py", "_worker (concurrent", "sleep", "poll (selectors.py")
+
+
+def summarize_profile(raw: Path, top: int = 12) -> list[str]:
+    """Turn a py-spy raw (collapsed stacks) file into short notes: categories and hottest leaf functions."""
+    leaf: Counter[str] = Counter()
+    category: Counter[str] = Counter()
+    total = idle = 0
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = stack.split(";")
+        if len(frames) <= 1 or any(w in frames[-1] for w in _IDLE):
+            idle += count
+            continue
+        total += count
+        leaf[re.sub(r"\s*\((?:[^()]*/)?", " (", frames[-1])] += count
+        charged = "other (interpreter, threads)"
+        for frame in reversed(frames):
+            hit = next((name for name, needles in _CATEGORIES if any(n in frame for n in needles)), None)
+            if hit is not None:
+                charged = hit
+                break
+        category[charged] += count
+    if total == 0:
+        return ["(no samples)"]
+    lines = [f"Busy samples: {total:,} (idle or waiting samples left out: {idle:,}).", ""]
+    lines += ["| where (innermost matching frame) | share of busy samples |", "|---|---:|"]
+    lines += [f"| {name} | {100 * n / total:.0f}% |" for name, n in category.most_common()]
+    lines += ["", "| hottest leaf functions (self time) | share |", "|---|---:|"]
+    lines += [f"| `{name}` | {100 * n / total:.1f}% |" for name, n in leaf.most_common(top)]
+    return lines
+
+
+# ---------------------------------------------------------------- main
+
+
+def _export(bootstrap: str, path: Path) -> tuple[list[Any], list[Any]]:
+    """Read both topics once (not timed) and write the JSON-lines file baseline (b) reads."""
+    from tests.truth import read_topic
+
+    shipments, sales = read_topic(bootstrap, SHIPMENTS, 600), read_topic(bootstrap, SALES, 600)
+    with path.open("w", encoding="utf-8") as out:
+        for topic, partition, offset, value in (*shipments, *sales):
+            try:
+                text = None if value is None else value.decode("utf-8")
+            except UnicodeDecodeError:
+                text = None  # not UTF-8: a dead letter for every reader; kept as a null value
+            line = {"topic": topic, "partition": partition, "offset": offset, "value": text}
+            out.write(json.dumps(line, ensure_ascii=False) + "\n")
+    return shipments, sales
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and write ``bench/results/backfill.md``."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--worker"]:
+        return _worker(argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--beam-arg", action="append", default=[], help="extra Beam option for the Beamline run")
+    parser.add_argument("--profile", action="store_true", help="after the timed runs, profile one Beamline run")
+    parser.add_argument(
+        "--no-parallel", action="store_true", help="skip the extra Beamline run with 2 worker processes"
+    )
+    parser.add_argument("--profile-raw", type=Path, help="keep py-spy's raw profile at this path")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+
+    from infra.kafka_broker import KafkaBroker, ensure_topics, free_port
+    from producers.retail import RetailConfig, generate_retail
+    from producers.send import send_records
+
+    load_before = _load()
+    figures: dict[str, dict[str, Any]] = {}
+    checks: list[str] = []
+    profile_notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="beamline-bench-backfill-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        broker = KafkaBroker(tmp / "kafka")
+        broker.start(free_port())
+        try:
+            bootstrap = broker.status().bootstrap_servers or ""
+            ensure_topics(bootstrap, [SHIPMENTS, SALES, DEAD], PARTITIONS)
+            config = RetailConfig(
+                events=args.events,
+                seed=args.seed,
+                invalid_rate=INVALID_RATE,
+                duplicate_rate=DUPLICATE_RATE,
+                shipments_topic=SHIPMENTS,
+                sales_topic=SALES,
+            )
+            produced = send_records(bootstrap, generate_retail(config), total=args.events, progress=None)
+            print(produced.describe(), flush=True)
+
+            jsonl = tmp / "events.jsonl"
+            shipments, sales = _export(bootstrap, jsonl)
+            truth, truth_full = _truth_inventory(shipments, sales)
+            log_records = len(shipments) + len(sales)
+            del shipments, sales
+            print(f"exported {log_records:,} records; recompute has {len(truth):,} keys", flush=True)
+
+            beam_args = [f"--beam-arg={a}" for a in args.beam_arg]
+            warehouse = tmp / "warehouse"
+            figures["beamline"] = _run_worker(
+                "beamline", ["--bootstrap", bootstrap, "--out", str(warehouse), *beam_args]
+            )
+            print(f"Beamline: {figures['beamline']['elapsed_s']:.1f}s", flush=True)
+            if not args.no_parallel:
+                parallel = [f"--beam-arg={a}" for a in PARALLEL_ARGS]
+                figures["beamline_mp"] = _run_worker(
+                    "beamline", ["--bootstrap", bootstrap, "--out", str(tmp / "warehouse-mp"), *beam_args, *parallel]
+                )
+                print(f"Beamline, {' '.join(PARALLEL_ARGS)}: {figures['beamline_mp']['elapsed_s']:.1f}s", flush=True)
+            figures["plain"] = _run_worker("plain", ["--bootstrap", bootstrap, "--out", str(tmp / "plain.parquet")])
+            print(f"plain loop: {figures['plain']['elapsed_s']:.1f}s", flush=True)
+            figures["duckdb"] = _run_worker("duckdb", ["--jsonl", str(jsonl), "--out", str(tmp / "duckdb.parquet")])
+            print(f"DuckDB SQL: {figures['duckdb']['elapsed_s']:.1f}s", flush=True)
+            load_after = _load()
+
+            checks.append(_compare("Beamline inventory view", _warehouse_inventory(warehouse), truth))
+            if "beamline_mp" in figures:
+                mp_inventory = _warehouse_inventory(tmp / "warehouse-mp")
+                checks.append(_compare("Beamline inventory view (2 worker processes)", mp_inventory, truth))
+            checks.append(_compare("baseline (a) Parquet", _parquet_inventory(tmp / "plain.parquet"), truth))
+            checks.append(_compare("baseline (b) Parquet", _parquet_inventory(tmp / "duckdb.parquet"), truth))
+            if figures["plain"]["windows"] != len(truth_full.sales_by_window):
+                raise SystemExit("baseline (a) hourly sales windows differ from the recompute")
+            print("\n".join(checks), flush=True)
+
+            if args.profile:
+                raw = args.profile_raw or tmp / "profile.txt"
+                profiled = _run_worker(
+                    "beamline", ["--bootstrap", bootstrap, "--out", str(tmp / "warehouse-profiled"), *beam_args], raw
+                )
+                profile_notes = [
+                    f"One more Beamline run under `py-spy record -r 50 -s -f raw` (all threads; "
+                    f"{profiled['elapsed_s']:.0f} s with the sampler attached):",
+                    "",
+                    *summarize_profile(raw),
+                ]
+        finally:
+            broker.stop()
+
+    text = _report(args, figures, produced, log_records, checks, profile_notes, load_before, load_after)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text)
+    print(text)
+    return 0
+
+
+def _report(
+    args: argparse.Namespace,
+    figures: dict[str, dict[str, Any]],
+    produced: Any,
+    log_records: int,
+    checks: list[str],
+    profile_notes: list[str],
+    load_before: str,
+    load_after: str,
+) -> str:
+    n = log_records
+    beam, plain = figures["beamline"], figures["plain"]
+    rate = {k: n / v["elapsed_s"] for k, v in figures.items()}
+    vs_plain, vs_duck = rate["beamline"] / rate["plain"], rate["beamline"] / rate["duckdb"]
+    ok_plain = "met" if vs_plain >= GOAL_PLAIN else "MISSED"
+    ok_duck = "met" if vs_duck >= GOAL_DUCKDB else "MISSED"
+    counters = beam.get("counters", {})
+    counter_text = ", ".join(f"{k}={v:,}" for k, v in sorted(counters.items())) or "none reported"
+    extra = " ".join(args.beam_arg) or "none (FnApiRunner defaults)"
+
+    def row(label: str, key: str) -> str:
+        f = figures[key]
+        return (
+            f"| {label} | {f['elapsed_s']:.1f} | {rate[key]:,.0f} | {f['wall_s']:.1f} | {f['peak_rss_mib']:,.0f} MiB |"
+        )
+
+    lines = [
+        "# Batch backfill: Beamline vs a plain kafka-python loop vs DuckDB SQL",
+        "",
+        f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- machine: {os.cpu_count()} CPUs, {_cpu_model()}, {_memory_gib():.1f} GiB RAM",
+        f"- load average (1, 5, 15 min) before / after the timed runs: {load_before} / {load_after} "
+        "(other work shared the machine; every figure below is from the same run)",
+        f"- {_versions()}",
+        f"- workload: {args.events:,} retail events (seed {args.seed}, ~{INVALID_RATE:.0%} invalid, "
+        f"~{DUPLICATE_RATE:.0%} duplicates, ~5% out of order) in two topics of {PARTITIONS} partitions; "
+        f"{log_records:,} records read by each reader; one local broker",
+        f"- command: `python -m bench.backfill --events {args.events}`; extra Beam options: {extra}",
+        "",
+        "Each reader runs in a fresh Python process. *Seconds* is the job itself (from just before it",
+        "connects to the end of its output); *process wall* adds interpreter start-up and imports.",
+        "",
+        "| reader | seconds | events/s | process wall s | peak RSS |",
+        "|---|---:|---:|---:|---:|",
+        row("Beamline batch backfill (`pipelines.inventory.run`, FnApiRunner, 3 views + dead letters)", "beamline"),
+        *(
+            [row(f"Beamline, same, with `{' '.join(PARALLEL_ARGS)}`", "beamline_mp")]
+            if "beamline_mp" in figures
+            else []
+        ),
+        row("(a) plain kafka-python loop, dicts, inventory to Parquet", "plain"),
+        row("(b) DuckDB SQL over the JSON-lines export, inventory to Parquet", "duckdb"),
+        "",
+        f"- Beamline / (a): **{vs_plain:.2f}x** (goal >= {GOAL_PLAIN:.1f}x: {ok_plain})",
+        f"- Beamline / (b): **{vs_duck:.2f}x** (goal >= {GOAL_DUCKDB:.1f}x: {ok_duck})",
+        f"- Beamline peak RSS: **{beam['peak_rss_mib']:,.0f} MiB**",
+        *(
+            [
+                f"- with 2 worker processes: Beamline / (a) {rate['beamline_mp'] / rate['plain']:.2f}x, "
+                f"Beamline / (b) {rate['beamline_mp'] / rate['duckdb']:.2f}x; peak RSS is the largest single "
+                f"process ({figures['beamline_mp']['peak_rss_mib']:,.0f} MiB), not the sum"
+            ]
+            if "beamline_mp" in figures
+            else []
+        ),
+        f"- produce (once, not compared): {produced.describe()}",
+        f"- Beamline counters: {counter_text}",
+        f"- baseline (a): read {plain['read']:,}, invalid {plain['invalid']:,}, duplicates {plain['duplicates']:,}, "
+        f"{plain['rows']:,} inventory rows, {plain['windows']:,} hourly sales windows",
+        "",
+        "What each does. Beamline reads both topics with `ReadFromKafka` to the end offsets seen at",
+        "start, decodes and validates every record (dead letters to the `dead_letters` view and the",
+        "dead-letters topic), dedupes by event_id per topic in a stateful DoFn, and commits the",
+        "`inventory`, `sales_by_window` and `dead_letters` views to the warehouse. (a) does the same",
+        "validation, dedupe, inventory and hourly sales in dicts in one loop and writes only the",
+        "inventory Parquet file (no dead-letter output, no catalog). (b) reads a JSON-lines file",
+        "written once beforehand (one object per record: topic, partition, offset, value as text;",
+        "not timed), validates with SQL, dedupes with `QUALIFY row_number() OVER (PARTITION BY topic,",
+        "event_id) = 1`, groups by store and item, and copies the result to Parquet, on all cores.",
+        "",
+        "Correctness (outside the timed sections), each inventory against `tests.truth.recompute_retail`",
+        "over the same records:",
+        "",
+        *[f"- {c}" for c in checks],
+        "",
+    ]
+    if profile_notes:
+        lines += ["## Where the Beamline time goes", "", *profile_notes, ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
