@@ -20,7 +20,7 @@ help: ## List the targets
 
 setup: $(VENV)/.installed $(CACHE)/kafka/.installed $(CACHE)/flink/.installed $(CACHE)/bin/prism ## Create .venv; fetch Kafka and Flink jars and Prism (cached)
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt setup.py
+$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-confluent.txt setup.py
 	test -x $(PY) || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-dev.txt

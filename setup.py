@@ -24,6 +24,9 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["pipelines*", "transforms*", "infra*", "producers*", "readside*"]),
     install_requires=read_requirements("requirements.txt"),
-    extras_require={"dev": read_requirements("requirements-dev.txt")},
+    extras_require={
+        "dev": read_requirements("requirements-dev.txt"),
+        "confluent": read_requirements("requirements-confluent.txt"),
+    },
     entry_points={"console_scripts": ["beamline=pipelines.cli:main"]},
 )

@@ -1,10 +1,13 @@
-"""Throughput of a bounded ReadFromKafka against a plain kafka-python consumer loop.
+"""Throughput of a bounded ReadFromKafka, per Kafka client, against plain consumer loops.
 
 Run with ``python -m bench.kafka_read``. It starts its own broker in a temp
 folder, produces small records to a 4-partition topic, then reads them all
-twice in the same run: once with a plain consumer loop (the ceiling, since
-both decode with kafka-python) and once with ``ReadFromKafka(stop="end")`` plus
-a count on the FnApiRunner. The figures go to ``bench/results/kafka_read.md``.
+in the same run with four readers, alternated round by round: a plain
+kafka-python consumer loop, ``ReadFromKafka(stop="end")`` plus a count on the
+FnApiRunner with the kafka-python client, the same with
+``client="confluent"``, and a plain confluent-kafka consumer loop (each plain
+loop is the ceiling for its client). The confluent readers are skipped when
+confluent-kafka is not installed. The figures go to ``bench/results/kafka_read.md``.
 """
 
 from __future__ import annotations
@@ -74,7 +77,32 @@ def _plain_loop(bootstrap: str, topic: str, count: int) -> tuple[float, float]:
     return elapsed, cpu
 
 
-def _beam_read(bootstrap: str, topic: str, count: int, workers: int) -> tuple[float, float]:
+def _plain_confluent_loop(bootstrap: str, topic: str, count: int) -> tuple[float, float]:
+    """The confluent baseline: one consumer, all partitions, consume batches until every record is seen."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "bench-plain-loop",
+            "enable.auto.commit": False,
+            "fetch.max.bytes": 64 * 1024 * 1024,
+            "max.partition.fetch.bytes": 8 * 1024 * 1024,
+        }
+    )
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
+    started, cpu_started = time.perf_counter(), time.process_time()
+    seen = 0
+    while seen < count:
+        for msg in consumer.consume(10_000, 0.5):
+            if msg.error() is None:
+                seen += 1
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    consumer.close()
+    return elapsed, cpu
+
+
+def _beam_read(bootstrap: str, topic: str, count: int, workers: int, client: str) -> tuple[float, float]:
     """Wall and CPU seconds of ReadFromKafka + Count; CPU covers this process only (1 worker)."""
     options = PipelineOptions(
         direct_num_workers=workers, direct_running_mode="multi_processing" if workers > 1 else "in_memory"
@@ -83,12 +111,13 @@ def _beam_read(bootstrap: str, topic: str, count: int, workers: int) -> tuple[fl
         out = Path(out_dir) / "count.txt"
         started, cpu_started = time.perf_counter(), time.process_time()
         with beam.Pipeline("FnApiRunner", options=options) as pipeline:
-            total = pipeline | ReadFromKafka(bootstrap, topic, stop="end") | beam.combiners.Count.Globally()
+            read = ReadFromKafka(bootstrap, topic, stop="end", client=client)
+            total = pipeline | read | beam.combiners.Count.Globally()
             total | beam.Map(lambda n: out.write_text(str(n)))
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
         counted = out.read_text() if out.exists() else "nothing"
     if counted != str(count):
-        raise SystemExit(f"ReadFromKafka counted {counted}, expected {count}")
+        raise SystemExit(f"ReadFromKafka(client={client!r}) counted {counted}, expected {count}")
     return elapsed, cpu
 
 
@@ -111,6 +140,25 @@ def _crc_impl() -> str:
     return "pure Python (the crc32c package is not installed; both readers pay this)"
 
 
+def _confluent_version() -> str | None:
+    try:
+        import confluent_kafka
+    except ImportError:
+        return None
+    version = confluent_kafka.version()  # a (text, number) pair in some releases, text in others
+    text = version[0] if isinstance(version, tuple) else version
+    return f"{text} (librdkafka {confluent_kafka.libversion()[0]})"
+
+
+# The readers, in the order each round runs them: (label, results key).
+_READERS = (
+    ("plain kafka-python loop", "plain"),
+    ("ReadFromKafka(client='kafka-python') + Count", "beam"),
+    ("ReadFromKafka(client='confluent') + Count", "beam_confluent"),
+    ("plain confluent-kafka loop", "plain_confluent"),
+)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and write the results file."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -118,6 +166,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1, help="direct_num_workers for the Beam read")
     parser.add_argument("--rounds", type=int, default=2, help="measurements of each reader, alternated")
     args = parser.parse_args(argv)
+    confluent = _confluent_version()
+    readers = [(label, key) for label, key in _READERS if confluent or "confluent" not in key]
+    measure = {
+        "plain": lambda b, t: _plain_loop(b, t, args.records),
+        "beam": lambda b, t: _beam_read(b, t, args.records, args.workers, "kafka-python"),
+        "beam_confluent": lambda b, t: _beam_read(b, t, args.records, args.workers, "confluent"),
+        "plain_confluent": lambda b, t: _plain_confluent_loop(b, t, args.records),
+    }
+    runs: dict[str, list[tuple[float, float]]] = {key: [] for _, key in readers}
+    load_before = os.getloadavg()
 
     with tempfile.TemporaryDirectory(prefix="kafka-bench-") as data_dir:
         broker = KafkaBroker(data_dir)
@@ -127,49 +185,71 @@ def main(argv: list[str] | None = None) -> None:
             topic = "bench-read"
             produce_s = _produce(bootstrap, topic, args.records)
             print(f"produced {args.records} records in {produce_s:.1f}s", flush=True)
-            # Alternate the two readers so a busy neighbour on the machine hurts both alike.
-            plain_runs, beam_runs = [], []
+            # Alternate the readers so a busy neighbour on the machine hurts all alike.
             for _ in range(args.rounds):
-                plain_runs.append(_plain_loop(bootstrap, topic, args.records))
-                print(f"plain loop: {args.records / plain_runs[-1][0]:,.0f} records/s", flush=True)
-                beam_runs.append(_beam_read(bootstrap, topic, args.records, args.workers))
-                print(f"ReadFromKafka: {args.records / beam_runs[-1][0]:,.0f} records/s", flush=True)
+                for label, key in readers:
+                    runs[key].append(measure[key](bootstrap, topic))
+                    print(f"{label}: {args.records / runs[key][-1][0]:,.0f} records/s", flush=True)
         finally:
             broker.stop()
+    load_after = os.getloadavg()
 
-    plain_s, beam_s = min(w for w, _ in plain_runs), min(w for w, _ in beam_runs)
-    plain_rate = args.records / plain_s
-    beam_rate = args.records / beam_s
-    ratio = beam_rate / plain_rate
-    round_ratios = [p[0] / b[0] for p, b in zip(plain_runs, beam_runs, strict=True)]
-    plain_cpu, beam_cpu = min(c for _, c in plain_runs), min(c for _, c in beam_runs)
-    cpu_ratio = plain_cpu / beam_cpu
-    print(f"ratio ReadFromKafka / plain loop = {ratio:.2f} (goal >= 0.80); by CPU time {cpu_ratio:.2f}")
+    best = {key: min(w for w, _ in rs) for key, rs in runs.items()}
+    best_cpu = {key: min(c for _, c in rs) for key, rs in runs.items()}
 
-    def rates(runs: list[tuple[float, float]]) -> str:
-        return ", ".join(f"{args.records / w:,.0f}" for w, _ in runs)
+    def rate(key: str) -> float:
+        return args.records / best[key]
 
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    def rates(key: str) -> str:
+        return ", ".join(f"{args.records / w:,.0f}" for w, _ in runs[key])
+
+    def per_round(num: str, den: str) -> str:
+        return ", ".join(f"{d[0] / n[0]:.2f}" for n, d in zip(runs[num], runs[den], strict=True))
+
+    def ratio_line(num: str, den: str, what: str, goal: str) -> str:
+        by_wall = rate(num) / rate(den)
+        by_cpu = best_cpu[den] / best_cpu[num]
+        print(f"ratio {what} = {by_wall:.2f} ({goal}); by CPU time {by_cpu:.2f}")
+        return f"| {what} | **{by_wall:.2f}** | {per_round(num, den)} | {by_cpu:.2f} | {goal} |\n"
+
+    ratios = ratio_line("beam", "plain", "ReadFromKafka(kafka-python) / plain kafka-python loop", "goal >= 0.80")
+    if confluent:
+        ratios += ratio_line(
+            "beam_confluent", "beam", "ReadFromKafka(confluent) / ReadFromKafka(kafka-python)", "goal >= 3.0"
+        )
+        ratios += ratio_line(
+            "beam_confluent", "plain_confluent", "ReadFromKafka(confluent) / plain confluent-kafka loop", "no goal"
+        )
+        ratios += ratio_line("beam_confluent", "plain", "ReadFromKafka(confluent) / plain kafka-python loop", "no goal")
+    table = "".join(
+        f"| {label} | {best[key]:.1f} | {rate(key):,.0f} | {rates(key)} | {best_cpu[key] * 1e6 / args.records:.1f} |\n"
+        for label, key in readers
+    )
+
+    def load(avg: tuple[float, float, float]) -> str:
+        return ", ".join(f"{x:.1f}" for x in avg)
+
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
-        "# Bounded ReadFromKafka vs a plain kafka-python consumer loop\n\n"
+        "# Bounded ReadFromKafka, per Kafka client, vs plain consumer loops\n\n"
         f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC  \n"
-        f"Machine: {os.cpu_count()} CPUs, {_cpu_model()}  \n"
+        f"Machine: {os.cpu_count()} CPUs, {_cpu_model()}, shared with other work  \n"
         f"Python {platform.python_version()}, apache-beam {beam.__version__}, "
-        f"kafka-python {__import__('kafka').__version__}  \n"
+        f"kafka-python {__import__('kafka').__version__}, "
+        f"confluent-kafka {confluent or 'not installed (confluent readers skipped)'}  \n"
         f"Workload: {args.records:,} records of ~100 bytes in {PARTITIONS} partitions, "
         f"one local broker; FnApiRunner with direct_num_workers={args.workers}; the Beam "
-        "time includes pipeline start-up and the count.\n\n"
-        "| reader | best seconds | best records/s | every run, records/s |\n|---|---:|---:|---|\n"
-        f"| plain kafka-python loop | {plain_s:.1f} | {plain_rate:,.0f} | {rates(plain_runs)} |\n"
-        f"| ReadFromKafka + Count | {beam_s:.1f} | {beam_rate:,.0f} | {rates(beam_runs)} |\n\n"
-        f"Ratio of the best runs: **{ratio:.2f}** (goal >= 0.80); per round: "
-        f"{', '.join(f'{r:.2f}' for r in round_ratios)}.  \n"
-        f"CPU seconds per 1M records (best run, this process): plain loop "
-        f"{plain_cpu * 1e6 / args.records:.1f}, ReadFromKafka {beam_cpu * 1e6 / args.records:.1f}; "
-        f"ratio by CPU **{cpu_ratio:.2f}** (robust when the machine is shared).  \n"
-        f"Load average when the run ended: {load}.  \n"
-        f"CRC32C checks: {_crc_impl()}.\n"
+        f"times include pipeline start-up and the count; {args.rounds} rounds, the readers "
+        "alternated within each round.  \n"
+        f"Load average (1, 5, 15 min) before the run: {load(load_before)}; after: {load(load_after)}.\n\n"
+        "| reader | best seconds | best records/s | every run, records/s | CPU s per 1M records (best) |\n"
+        "|---|---:|---:|---|---:|\n"
+        f"{table}\n"
+        "| ratio (records/s) | best runs | per round | by CPU time | goal |\n|---|---:|---|---:|---|\n"
+        f"{ratios}\n"
+        "CPU time is this process's (all its threads, librdkafka's included), robust when the machine "
+        "is shared.  \n"
+        f"CRC32C checks (kafka-python readers only; librdkafka has its own): {_crc_impl()}.\n"
     )
     print(f"wrote {RESULTS}")
 

@@ -37,7 +37,8 @@ def read_log(pipeline: beam.Pipeline, label: str, topic: str, options: PipelineO
     """One topic from its earliest offset: to the end offsets seen at start (batch) or forever."""
     kafka = options.view_as(KafkaOptions)
     batch = options.view_as(BeamlineOptions).mode == "batch"
-    consumer_config = {"group_id": kafka.consumer_group} if kafka.consumer_group else None
+    group_key = "group.id" if kafka.kafka_client == "confluent" else "group_id"
+    consumer_config = {group_key: kafka.consumer_group} if kafka.consumer_group else None
     return pipeline | label >> ReadFromKafka(
         bootstrap_servers(options),
         topic,
@@ -45,6 +46,7 @@ def read_log(pipeline: beam.Pipeline, label: str, topic: str, options: PipelineO
         stop="end" if batch else None,
         consumer_config=consumer_config,
         commit_offsets=bool(kafka.consumer_group),
+        client=kafka.kafka_client,
     )
 
 
@@ -62,7 +64,8 @@ def write_dead_letters(dead_letters: Sequence[beam.PCollection], options: Pipeli
     _ = (
         merged
         | "DeadLetterRecords" >> beam.Map(dead_letter_to_kafka)
-        | "DeadLettersToKafka" >> WriteToKafka(bootstrap_servers(options), kafka.dead_letter_topic)
+        | "DeadLettersToKafka"
+        >> WriteToKafka(bootstrap_servers(options), kafka.dead_letter_topic, client=kafka.kafka_client)
     )
 
 

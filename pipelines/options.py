@@ -13,6 +13,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from infra.paths import state_dir
 from transforms import topics
+from transforms.kafka import KAFKA_CLIENTS
 
 __all__ = ["BeamlineOptions", "KafkaOptions", "WarehouseOptions", "bootstrap_servers", "default_warehouse"]
 
@@ -45,6 +46,14 @@ class KafkaOptions(PipelineOptions):
             dest="consumer_group",
             default=None,
             help="commit read offsets for this consumer group (monitoring only; pipelines replay from the log)",
+        )
+        parser.add_argument(
+            *_both("kafka_client"),
+            dest="kafka_client",
+            choices=KAFKA_CLIENTS,
+            default=os.environ.get("BEAMLINE_KAFKA_CLIENT", KAFKA_CLIENTS[0]),
+            help="Kafka client for reads and writes: kafka-python (default; env BEAMLINE_KAFKA_CLIENT) "
+            "or confluent (pip install 'beamline[confluent]')",
         )
 
 

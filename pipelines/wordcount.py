@@ -38,7 +38,8 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions) -> None:
     _ = (
         counts
         | "WordCountRecords" >> beam.Map(word_count_to_kafka)
-        | "WordCountsToKafka" >> WriteToKafka(bootstrap_servers(options), kafka.word_counts_topic)
+        | "WordCountsToKafka"
+        >> WriteToKafka(bootstrap_servers(options), kafka.word_counts_topic, client=kafka.kafka_client)
     )
     write_dead_letters([dead], options)
 

@@ -1,4 +1,4 @@
-"""Kafka I/O for Beam in pure Python (kafka-python): ReadFromKafka, WriteToKafka.
+"""Kafka I/O for Beam in Python, without a Java expansion service: ReadFromKafka, WriteToKafka.
 
 Beam's own Kafka connector for Python is a Java cross-language transform; this
 one runs on any portable runner with only kafka-python. The read is a
@@ -6,6 +6,14 @@ splittable DoFn: one element per partition, a restriction that is a range of
 offsets, and a watermark per partition. The same transform serves streaming
 (``stop=None``) and backfill (``stop="end"``): a backfill reads up to the end
 offsets seen when the read starts and then finishes on its own.
+
+Two Kafka clients can do the I/O, chosen with ``client=``: ``"kafka-python"``
+(the default, always installed) and ``"confluent"`` (confluent-kafka, built on
+librdkafka; faster, installed separately). Both sit behind a
+small client interface (``_Consumer``, ``_Producer``), so one DoFn drives
+either. Settings are given in each client's own dialect: kafka-python names
+(``group_id``, ``security_protocol``) or librdkafka names (``group.id``,
+``security.protocol``).
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from transforms.errors import BeamlineError, ConfigError, KafkaUnavailable
 
 __all__ = [
+    "KAFKA_CLIENTS",
     "LOCAL_PROGRESS",
     "METRICS_NAMESPACE",
     "KafkaRecord",
@@ -49,11 +58,18 @@ _LOG = logging.getLogger(__name__)
 # The upper bound of an unbounded restriction: "no stop offset".
 _UNBOUNDED_STOP = sys.maxsize
 _START_MODES = ("earliest", "latest", "committed")
+# The Kafka clients a read or write can use; the first is the default.
+KAFKA_CLIENTS = ("kafka-python", "confluent")
 # Settings the reader owns: records are bytes, and offsets are committed only
 # after a bundle's output is durable (bundle finalization), never by a timer.
 # Where to start is ``start``/``start_fallback``, so kafka-python's own reset is not ours to set.
 _READER_OWNED_KEYS = frozenset({"key_deserializer", "value_deserializer", "enable_auto_commit", "auto_offset_reset"})
 _WRITER_OWNED_KEYS = frozenset({"key_serializer", "value_serializer"})
+# The same, in librdkafka's names (the confluent client has no (de)serializers).
+_CONFLUENT_READER_OWNED_KEYS = frozenset({"enable.auto.commit", "enable.auto.offset.store", "auto.offset.reset"})
+_CONFLUENT_WRITER_OWNED_KEYS = frozenset({"on_delivery"})
+# librdkafka settings a producer config shares with the topic check's consumer.
+_CONFLUENT_SHARED_PREFIXES = ("client.", "security.", "ssl.", "sasl.", "socket.", "broker.", "api.version")
 
 # Connection and security settings a producer config shares with the consumer
 # used to check the topic when a WriteToKafka is built.
@@ -161,6 +177,47 @@ def _check_config(config: Mapping[str, Any], known: frozenset[str], owned: froze
         )
 
 
+def _confluent() -> Any:
+    """The confluent_kafka module, or one clear error saying how to install it."""
+    try:
+        import confluent_kafka
+    except ImportError:
+        raise ConfigError("client='confluent' needs confluent-kafka: pip install confluent-kafka") from None
+    return confluent_kafka
+
+
+def _check_client_config(client: str, config: Mapping[str, Any], what: str) -> None:
+    """Check ``config`` in the dialect of ``client`` (``what`` is consumer or producer)."""
+    if client not in KAFKA_CLIENTS:
+        raise ConfigError(f"client must be one of {', '.join(KAFKA_CLIENTS)}; got {client!r}")
+    if client == "kafka-python":
+        if what == "consumer":
+            _check_config(config, _known_consumer_keys(), _READER_OWNED_KEYS, what)
+        else:
+            _check_config(config, _known_producer_keys(), _WRITER_OWNED_KEYS, what)
+        return
+    ck = _confluent()
+    owned = _CONFLUENT_READER_OWNED_KEYS if what == "consumer" else _CONFLUENT_WRITER_OWNED_KEYS
+    forbidden = sorted(set(config) & owned)
+    if forbidden:
+        raise ConfigError(
+            f"{what} setting(s) {', '.join(forbidden)} are managed by Beamline; remove them "
+            "(positions come from start/start_fallback, and offsets are committed after output is durable)"
+        )
+    # librdkafka checks every name and value when a client is made; one without
+    # bootstrap servers never connects. log_level 0 keeps its warnings quiet.
+    try:
+        if what == "consumer":
+            ck.Consumer({"group.id": "beamline-check", "log_level": 0, **config}).close()
+        else:
+            ck.Producer({"log_level": 0, **config})
+    except (ck.KafkaException, ValueError, TypeError) as exc:
+        raise ConfigError(
+            f"invalid confluent-kafka {what} setting ({exc}); use librdkafka names such as "
+            "security.protocol, sasl.mechanism, client.id"
+        ) from None
+
+
 def _to_millis(moment: datetime) -> int:
     if moment.tzinfo is None:
         raise ConfigError(f"timestamp {moment.isoformat()} has no time zone; pass an aware datetime")
@@ -193,6 +250,7 @@ class _ReadSpec:
     max_bundle_s: float
     discovery_interval_s: float
     timeout_s: float
+    client: str = "kafka-python"
 
     @property
     def bounded(self) -> bool:
@@ -218,24 +276,342 @@ class _ReadSpec:
         settings.update(self.consumer_config)
         return settings
 
+    def confluent_settings(self) -> dict[str, Any]:
+        """The same defaults in librdkafka's names, for ``client="confluent"``."""
+        timeout_ms = int(self.timeout_s * 1000)
+        settings: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            # librdkafka wants a group even for assigned partitions; nothing is
+            # committed to it unless commit_offsets names the user's group.
+            "group.id": "beamline-reader",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "socket.timeout.ms": max(timeout_ms, 5000),
+            "fetch.max.bytes": 64 * 1024 * 1024,
+            "max.partition.fetch.bytes": 8 * 1024 * 1024,
+            "fetch.wait.max.ms": 100,
+            "logger": _LOG,  # librdkafka's log lines go to this module's logger
+        }
+        settings.update(self.consumer_config)
+        return settings
 
-def _new_consumer(spec: _ReadSpec) -> Any:
-    """A consumer with a bounded connect: an unreachable broker is an error, not a hang."""
-    from kafka import KafkaConsumer
-    from kafka.errors import KafkaConfigurationError, KafkaError
 
-    try:
-        return KafkaConsumer(**spec.consumer_settings())
-    except KafkaConfigurationError as exc:
-        raise ConfigError(f"invalid Kafka consumer settings: {exc}; fix consumer_config") from None
-    except (KafkaError, OSError) as exc:
-        raise KafkaUnavailable(
-            f"no Kafka broker answered at {spec.bootstrap_servers} within {spec.timeout_s:.0f}s "
-            f"({type(exc).__name__}); start the broker or fix --bootstrap-servers"
-        ) from None
+def _unavailable(servers: str, timeout_s: float, exc: BaseException) -> KafkaUnavailable:
+    return KafkaUnavailable(
+        f"no Kafka broker answered at {servers} within {timeout_s:.0f}s "
+        f"({type(exc).__name__}); start the broker or fix --bootstrap-servers"
+    )
 
 
-def _check_topics(consumer: Any, spec: _ReadSpec) -> None:
+# -- the client interface: one small surface over kafka-python and confluent-kafka ----
+
+
+class _TP(NamedTuple):
+    """A (topic, partition) pair; equal to kafka-python's TopicPartition."""
+
+    topic: str
+    partition: int
+
+
+class _Consumer:
+    """What the read needs from a Kafka consumer; one partition is assigned at a time.
+
+    Offsets are "next offset to read" throughout, as Kafka defines them.
+    ``errors`` are the client's own exception types; ``retriable`` says
+    whether one means "the broker is away, try again later".
+    """
+
+    errors: tuple[type[BaseException], ...] = ()
+
+    def retriable(self, exc: BaseException) -> bool:
+        raise NotImplementedError
+
+    def topics(self) -> set[str]:
+        """Topic names, from a fresh metadata request."""
+        raise NotImplementedError
+
+    def partitions(self, topic: str) -> set[int]:
+        """Partitions of ``topic`` as of the last :meth:`topics` call (empty if unknown)."""
+        raise NotImplementedError
+
+    def beginning_offsets(self, tps: list[_TP]) -> dict[_TP, int]:
+        raise NotImplementedError
+
+    def end_offsets(self, tps: list[_TP]) -> dict[_TP, int]:
+        raise NotImplementedError
+
+    def offsets_for_times(self, tps: list[_TP], millis: int) -> dict[_TP, int | None]:
+        """The first offset at or after ``millis``; None where there is none."""
+        raise NotImplementedError
+
+    def committed(self, tp: _TP) -> int | None:
+        raise NotImplementedError
+
+    def assigned(self) -> _TP | None:
+        raise NotImplementedError
+
+    def assign(self, tp: _TP) -> None:
+        raise NotImplementedError
+
+    def seek(self, tp: _TP, offset: int) -> None:
+        raise NotImplementedError
+
+    def poll_batch(self, tp: _TP, timeout_s: float) -> list[KafkaRecord]:
+        """Records of ``tp`` in offset order: waits up to ``timeout_s`` for the first."""
+        raise NotImplementedError
+
+    def position(self, tp: _TP) -> int | None:
+        raise NotImplementedError
+
+    def highwater(self, tp: _TP) -> int | None:
+        """The end offset the broker last reported in a fetch, without asking again."""
+        raise NotImplementedError
+
+    def commit(self, tp: _TP, offset: int) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class _KafkaPythonConsumer(_Consumer):
+    """kafka-python's KafkaConsumer; its connect is bounded, so a missing broker fails here."""
+
+    def __init__(self, spec: _ReadSpec) -> None:
+        from kafka import KafkaConsumer, TopicPartition
+        from kafka.errors import KafkaConfigurationError, KafkaConnectionError, KafkaError
+
+        self.errors = (KafkaError,)
+        self._connection_error = KafkaConnectionError
+        self._tp = TopicPartition
+        self._timeout_ms = int(spec.timeout_s * 1000)
+        self._assigned: Any = None
+        try:
+            self._c = KafkaConsumer(**spec.consumer_settings())
+        except KafkaConfigurationError as exc:
+            raise ConfigError(f"invalid Kafka consumer settings: {exc}; fix consumer_config") from None
+        except (KafkaError, OSError) as exc:
+            raise _unavailable(spec.bootstrap_servers, spec.timeout_s, exc) from None
+
+    def retriable(self, exc: BaseException) -> bool:
+        return bool(getattr(exc, "retriable", False)) or isinstance(exc, self._connection_error)
+
+    def topics(self) -> set[str]:
+        return set(self._c.topics())
+
+    def partitions(self, topic: str) -> set[int]:
+        return set(self._c.partitions_for_topic(topic) or ())
+
+    def beginning_offsets(self, tps: list[_TP]) -> dict[_TP, int]:
+        found = self._c.beginning_offsets([self._tp(*tp) for tp in tps], timeout_ms=self._timeout_ms)
+        return {_TP(*tp): offset for tp, offset in found.items()}
+
+    def end_offsets(self, tps: list[_TP]) -> dict[_TP, int]:
+        found = self._c.end_offsets([self._tp(*tp) for tp in tps], timeout_ms=self._timeout_ms)
+        return {_TP(*tp): offset for tp, offset in found.items()}
+
+    def offsets_for_times(self, tps: list[_TP], millis: int) -> dict[_TP, int | None]:
+        query = {self._tp(*tp): millis for tp in tps}
+        found = self._c.offsets_for_times(query, timeout_ms=self._timeout_ms)
+        return {_TP(*tp): (found[tp].offset if found.get(tp) is not None else None) for tp in query}
+
+    def committed(self, tp: _TP) -> int | None:
+        return self._c.committed(self._tp(*tp), timeout_ms=self._timeout_ms)
+
+    def assigned(self) -> _TP | None:
+        return None if self._assigned is None else _TP(*self._assigned)
+
+    def assign(self, tp: _TP) -> None:
+        self._assigned = self._tp(*tp)
+        self._c.assign([self._assigned])
+
+    def seek(self, tp: _TP, offset: int) -> None:
+        self._c.seek(self._tp(*tp), offset)
+
+    def poll_batch(self, tp: _TP, timeout_s: float) -> list[KafkaRecord]:
+        batch = self._c.poll(timeout_ms=max(1, int(timeout_s * 1000)), max_records=10_000).get(tp)
+        if not batch:
+            return []
+        return [
+            KafkaRecord(
+                rec.topic,
+                rec.partition,
+                rec.offset,
+                rec.timestamp,
+                rec.key,
+                rec.value,
+                tuple(rec.headers) if rec.headers else (),
+            )
+            for rec in batch
+        ]
+
+    def position(self, tp: _TP) -> int | None:
+        return self._c.position(self._tp(*tp), timeout_ms=self._timeout_ms)
+
+    def highwater(self, tp: _TP) -> int | None:
+        return self._c.highwater(self._tp(*tp))
+
+    def commit(self, tp: _TP, offset: int) -> None:
+        from kafka.structs import OffsetAndMetadata
+
+        self._c.commit({self._tp(*tp): OffsetAndMetadata(offset, "", -1)})
+
+    def close(self) -> None:
+        self._c.close(autocommit=False)
+
+
+# librdkafka reports these when the broker is away; it reconnects on its own.
+_CONFLUENT_RETRIABLE_CODES = ("_TRANSPORT", "_ALL_BROKERS_DOWN", "_TIMED_OUT", "_WAIT_COORD", "_RESOLVE")
+
+
+class _ConfluentConsumer(_Consumer):
+    """confluent-kafka's Consumer (librdkafka). It connects lazily, so the first request bounds the wait."""
+
+    def __init__(self, spec: _ReadSpec) -> None:
+        ck = _confluent()
+        self._ck = ck
+        self.errors = (ck.KafkaException,)
+        self._servers = spec.bootstrap_servers
+        self._timeout_s = spec.timeout_s
+        self._metadata: Any = None
+        self._assigned: _TP | None = None
+        self._seeked: int | None = None
+        try:
+            self._c = ck.Consumer(spec.confluent_settings())
+        except (ck.KafkaException, ValueError) as exc:
+            raise ConfigError(f"invalid Kafka consumer settings: {exc}; fix consumer_config") from None
+        codes = {getattr(ck.KafkaError, name, None) for name in _CONFLUENT_RETRIABLE_CODES}
+        self._retriable_codes = codes - {None}
+
+    def retriable(self, exc: BaseException) -> bool:
+        error = exc.args[0] if exc.args else None
+        if not isinstance(error, self._ck.KafkaError):
+            return False
+        return error.retriable() or error.code() in self._retriable_codes
+
+    def _tp(self, tp: _TP, offset: int | None = None) -> Any:
+        if offset is None:
+            return self._ck.TopicPartition(tp[0], tp[1])
+        return self._ck.TopicPartition(tp[0], tp[1], offset)
+
+    def topics(self) -> set[str]:
+        try:
+            self._metadata = self._c.list_topics(timeout=self._timeout_s)
+        except self._ck.KafkaException as exc:
+            raise _unavailable(self._servers, self._timeout_s, exc) from None
+        return {name for name, meta in self._metadata.topics.items() if meta.error is None}
+
+    def partitions(self, topic: str) -> set[int]:
+        meta = None if self._metadata is None else self._metadata.topics.get(topic)
+        return set() if meta is None or meta.error is not None else set(meta.partitions)
+
+    def _watermarks(self, tp: _TP) -> tuple[int, int]:
+        try:
+            found = self._c.get_watermark_offsets(self._tp(tp), timeout=self._timeout_s, cached=False)
+        except self._ck.KafkaException as exc:
+            if exc.args[0].code() != self._ck.KafkaError._UNKNOWN_PARTITION:
+                raise
+            # A partition added since this client last loaded the topic's
+            # metadata: load it again (that refreshes librdkafka's cache), retry once.
+            self._c.list_topics(tp[0], timeout=self._timeout_s)
+            found = self._c.get_watermark_offsets(self._tp(tp), timeout=self._timeout_s, cached=False)
+        if found is None:
+            raise _unavailable(self._servers, self._timeout_s, TimeoutError())
+        return found
+
+    def beginning_offsets(self, tps: list[_TP]) -> dict[_TP, int]:
+        return {_TP(*tp): self._watermarks(tp)[0] for tp in tps}
+
+    def end_offsets(self, tps: list[_TP]) -> dict[_TP, int]:
+        return {_TP(*tp): self._watermarks(tp)[1] for tp in tps}
+
+    def offsets_for_times(self, tps: list[_TP], millis: int) -> dict[_TP, int | None]:
+        found = self._c.offsets_for_times([self._tp(tp, millis) for tp in tps], timeout=self._timeout_s)
+        return {_TP(f.topic, f.partition): (f.offset if f.offset >= 0 else None) for f in found}
+
+    def committed(self, tp: _TP) -> int | None:
+        (found,) = self._c.committed([self._tp(tp)], timeout=self._timeout_s)
+        return found.offset if found.offset >= 0 else None
+
+    def assigned(self) -> _TP | None:
+        return self._assigned
+
+    def assign(self, tp: _TP) -> None:
+        # The real assignment happens in seek: librdkafka refuses a seek on a
+        # partition whose fetcher has not started, but takes an offset in assign.
+        self._assigned = _TP(*tp)
+        self._seeked = None
+
+    def seek(self, tp: _TP, offset: int) -> None:
+        self._c.assign([self._tp(tp, offset)])
+        self._assigned, self._seeked = _TP(*tp), offset
+
+    def poll_batch(self, tp: _TP, timeout_s: float) -> list[KafkaRecord]:
+        # Block for the first record only, then take what is already fetched:
+        # a batch never waits for a full batch to arrive.
+        first = self._c.poll(timeout_s)
+        if first is None:
+            return []
+        messages = [first, *self._c.consume(9_999, 0)]
+        out = []
+        eof = self._ck.KafkaError._PARTITION_EOF
+        for msg in messages:
+            error = msg.error()
+            if error is not None:
+                if error.code() == eof:
+                    continue
+                raise self._ck.KafkaException(error)
+            headers = msg.headers()
+            out.append(
+                KafkaRecord(
+                    msg.topic(),
+                    msg.partition(),
+                    msg.offset(),
+                    msg.timestamp()[1],
+                    msg.key(),
+                    msg.value(),
+                    tuple(headers) if headers else (),
+                )
+            )
+        return out
+
+    def position(self, tp: _TP) -> int | None:
+        (found,) = self._c.position([self._tp(tp)])
+        if found.offset >= 0:
+            return found.offset
+        # Nothing consumed since the seek: the next offset to read is where it went.
+        return self._seeked if self._assigned == tp else None
+
+    def highwater(self, tp: _TP) -> int | None:
+        # Cached: updated by every fetch response, no request is made.
+        high = self._c.get_watermark_offsets(self._tp(tp), cached=True)
+        return high[1] if high is not None and high[1] >= 0 else None
+
+    def commit(self, tp: _TP, offset: int) -> None:
+        self._c.commit(offsets=[self._tp(tp, offset)], asynchronous=False)
+
+    def close(self) -> None:
+        self._c.close()
+
+
+def _new_consumer(spec: _ReadSpec) -> _Consumer:
+    """A consumer of ``spec.client``; an unreachable broker is an error, not a hang."""
+    if spec.client == "confluent":
+        return _ConfluentConsumer(spec)
+    return _KafkaPythonConsumer(spec)
+
+
+def _client_errors(client: str) -> tuple[type[BaseException], ...]:
+    """The exception types ``client`` raises for broker and protocol errors."""
+    if client == "confluent":
+        return (_confluent().KafkaException,)
+    from kafka.errors import KafkaError
+
+    return (KafkaError,)
+
+
+def _check_topics(consumer: _Consumer, spec: _ReadSpec) -> None:
     existing = consumer.topics()
     missing = [t for t in spec.topics if t not in existing]
     if missing:
@@ -262,25 +638,24 @@ class _Partition(NamedTuple):
     stop: int | None
 
 
-def _resolve_partitions(consumer: Any, spec: _ReadSpec, tps: list[Any]) -> list[_Partition]:
+def _resolve_partitions(consumer: _Consumer, spec: _ReadSpec, tps: list[_TP]) -> list[_Partition]:
     """Turn the start/stop specs into concrete offsets for ``tps``."""
     if not tps:
         return []
-    timeout_ms = int(spec.timeout_s * 1000)
-    beginning = consumer.beginning_offsets(tps, timeout_ms=timeout_ms)
-    end = consumer.end_offsets(tps, timeout_ms=timeout_ms)
+    beginning = consumer.beginning_offsets(tps)
+    end = consumer.end_offsets(tps)
 
-    def at_time(millis: int) -> dict[Any, int]:
-        found = consumer.offsets_for_times(dict.fromkeys(tps, millis), timeout_ms=timeout_ms)
+    def at_time(millis: int) -> dict[_TP, int]:
+        found = consumer.offsets_for_times(tps, millis)
         # No record at or after the time: the position is the end of the log.
-        return {tp: (found[tp].offset if found.get(tp) is not None else end[tp]) for tp in tps}
+        return {tp: (found[tp] if found.get(tp) is not None else end[tp]) for tp in tps}
 
-    def by_mode(mode: str, tp: Any) -> int:
+    def by_mode(mode: str, tp: _TP) -> int:
         if mode == "earliest":
             return beginning[tp]
         if mode == "latest":
             return end[tp]
-        committed = consumer.committed(tp, timeout_ms=timeout_ms)
+        committed = consumer.committed(tp)
         # The committed offset is the next offset to read, as Kafka defines it.
         return committed if committed is not None else by_mode(spec.start_fallback, tp)
 
@@ -314,18 +689,16 @@ def _resolve_partitions(consumer: Any, spec: _ReadSpec, tps: list[Any]) -> list[
     return out
 
 
-def _list_partitions(consumer: Any, spec: _ReadSpec, *, strict: bool) -> list[Any]:
-    from kafka import TopicPartition
-
+def _list_partitions(consumer: _Consumer, spec: _ReadSpec, *, strict: bool) -> list[_TP]:
     consumer.topics()  # a fresh metadata request: picks up new topics and partitions
     tps = []
     for topic in spec.topics:
-        parts = consumer.partitions_for_topic(topic)
+        parts = consumer.partitions(topic)
         if not parts and strict:
             raise ConfigError(
                 f"Kafka topic {topic} does not exist at {spec.bootstrap_servers}; create it or fix the topic name"
             )
-        tps.extend(TopicPartition(topic, p) for p in sorted(parts or ()))
+        tps.extend(_TP(topic, p) for p in sorted(parts))
     return tps
 
 
@@ -334,7 +707,7 @@ class _DiscoverPartitionsFn(beam.DoFn):
 
     def __init__(self, spec: _ReadSpec) -> None:
         self._spec = spec
-        self._consumer: Any = None
+        self._consumer: _Consumer | None = None
 
     def setup(self) -> None:
         self._consumer = _new_consumer(self._spec)
@@ -357,17 +730,15 @@ class _ListTopicPartitionsFn(beam.DoFn):
 
     def __init__(self, spec: _ReadSpec) -> None:
         self._spec = spec
-        self._consumer: Any = None
+        self._consumer: _Consumer | None = None
 
     def process(self, unused_tick: Any) -> Iterator[tuple[str, tuple[str, int]]]:
-        from kafka.errors import KafkaError
-
         try:
             # Connected lazily: a streaming read outlives broker restarts.
             if self._consumer is None:
                 self._consumer = _new_consumer(self._spec)
             tps = _list_partitions(self._consumer, self._spec, strict=False)
-        except (KafkaError, KafkaUnavailable) as exc:
+        except (*_client_errors(self._spec.client), KafkaUnavailable) as exc:
             # A streaming read outlives broker restarts: the next tick looks again.
             _LOG.warning("Kafka partition discovery skipped a round: %r", exc)
             return
@@ -393,12 +764,9 @@ class _NewPartitionsOnlyFn(beam.DoFn):
 
     def __init__(self, spec: _ReadSpec) -> None:
         self._spec = spec
-        self._consumer: Any = None
+        self._consumer: _Consumer | None = None
 
     def process(self, keyed: tuple[str, tuple[str, int]], seen_state: Any = _SEEN_PARAM) -> Iterator[Any]:
-        from kafka import TopicPartition
-        from kafka.errors import KafkaError
-
         seen = seen_state.read() or frozenset()
         topic, partition = keyed[1]
         if (topic, partition) in seen:
@@ -406,8 +774,8 @@ class _NewPartitionsOnlyFn(beam.DoFn):
         try:
             if self._consumer is None:
                 self._consumer = _new_consumer(self._spec)
-            parts = _resolve_partitions(self._consumer, self._spec, [TopicPartition(topic, partition)])
-        except (KafkaError, KafkaUnavailable) as exc:
+            parts = _resolve_partitions(self._consumer, self._spec, [_TP(topic, partition)])
+        except (*_client_errors(self._spec.client), KafkaUnavailable) as exc:
             # Not marked as seen: the next discovery round tries this partition again.
             _LOG.warning("Kafka offsets for %s/%s not resolved yet: %r", topic, partition, exc)
             return
@@ -512,9 +880,9 @@ class _ReadPartitionFn(beam.DoFn):
 
     def __init__(self, spec: _ReadSpec) -> None:
         self._spec = spec
-        self._consumer: Any = None
-        self._next_offset: dict[Any, int] = {}
-        self._committed: dict[Any, int] = {}
+        self._consumer: _Consumer | None = None
+        self._next_offset: dict[_TP, int] = {}
+        self._committed: dict[_TP, int] = {}
         self._commit_lock = threading.Lock()
         self._records: dict[str, Any] = {}
         self._bytes: dict[str, Any] = {}
@@ -545,11 +913,10 @@ class _ReadPartitionFn(beam.DoFn):
             self._bytes[topic] = Metrics.counter(METRICS_NAMESPACE, f"{topic}.bytes_read")
         return self._records[topic], self._bytes[topic]
 
-    def _seek(self, tp: Any, offset: int) -> None:
+    def _seek(self, consumer: _Consumer, tp: _TP, offset: int) -> None:
         """Point the shared consumer at ``tp``/``offset``, keeping its buffer if already there."""
-        consumer = self._consumer
-        if consumer.assignment() != {tp}:
-            consumer.assign([tp])
+        if consumer.assigned() != tp:
+            consumer.assign(tp)
             self._next_offset.clear()
         if self._next_offset.get(tp) != offset:
             consumer.seek(tp, offset)
@@ -565,12 +932,9 @@ class _ReadPartitionFn(beam.DoFn):
 
     def _read(self, element: _Partition, tracker: Any, watermark: Any, finalizer: Any) -> Iterator[WindowedValue]:
         """Claim and emit records until the range ends, the poll is empty, or time is up."""
-        from kafka import TopicPartition
-        from kafka.errors import KafkaConnectionError, KafkaError
-
         spec = self._spec
         restriction = tracker.current_restriction()
-        tp = TopicPartition(element.topic, element.partition)
+        tp = _TP(element.topic, element.partition)
         if restriction.start >= restriction.stop or (
             self._consumer is None and not self._connect(restriction.stop == _UNBOUNDED_STOP)
         ):
@@ -579,23 +943,24 @@ class _ReadPartitionFn(beam.DoFn):
             if restriction.start < restriction.stop:
                 tracker.defer_remainder(Duration.of(spec.resume_delay_s))
             return
-        self._seek(tp, restriction.start)
+        consumer = self._consumer
+        assert consumer is not None
+        self._seek(consumer, tp, restriction.start)
         records_counter, bytes_counter = self._counters(tp.topic)
         lag_gauge = Metrics.gauge(METRICS_NAMESPACE, f"{tp.topic}.{tp.partition}.lag")
-        poll = self._consumer.poll
+        poll = consumer.poll_batch
         claim = tracker.try_claim
-        poll_ms = max(1, int(min(spec.resume_delay_s, 0.5) * 1000))
+        poll_s = max(0.001, min(spec.resume_delay_s, 0.5))
         deadline = time.monotonic() + spec.max_bundle_s
         skew = Duration.of(spec.allowed_skew_s)
-        timeout_ms = int(spec.timeout_s * 1000)
         next_offset = restriction.start  # the next offset to read = what a commit saves
         try:
             while True:
                 try:
-                    batch = poll(timeout_ms=poll_ms, max_records=10_000).get(tp)
-                    position = None if batch else self._consumer.position(tp, timeout_ms=timeout_ms)
-                except KafkaError as exc:
-                    if not getattr(exc, "retriable", False) and not isinstance(exc, KafkaConnectionError):
+                    batch = poll(tp, poll_s)
+                    position = None if batch else consumer.position(tp)
+                except consumer.errors as exc:
+                    if not consumer.retriable(exc):
                         raise KafkaUnavailable(
                             f"reading {tp.topic}/{tp.partition} at {spec.bootstrap_servers} failed: {exc!r}; "
                             "check the broker and the consumer settings"
@@ -617,7 +982,7 @@ class _ReadPartitionFn(beam.DoFn):
                         # markers, compaction): claim the stop to end the range.
                         claim(stop)
                         return
-                    highwater = self._consumer.highwater(tp)
+                    highwater = consumer.highwater(tp)
                     if highwater is not None:
                         lag_gauge.set(max(0, highwater - position))
                     # Caught up (per the broker's last answer, never a guess): let the
@@ -642,34 +1007,31 @@ class _ReadPartitionFn(beam.DoFn):
                     self._next_offset.pop(tp, None)
                 size = 0
                 newest = -1
+                last_millis: int | None = None
+                stamp = MIN_TIMESTAMP
                 for rec in batch:
                     millis = rec.timestamp
-                    if millis > newest:
-                        newest = millis
-                    size += rec.serialized_value_size + max(rec.serialized_key_size, 0)
-                    yield WindowedValue(
-                        KafkaRecord(
-                            rec.topic,
-                            rec.partition,
-                            rec.offset,
-                            millis,
-                            rec.key,
-                            rec.value,
-                            tuple(rec.headers) if rec.headers else (),
-                        ),
-                        Timestamp(micros=millis * 1000),
-                        _GLOBAL_WINDOWS,
-                    )
+                    if millis != last_millis:
+                        # Neighbouring records often share a millisecond: reuse the
+                        # (immutable) Timestamp, which is costly to build.
+                        stamp, last_millis = Timestamp(micros=millis * 1000), millis
+                        if millis > newest:
+                            newest = millis
+                    if rec.value:
+                        size += len(rec.value)
+                    if rec.key:
+                        size += len(rec.key)
+                    yield WindowedValue(rec, stamp, _GLOBAL_WINDOWS)
                 if batch:
                     next_offset = batch[-1].offset + 1  # the next offset to read
                     watermark.advance_to(Timestamp(micros=newest * 1000) - skew)
                     records_counter.inc(len(batch))
-                    bytes_counter.inc(max(size, 0))
+                    bytes_counter.inc(size)
                     LOCAL_PROGRESS.add(len(batch))
                 if not claimed_all:
                     return
                 self._next_offset[tp] = next_offset
-                highwater = self._consumer.highwater(tp)
+                highwater = consumer.highwater(tp)
                 if highwater is not None:
                     lag_gauge.set(max(0, highwater - next_offset))
                 if next_offset >= tracker.current_restriction().stop:
@@ -684,19 +1046,17 @@ class _ReadPartitionFn(beam.DoFn):
             if finalizer is not None:
                 finalizer.register(lambda tp=tp, offset=next_offset: self._commit(tp, offset))
 
-    def _commit(self, tp: Any, offset: int) -> None:
+    def _commit(self, tp: _TP, offset: int) -> None:
         """Commit ``offset`` (the next one to read) once the runner made the output durable."""
-        from kafka.structs import OffsetAndMetadata
-
         with self._commit_lock:
             if self._committed.get(tp, 0) >= offset or self._consumer is None:
                 return
-            self._consumer.commit({tp: OffsetAndMetadata(offset, "", -1)})
+            self._consumer.commit(tp, offset)
             self._committed[tp] = offset
 
     def teardown(self) -> None:
         if self._consumer is not None:
-            self._consumer.close(autocommit=False)
+            self._consumer.close()
             self._consumer = None
 
 
@@ -738,6 +1098,11 @@ class ReadFromKafka(beam.PTransform):
     the watermark that far behind record time, and behind wall time when a
     partition is idle. ``validate`` checks the broker and topics when the
     pipeline is built, with a bounded wait of ``timeout_s``.
+
+    ``client`` picks the Kafka client: ``"kafka-python"`` (default) or
+    ``"confluent"`` (needs ``pip install confluent-kafka``). ``consumer_config``
+    uses that client's names: ``group_id`` for kafka-python, ``group.id`` for
+    confluent.
     """
 
     def __init__(
@@ -756,6 +1121,7 @@ class ReadFromKafka(beam.PTransform):
         discovery_interval_s: float = 10.0,
         timeout_s: float = 10.0,
         validate: bool = True,
+        client: str = "kafka-python",
     ) -> None:
         super().__init__()
         servers = bootstrap_servers if isinstance(bootstrap_servers, str) else ",".join(bootstrap_servers)
@@ -765,7 +1131,7 @@ class ReadFromKafka(beam.PTransform):
         if not topic_list or not all(isinstance(t, str) and t for t in topic_list):
             raise ConfigError(f"topics must be one or more non-empty names; got {topics!r}")
         config = dict(consumer_config or {})
-        _check_config(config, _known_consumer_keys(), _READER_OWNED_KEYS, "consumer")
+        _check_client_config(client, config, "consumer")
         if start_fallback not in ("earliest", "latest"):
             raise ConfigError(f"start_fallback must be 'earliest' or 'latest'; got {start_fallback!r}")
         start_value: Any
@@ -780,8 +1146,9 @@ class ReadFromKafka(beam.PTransform):
             start_value = tuple(sorted(start.items()))
         else:
             raise ConfigError(f"start must be a mode, an aware datetime or offsets; got {start!r}")
-        if (start == "committed" or commit_offsets) and not config.get("group_id"):
-            raise ConfigError("committed offsets need a consumer group: set consumer_config['group_id']")
+        group_key = "group.id" if client == "confluent" else "group_id"
+        if (start == "committed" or commit_offsets) and not config.get(group_key):
+            raise ConfigError(f"committed offsets need a consumer group: set consumer_config['{group_key}']")
         stop_value: Any
         if stop is None or stop == "end":
             stop_value = stop
@@ -814,13 +1181,14 @@ class ReadFromKafka(beam.PTransform):
             max_bundle_s=float(max_bundle_s),
             discovery_interval_s=float(discovery_interval_s),
             timeout_s=float(timeout_s),
+            client=client,
         )
         if validate:
             consumer = _new_consumer(self._spec)
             try:
                 _check_topics(consumer, self._spec)
             finally:
-                consumer.close(autocommit=False)
+                consumer.close()
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection[KafkaRecord]:
         spec = self._spec
@@ -860,36 +1228,47 @@ class ReadFromKafka(beam.PTransform):
 # -- the sink ------------------------------------------------------------------------
 
 
-class _WriteFn(beam.DoFn):
-    """Sends records and waits for the broker's acknowledgement before the bundle ends."""
+@dataclass(frozen=True)
+class _WriteSpec:
+    """Everything a writer needs; small, frozen and picklable."""
 
-    def __init__(
-        self,
-        bootstrap_servers: str,
-        topic: str,
-        key_fn: Callable[[Any], bytes | None] | None,
-        value_fn: Callable[[Any], bytes | None] | None,
-        producer_config: tuple[tuple[str, Any], ...],
-        timeout_s: float,
-        max_pending: int,
-    ) -> None:
-        self._servers = bootstrap_servers
-        self._topic = topic
-        self._key_fn = key_fn
-        self._value_fn = value_fn
-        self._config = producer_config
-        self._timeout_s = timeout_s
-        self._max_pending = max_pending
-        self._producer: Any = None
-        self._pending: list[Any] = []
+    bootstrap_servers: str
+    topic: str
+    producer_config: tuple[tuple[str, Any], ...]
+    timeout_s: float
+    client: str
 
-    def setup(self) -> None:
+
+class _Producer:
+    """What the sink needs from a Kafka producer: send, then flush and count failures.
+
+    ``flush`` waits for every record sent since the last flush and returns
+    ``(failed, sent, first error)``; ``errors`` are the client's exception types.
+    """
+
+    errors: tuple[type[BaseException], ...] = ()
+
+    def send(self, key: bytes | None, value: bytes | None) -> None:
+        raise NotImplementedError
+
+    def flush(self, timeout_s: float) -> tuple[int, int, str]:
+        raise NotImplementedError
+
+    def close(self, timeout_s: float) -> None:
+        raise NotImplementedError
+
+
+class _KafkaPythonProducer(_Producer):
+    def __init__(self, spec: _WriteSpec) -> None:
         from kafka import KafkaProducer
         from kafka.errors import KafkaConfigurationError, KafkaError
 
-        timeout_ms = int(self._timeout_s * 1000)
+        self.errors = (KafkaError,)
+        self._topic = spec.topic
+        self._pending: list[Any] = []
+        timeout_ms = int(spec.timeout_s * 1000)
         settings: dict[str, Any] = {
-            "bootstrap_servers": self._servers.split(","),
+            "bootstrap_servers": spec.bootstrap_servers.split(","),
             "acks": -1,  # all in-sync replicas; kafka-python spells "all" as -1
             "linger_ms": 5,
             "batch_size": 256 * 1024,
@@ -900,19 +1279,102 @@ class _WriteFn(beam.DoFn):
             # kafka-python requires delivery > linger + request timeout.
             "delivery_timeout_ms": max(timeout_ms, 5000) + 30_000,
         }
-        settings.update(self._config)
+        settings.update(spec.producer_config)
         try:
-            self._producer = KafkaProducer(**settings)
+            self._p = KafkaProducer(**settings)
         except KafkaConfigurationError as exc:
             raise ConfigError(f"invalid Kafka producer settings: {exc}; fix producer_config") from None
         except (KafkaError, OSError) as exc:
-            raise KafkaUnavailable(
-                f"no Kafka broker answered at {self._servers} within {self._timeout_s:.0f}s "
-                f"({type(exc).__name__}); start the broker or fix --bootstrap-servers"
-            ) from None
+            raise _unavailable(spec.bootstrap_servers, spec.timeout_s, exc) from None
+
+    def send(self, key: bytes | None, value: bytes | None) -> None:
+        self._pending.append(self._p.send(self._topic, key=key, value=value))
+
+    def flush(self, timeout_s: float) -> tuple[int, int, str]:
+        pending, self._pending = self._pending, []
+        if not pending:
+            return 0, 0, ""
+        self._p.flush(timeout=timeout_s)
+        failed = [f for f in pending if not f.is_done or f.failed()]
+        first = "" if not failed else (repr(failed[0].exception) if failed[0].is_done else "no answer")
+        return len(failed), len(pending), first
+
+    def close(self, timeout_s: float) -> None:
+        self._p.close(timeout=timeout_s)
+
+
+class _ConfluentProducer(_Producer):
+    def __init__(self, spec: _WriteSpec) -> None:
+        ck = _confluent()
+        self.errors = (ck.KafkaException,)
+        self._topic = spec.topic
+        self._sent = 0
+        self._failures: list[str] = []
+        timeout_ms = int(spec.timeout_s * 1000)
+        settings: dict[str, Any] = {
+            "bootstrap.servers": spec.bootstrap_servers,
+            "acks": "all",
+            "linger.ms": 5,
+            "message.max.bytes": 8 * 1024 * 1024,
+            "socket.timeout.ms": max(timeout_ms, 5000),
+            "message.timeout.ms": max(timeout_ms, 5000) + 30_000,
+            # A topic missing for this long fails its records (kafka-python's max_block_ms).
+            "topic.metadata.propagation.max.ms": timeout_ms,
+            "logger": _LOG,
+        }
+        settings.update(spec.producer_config)
+        try:
+            self._p = ck.Producer(settings)
+        except (ck.KafkaException, ValueError) as exc:
+            raise ConfigError(f"invalid Kafka producer settings: {exc}; fix producer_config") from None
+
+    def _delivered(self, error: Any, unused_message: Any) -> None:
+        if error is not None:
+            self._failures.append(str(error))
+
+    def send(self, key: bytes | None, value: bytes | None) -> None:
+        while True:
+            try:
+                self._p.produce(self._topic, value, key, on_delivery=self._delivered)
+                break
+            except BufferError:
+                self._p.poll(0.05)  # the local queue is full: serve acknowledgements, then retry
+        self._sent += 1
+
+    def flush(self, timeout_s: float) -> tuple[int, int, str]:
+        unanswered = self._p.flush(timeout_s)
+        failures, self._failures = self._failures, []
+        sent, self._sent = self._sent, 0
+        first = failures[0] if failures else ("no answer" if unanswered else "")
+        return len(failures) + unanswered, sent, first
+
+    def close(self, timeout_s: float) -> None:
+        self._p.flush(timeout_s)
+
+
+class _WriteFn(beam.DoFn):
+    """Sends records and waits for the broker's acknowledgement before the bundle ends."""
+
+    def __init__(
+        self,
+        spec: _WriteSpec,
+        key_fn: Callable[[Any], bytes | None] | None,
+        value_fn: Callable[[Any], bytes | None] | None,
+        max_pending: int,
+    ) -> None:
+        self._spec = spec
+        self._key_fn = key_fn
+        self._value_fn = value_fn
+        self._max_pending = max_pending
+        self._producer: _Producer | None = None
+        self._pending = 0
+
+    def setup(self) -> None:
+        spec = self._spec
+        self._producer = _ConfluentProducer(spec) if spec.client == "confluent" else _KafkaPythonProducer(spec)
 
     def start_bundle(self) -> None:
-        self._pending = []
+        self._pending = 0
 
     def process(self, element: Any) -> None:
         if self._key_fn is None and self._value_fn is None:
@@ -920,38 +1382,36 @@ class _WriteFn(beam.DoFn):
         else:
             key = self._key_fn(element) if self._key_fn else None
             value = self._value_fn(element) if self._value_fn else element
-        from kafka.errors import KafkaError
-
+        producer = self._producer
+        assert producer is not None
         try:
-            self._pending.append(self._producer.send(self._topic, key=key, value=value))
-        except KafkaError as exc:
+            producer.send(key, value)
+        except producer.errors as exc:
             raise KafkaWriteError(
-                f"could not send to Kafka topic {self._topic} at {self._servers} ({exc}); "
+                f"could not send to Kafka topic {self._spec.topic} at {self._spec.bootstrap_servers} ({exc}); "
                 "the bundle will be retried; check that the topic exists and the broker is up"
             ) from exc
-        if len(self._pending) >= self._max_pending:
+        self._pending += 1
+        if self._pending >= self._max_pending:
             self._flush()
 
     def _flush(self) -> None:
         """Wait for every pending send; raise (fail the bundle) if any was not acknowledged."""
-        from kafka.errors import KafkaError
-
-        pending, self._pending = self._pending, []
-        if not pending:
+        producer, spec = self._producer, self._spec
+        if not self._pending or producer is None:
             return
+        self._pending = 0
         try:
-            self._producer.flush(timeout=self._timeout_s + 40)
-        except KafkaError as exc:
+            failed, sent, first = producer.flush(spec.timeout_s + 40)
+        except producer.errors as exc:
             raise KafkaWriteError(
-                f"Kafka did not acknowledge writes to topic {self._topic} at {self._servers} "
+                f"Kafka did not acknowledge writes to topic {spec.topic} at {spec.bootstrap_servers} "
                 f"({type(exc).__name__}); the bundle will be retried; check the broker"
             ) from exc
-        failed = [f for f in pending if not f.is_done or f.failed()]
         if failed:
-            first = failed[0].exception if failed[0].is_done else "no answer"
             raise KafkaWriteError(
-                f"Kafka did not acknowledge {len(failed)} of {len(pending)} records to topic "
-                f"{self._topic} ({first}); the bundle will be retried; check the broker and topic"
+                f"Kafka did not acknowledge {failed} of {sent} records to topic "
+                f"{spec.topic} ({first}); the bundle will be retried; check the broker and topic"
             )
 
     def finish_bundle(self) -> None:
@@ -959,7 +1419,7 @@ class _WriteFn(beam.DoFn):
 
     def teardown(self) -> None:
         if self._producer is not None:
-            self._producer.close(timeout=self._timeout_s)
+            self._producer.close(self._spec.timeout_s)
             self._producer = None
 
 
@@ -971,6 +1431,9 @@ class WriteToKafka(beam.PTransform):
     give the bytes (``value_fn`` defaults to the element itself). Writes are
     at-least-once: a retried bundle may write a record again, so readers
     dedupe by event id.
+
+    ``client`` is ``"kafka-python"`` (default) or ``"confluent"``;
+    ``producer_config`` uses that client's setting names.
     """
 
     def __init__(
@@ -984,6 +1447,7 @@ class WriteToKafka(beam.PTransform):
         timeout_s: float = 10.0,
         max_pending: int = 50_000,
         validate: bool = True,
+        client: str = "kafka-python",
     ) -> None:
         super().__init__()
         servers = bootstrap_servers if isinstance(bootstrap_servers, str) else ",".join(bootstrap_servers)
@@ -992,32 +1456,36 @@ class WriteToKafka(beam.PTransform):
         if not isinstance(topic, str) or not topic:
             raise ConfigError(f"topic must be a non-empty name; got {topic!r}")
         config = dict(producer_config or {})
-        _check_config(config, _known_producer_keys(), _WRITER_OWNED_KEYS, "producer")
+        _check_client_config(client, config, "producer")
         if timeout_s <= 0 or max_pending <= 0:
             raise ConfigError("timeout_s and max_pending must be positive")
-        self._fn = _WriteFn(
-            servers, topic, key_fn, value_fn, tuple(sorted(config.items())), float(timeout_s), max_pending
-        )
+        write_spec = _WriteSpec(servers, topic, tuple(sorted(config.items())), float(timeout_s), client)
+        self._fn = _WriteFn(write_spec, key_fn, value_fn, max_pending)
         if validate:
+            if client == "confluent":
+                shared = {k: v for k, v in config.items() if k.startswith(_CONFLUENT_SHARED_PREFIXES)}
+            else:
+                shared = {k: v for k, v in config.items() if k in _SHARED_CLIENT_KEYS}
             spec = _ReadSpec(
                 bootstrap_servers=servers,
                 topics=(topic,),
                 start="earliest",
                 start_fallback="earliest",
                 stop=None,
-                consumer_config=tuple((k, v) for k, v in sorted(config.items()) if k in _SHARED_CLIENT_KEYS),
+                consumer_config=tuple(sorted(shared.items())),
                 commit_offsets=False,
                 allowed_skew_s=0.0,
                 resume_delay_s=1.0,
                 max_bundle_s=1.0,
                 discovery_interval_s=1.0,
                 timeout_s=float(timeout_s),
+                client=client,
             )
             consumer = _new_consumer(spec)
             try:
                 _check_topics(consumer, spec)
             finally:
-                consumer.close(autocommit=False)
+                consumer.close()
 
     def expand(self, pcoll: beam.PCollection[Any]) -> beam.pvalue.PDone:
         pcoll | "Write" >> beam.ParDo(self._fn)
