@@ -10,9 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,113 +17,23 @@ from pathlib import Path
 import pytest
 from kafka import KafkaProducer
 
-from producers.retail import RetailConfig, generate_retail
-from producers.send import send_records
+from producers.retail import RetailConfig
 from readside.query import run_query
-from tests.cli_helpers import PROJECT_ROOT, run_cli
-from tests.truth import Truth, read_topic, recompute_retail, recompute_word_counts
+from tests.cli_helpers import run_cli
+from tests.e2e_helpers import RetailLog
+from tests.e2e_helpers import expected_views as _expected
+from tests.e2e_helpers import start_streaming as _start_streaming
+from tests.e2e_helpers import stop_pipeline as _stop
+from tests.e2e_helpers import views as _views
+from tests.e2e_helpers import wait_for_views as _wait_for_views
+from tests.truth import read_topic, recompute_word_counts
 
 pytestmark = pytest.mark.slow
-
-
-class RetailLog:
-    """Fresh shipments/sales/dead-letter topics for one test, plus its warehouse."""
-
-    def __init__(self, bootstrap: str, make_topic: Callable[..., str], warehouse: Path) -> None:
-        self.bootstrap = bootstrap
-        self.shipments = make_topic(4)
-        self.sales = make_topic(4)
-        self.dead_letters = make_topic(1)
-        self.warehouse = warehouse
-
-    def produce(self, config: RetailConfig, rate: float | None = None) -> None:
-        config = RetailConfig(**{**config.__dict__, "shipments_topic": self.shipments, "sales_topic": self.sales})
-        send_records(self.bootstrap, generate_retail(config), rate=rate, progress=None)
-
-    def run_args(self, mode: str) -> list[str]:
-        return [
-            "run", "inventory", "--mode", mode, "--bootstrap-servers", self.bootstrap,
-            "--warehouse", str(self.warehouse), f"--shipments_topic={self.shipments}",
-            f"--sales_topic={self.sales}", f"--dead_letter_topic={self.dead_letters}",
-        ]  # fmt: skip
-
-    def truth(self) -> Truth:
-        return recompute_retail(read_topic(self.bootstrap, self.shipments), read_topic(self.bootstrap, self.sales))
 
 
 @pytest.fixture
 def retail_log(bootstrap_servers: str, make_topic: Callable[..., str], tmp_path: Path) -> RetailLog:
     return RetailLog(bootstrap_servers, make_topic, tmp_path / "warehouse")
-
-
-def _views(warehouse: Path) -> dict[str, object]:
-    inventory = run_query("SELECT * FROM inventory", warehouse).to_pylist()
-    windows = run_query("SELECT * FROM sales_by_window", warehouse).to_pylist()
-    dead = run_query('SELECT source_topic, partition, "offset" FROM dead_letters', warehouse).to_pylist()
-    return {
-        "inventory": {
-            (r["store_id"], r["item_id"]): (r["on_hand"], r["shipped"], r["sold"], r["events"], r["last_event_time"])
-            for r in inventory
-        },
-        "windows": {(r["window_start"], r["store_id"], r["item_id"]): r["units"] for r in windows},
-        "window_ends_ok": all((r["window_end"] - r["window_start"]).total_seconds() == 3600 for r in windows),
-        "dead": {(r["source_topic"], r["partition"], r["offset"]) for r in dead},
-    }
-
-
-def _expected(truth: Truth) -> dict[str, object]:
-    return {
-        "inventory": {
-            key: (row["on_hand"], row["shipped"], row["sold"], row["events"], row["last_event_time"])
-            for key, row in truth.inventory.items()
-        },
-        "windows": dict(truth.sales_by_window),
-        "window_ends_ok": True,
-        "dead": set(truth.dead_letters),
-    }
-
-
-def _views_or_none(warehouse: Path) -> dict[str, object] | None:
-    from transforms.errors import BeamlineError
-
-    try:
-        return _views(warehouse)
-    except BeamlineError:  # the pipeline has not committed every view yet
-        return None
-
-
-def _wait_for_views(warehouse: Path, expected: dict[str, object], process: subprocess.Popen, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    latest = None
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"the streaming pipeline exited early with {process.returncode}"
-        latest = _views_or_none(warehouse)
-        if latest == expected:
-            return
-        time.sleep(1.0)  # polling interval of a convergence check, not a readiness guess
-    assert latest is not None, "no view was ever committed"
-    for name in expected:
-        assert latest[name] == expected[name], f"view {name} did not converge to the recompute"
-
-
-def _start_streaming(log: RetailLog, stderr_path: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", *log.run_args("streaming")],
-        cwd=PROJECT_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=open(stderr_path, "ab"),
-        start_new_session=True,  # its own process group: Prism dies with it on kill -9
-    )
-
-
-def _stop(process: subprocess.Popen) -> int:
-    process.send_signal(signal.SIGTERM)
-    try:
-        return process.wait(timeout=60)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def test_batch_backfill_equals_the_recompute(retail_log: RetailLog):

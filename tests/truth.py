@@ -40,30 +40,69 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 120) -> list[RawRe
         consumer.close()
 
 
+# Views store quantities and totals as 64-bit integers (DESIGN.md sets no other bound).
+MAX_QUANTITY = 2**63 - 1
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")  # NaN, Infinity, -Infinity: RFC 8259 has no such numbers
+
+
+def _no_duplicate_names(pairs: list[tuple[str, object]]) -> dict:
+    if len({name for name, _ in pairs}) != len(pairs):
+        raise ValueError("duplicate name")  # RFC 8259: readers disagree on which one wins
+    return dict(pairs)
+
+
+class _LongInteger:
+    """A JSON integer too long for int() (Python refuses > 4300 digits); valid only where ignored."""
+
+
+def _int_or_long(text: str) -> int | _LongInteger:
+    return int(text) if len(text) < 100 else _LongInteger()
+
+
+def _utf8_text(value: object) -> bool:
+    """A non-empty string that UTF-8 can carry (no lone surrogate from a \\ud800 escape)."""
+    if not isinstance(value, str) or not value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_event(value: bytes | None) -> dict | None:
     """The event if it obeys the contract, else None."""
     if value is None:
         return None
     try:
-        event = json.loads(value.decode("utf-8"))
+        event = json.loads(
+            value.decode("utf-8"),
+            parse_constant=_no_constant,
+            object_pairs_hook=_no_duplicate_names,
+            parse_int=_int_or_long,
+        )
     except (UnicodeDecodeError, ValueError, RecursionError):
         return None
     if not isinstance(event, dict):
         return None
     for name in ("event_id", "store_id", "item_id", "event_time"):
-        if not isinstance(event.get(name), str) or not event[name]:
+        if not _utf8_text(event.get(name)):
             return None
     quantity = event.get("quantity")
-    if type(quantity) is not int or quantity <= 0:
+    if type(quantity) is not int or not 0 < quantity <= MAX_QUANTITY:
         return None
     text = event["event_time"]
-    if not re.fullmatch(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)", text):
+    # RFC 3339 section 5.6: "T" between date and time (the space of its note is not the grammar).
+    if not re.fullmatch(r"\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)", text, re.ASCII):
         return None
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
+        moment = datetime.fromisoformat(text.upper().replace("Z", "+00:00")).astimezone(timezone.utc)
+    except (ValueError, OverflowError):  # no such date, or out of range once moved to UTC
         return None
-    event["_time"] = moment.astimezone(timezone.utc)
+    event["_time"] = moment
     return event
 
 

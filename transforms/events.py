@@ -191,7 +191,7 @@ def _string_field(obj: dict[str, Any], name: str) -> str:
     value = obj.get(name)
     if name not in obj:
         raise _Invalid(f"missing field {name!r}")
-    if not isinstance(value, str):
+    if not isinstance(value, str) or isinstance(value, _HugeInt):  # _HugeInt is a long JSON integer
         raise _Invalid(f"field {name!r} must be a string, got {_json_type(value)}")
     if not value:
         raise _Invalid(f"field {name!r} must not be empty")
@@ -280,7 +280,7 @@ def parse_event(record: KafkaRecord, kind: EventKind, *, keep_payload: bool = Tr
         if "event_time" not in obj:
             raise _Invalid("missing field 'event_time'")
         raw_time = obj["event_time"]
-        if not isinstance(raw_time, str):
+        if not isinstance(raw_time, str) or isinstance(raw_time, _HugeInt):
             raise _Invalid(f"field 'event_time' must be a string, got {_json_type(raw_time)}")
         try:
             event_time = parse_rfc3339(raw_time)

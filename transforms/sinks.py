@@ -136,7 +136,7 @@ class Warehouse:
     def _refuse_foreign_folder(self) -> None:
         if (self.root / MARKER_FILE).exists():
             return
-        ours = {LOCK_FILE, CURRENT_FILE, "snapshots", "data"}
+        ours = {LOCK_FILE, CURRENT_FILE, CATALOG_SQL, "snapshots", "data"}
         foreign = sorted(p.name for p in self.root.iterdir() if p.name not in ours and p.name[0] != ".")
         if foreign:
             raise WarehouseMissing(
