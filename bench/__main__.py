@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from bench.machine import cpu_model, memory_gib
+
 __all__ = ["BENCHMARKS", "Benchmark", "Headline", "main"]
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -104,26 +106,6 @@ BENCHMARKS: tuple[Benchmark, ...] = (
 )
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _memory_gib() -> float:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) / 1024 / 1024
-    except (OSError, ValueError):
-        pass
-    return float("nan")
-
-
 def _versions() -> str:
     parts = [f"Python {platform.python_version()}"]
     for module, label in (("apache_beam", "apache-beam"), ("kafka", "kafka-python"), ("duckdb", "duckdb")):
@@ -184,7 +166,7 @@ def assemble(results_dir: Path, statuses: dict[str, tuple[str, float]], output: 
         "# Beamline benchmark results",
         "",
         f"- assembled: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- machine: {os.cpu_count()} CPUs, {_cpu_model()}, {_memory_gib():.1f} GiB RAM; load average now {load}",
+        f"- machine: {os.cpu_count()} CPUs, {cpu_model()}, {memory_gib():.1f} GiB RAM; load average now {load}",
         f"- {_versions()}",
         "- each section below carries its own date, load average and versions; baselines in a section",
         "  were measured in the same run as the figure they are compared with",

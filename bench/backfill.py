@@ -35,6 +35,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from bench.machine import cpu_model, memory_gib
+
 __all__ = ["main"]
 
 RESULTS = Path(__file__).resolve().parent / "results" / "backfill.md"
@@ -51,26 +53,6 @@ Inventory = dict[tuple[str, str], tuple[int, int, int, int, int]]
 
 
 # ---------------------------------------------------------------- machine info
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _memory_gib() -> float:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) / 1024 / 1024
-    except (OSError, ValueError):
-        pass
-    return float("nan")
 
 
 def _versions() -> str:
@@ -621,7 +603,7 @@ def _report(
         "# Batch backfill: Beamline vs a plain kafka-python loop vs DuckDB SQL",
         "",
         f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- machine: {os.cpu_count()} CPUs, {_cpu_model()}, {_memory_gib():.1f} GiB RAM",
+        f"- machine: {os.cpu_count()} CPUs, {cpu_model()}, {memory_gib():.1f} GiB RAM",
         f"- load average (1, 5, 15 min) before / after the timed runs: {load_before} / {load_after} "
         "(other work shared the machine; every figure below is from the same run)",
         f"- {_versions()}; kafka-python CRC32C: {_crc_impl()}",

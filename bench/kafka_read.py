@@ -23,6 +23,7 @@ from pathlib import Path
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from bench.machine import cpu_model
 from infra.kafka_broker import KafkaBroker, free_port
 from transforms.kafka import ReadFromKafka
 
@@ -119,16 +120,6 @@ def _beam_read(bootstrap: str, topic: str, count: int, workers: int, client: str
     if counted != str(count):
         raise SystemExit(f"ReadFromKafka(client={client!r}) counted {counted}, expected {count}")
     return elapsed, cpu
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _crc_impl() -> str:
@@ -233,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     RESULTS.write_text(
         "# Bounded ReadFromKafka, per Kafka client, vs plain consumer loops\n\n"
         f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC  \n"
-        f"Machine: {os.cpu_count()} CPUs, {_cpu_model()}, shared with other work  \n"
+        f"Machine: {os.cpu_count()} CPUs, {cpu_model()}, shared with other work  \n"
         f"Python {platform.python_version()}, apache-beam {beam.__version__}, "
         f"kafka-python {__import__('kafka').__version__}, "
         f"confluent-kafka {confluent or 'not installed (confluent readers skipped)'}  \n"

@@ -21,6 +21,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from bench.machine import cpu_model
 from readside.query import Reader, run_query
 from transforms.sinks import Warehouse
 
@@ -51,16 +52,6 @@ def _inventory(n: int, version: int, offset: int = 0) -> pa.Table:
 def _percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _reader_loop(root: str, stop_at: float, out: mp.Queue) -> None:
@@ -188,7 +179,7 @@ def _report(figures: dict[str, float], rows: int, lookups: int) -> str:
         "# Warehouse benchmark",
         "",
         f"- date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- machine: {os.cpu_count()} CPUs, {_cpu_model()}",
+        f"- machine: {os.cpu_count()} CPUs, {cpu_model()}",
         f"- load average before the run (other work on the machine skews figures): {figures['load_before']:.2f}",
         f"- python {platform.python_version()}, duckdb {duckdb.__version__}, pyarrow {pa.__version__}",
         f"- view: inventory, {rows:,} rows ({STORES} stores x {ITEMS} items); {lookups} random lookups",
