@@ -77,6 +77,7 @@ __all__ = [
     "SalesWindowDoFn",
     "WordCountDoFn",
     "tokenize",
+    "window_row",
     "word_count_to_kafka",
 ]
 
@@ -250,16 +251,7 @@ class SalesWindowDoFn(beam.DoFn):
         """Emit the window's next pane; the one place rows are built."""
         w.pane += 1
         w.dirty = False
-        yield {
-            "window_start": micros_to_datetime(start),
-            "window_end": micros_to_datetime(start + self._size),
-            "store_id": key[0],
-            "item_id": key[1],
-            "units": w.units,
-            "sales": w.sales,
-            "pane": w.pane,
-            "timing": timing,
-        }
+        yield window_row(key, start, self._size, w.units, w.sales, w.pane, timing)
 
     def _too_late_letter(self, sale: Sale, start: int, end: int) -> DeadLetter:
         error = (
@@ -366,18 +358,25 @@ def _window_units(event: Any, size: int) -> Iterable[tuple[tuple[int, str, str],
         yield (start, event.store_id, event.item_id), (event.quantity, 1)
 
 
-def _batch_window_row(summed: tuple[tuple[int, str, str], tuple[int, int]], size: int) -> dict[str, Any]:
-    (start, store_id, item_id), (units, sales) = summed
+def window_row(
+    key: tuple[str, str], start: int, size: int, units: int, sales: int, pane: int = 0, timing: str = "on_time"
+) -> dict[str, Any]:
+    """A ``sales_by_window`` row (plus the sink's ``sales``, ``pane``, ``timing``); the one place it is built."""
     return {
         "window_start": micros_to_datetime(start),
         "window_end": micros_to_datetime(start + size),
-        "store_id": store_id,
-        "item_id": item_id,
+        "store_id": key[0],
+        "item_id": key[1],
         "units": units,
         "sales": sales,
-        "pane": 0,
-        "timing": "on_time",
+        "pane": pane,
+        "timing": timing,
     }
+
+
+def _batch_window_row(summed: tuple[tuple[int, str, str], tuple[int, int]], size: int) -> dict[str, Any]:
+    (start, store_id, item_id), (units, sales) = summed
+    return window_row((store_id, item_id), start, size, units, sales)
 
 
 def _key_sale(event: Any) -> Iterable[tuple[tuple[str, str], Sale]]:

@@ -34,11 +34,13 @@ __all__ = [
     "DeadLetter",
     "DecodeEvents",
     "Event",
+    "EventFields",
     "EventKind",
     "Sale",
     "Shipment",
     "dead_letter_to_kafka",
     "dead_letter_to_row",
+    "decode_fields",
     "event_payload",
     "micros_to_datetime",
     "parse_event",
@@ -55,6 +57,10 @@ MAX_QUANTITY = 2**63 - 1
 _MAX_INT_DIGITS = 20
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH_NAIVE = datetime(1970, 1, 1)
+# The range of an aware UTC datetime, in epoch micros.
+_MIN_MICROS = -62_135_596_800_000_000
+_MAX_MICROS = 253_402_300_799_999_999
 
 EventKind: TypeAlias = Literal["shipment", "sale"]
 
@@ -99,6 +105,8 @@ class Sale(_EventFields):
 
 
 Event: TypeAlias = Shipment | Sale
+# What a valid value holds: event_id, store_id, item_id, quantity, event_time (epoch micros).
+EventFields: TypeAlias = tuple[str, str, str, int, int]
 _EVENT_TYPES: dict[str, type[Shipment] | type[Sale]] = {"shipment": Shipment, "sale": Sale}
 
 
@@ -157,34 +165,52 @@ def parse_rfc3339(text: str) -> int:
 
     Stricter than ``datetime.fromisoformat``: the offset is required (a time
     without one is ambiguous), and only the RFC 3339 profile is accepted.
-    Fractions finer than a microsecond are truncated. Raises ValueError.
+    Fractions finer than a microsecond are truncated. Raises ValueError. Plain
+    integer arithmetic on the offset (no timezone objects): this runs once per
+    event of a backfill.
     """
     m = _RFC3339.fullmatch(text)
     if not m:
         raise ValueError(f"event_time {text!r} is not RFC 3339 with an offset (e.g. 2026-11-26T10:00:00Z)")
-    year, month, day, hour, minute, second = (int(m.group(i)) for i in range(1, 7))
-    if second == 60:
+    year, month, day, hour, minute, second, fraction, zulu, sign, off_h, off_m = m.groups()
+    if second == "60":
         raise ValueError(f"event_time {text!r}: leap seconds are not supported")
-    micros = int((m.group(7) or ".0")[1:7].ljust(6, "0"))
-    if m.group(8):
-        offset = timedelta(0)
-    else:
-        oh, om = int(m.group(10)), int(m.group(11))
-        if oh > 23 or om > 59:
-            raise ValueError(f"event_time {text!r}: offset out of range")
-        offset = timedelta(hours=oh, minutes=om) * (-1 if m.group(9) == "-" else 1)
+    if sign and (off_h > "23" or off_m > "59"):  # two ASCII digits each: string order is number order
+        raise ValueError(f"event_time {text!r}: offset out of range")
     try:
-        local = datetime(year, month, day, hour, minute, second, micros, tzinfo=timezone(offset))
-        utc = local.astimezone(timezone.utc)
-    except (ValueError, OverflowError) as exc:
+        # The common case, in C; what it refuses gets the exact check below.
+        delta = datetime.fromisoformat(text) - _EPOCH
+    except ValueError:
+        pass
+    else:
+        micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+        if not _MIN_MICROS <= micros <= _MAX_MICROS:
+            raise ValueError(f"event_time {text!r}: date value out of range in UTC")
+        return micros
+    try:
+        local = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second))
+    except ValueError as exc:
         raise ValueError(f"event_time {text!r}: {exc}") from None
-    delta = utc - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    delta = local - _EPOCH_NAIVE
+    micros = (delta.days * 86_400 + delta.seconds) * 1_000_000
+    if fraction:
+        micros += int(fraction[1:7].ljust(6, "0"))
+    if zulu:
+        return micros
+    shift = (int(off_h) * 3600 + int(off_m) * 60) * 1_000_000
+    micros += -shift if sign == "+" else shift
+    if not _MIN_MICROS <= micros <= _MAX_MICROS:
+        raise ValueError(f"event_time {text!r}: date value out of range in UTC")
+    return micros
 
 
 def micros_to_datetime(micros: int) -> datetime:
-    """Epoch microseconds to an aware UTC datetime (the type rows carry)."""
-    return _EPOCH + timedelta(microseconds=micros)
+    """Epoch microseconds to an aware UTC datetime (the type rows carry).
+
+    Only a window's end can lie past the last representable instant (the hour
+    after 9999-12-31T23:00Z); it is clamped to that instant rather than failing.
+    """
+    return _EPOCH + timedelta(microseconds=min(micros, _MAX_MICROS))
 
 
 def _string_field(obj: dict[str, Any], name: str) -> str:
@@ -237,6 +263,10 @@ def _quantity(obj: dict[str, Any]) -> int:
     return value
 
 
+# Built once: ``json.loads`` with hooks builds a new decoder on every call.
+_DECODER = json.JSONDecoder(parse_int=_parse_int, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+
+
 def _decode_object(value: bytes | None) -> dict[str, Any]:
     if value is None:
         raise _Invalid("null value (tombstone): expected a JSON object")
@@ -244,13 +274,10 @@ def _decode_object(value: bytes | None) -> dict[str, Any]:
         text = value.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _Invalid(f"invalid UTF-8 at byte {exc.start}") from None
+    if text.startswith("\ufeff"):
+        raise _Invalid("not JSON: a byte order mark before the value")
     try:
-        obj = json.loads(
-            text,
-            parse_int=_parse_int,
-            parse_constant=_reject_constant,
-            object_pairs_hook=_unique_keys,
-        )
+        obj = _DECODER.decode(text)
     except _Invalid:
         raise
     except RecursionError:
@@ -262,17 +289,15 @@ def _decode_object(value: bytes | None) -> dict[str, Any]:
     return obj
 
 
-def parse_event(record: KafkaRecord, kind: EventKind, *, keep_payload: bool = True) -> Shipment | Sale | DeadLetter:
-    """Validate one record as a ``kind`` event; a broken record becomes a DeadLetter.
+def decode_fields(value: bytes | None) -> EventFields | str:
+    """``(event_id, store_id, item_id, quantity, event_time micros)`` of a valid value, or why it is invalid.
 
-    Never raises for bad input: anything the record contains is turned into an
-    error string, so a poison record cannot stop the pipeline. ``keep_payload``
-    keeps the raw bytes on the event so that a later stage (the dedupe horizon)
-    can still dead-letter it with its original payload.
+    The one place the contract is checked. Never raises for bad input: anything
+    the value contains is turned into an error string, so a poison record
+    cannot stop a pipeline.
     """
-    cls = _EVENT_TYPES[kind]
     try:
-        obj = _decode_object(record.value)
+        obj = _decode_object(value)
         event_id = _string_field(obj, "event_id")
         store_id = _string_field(obj, "store_id")
         item_id = _string_field(obj, "item_id")
@@ -287,10 +312,23 @@ def parse_event(record: KafkaRecord, kind: EventKind, *, keep_payload: bool = Tr
         except ValueError as exc:
             raise _Invalid(str(exc)) from None
     except _Invalid as exc:
-        return _dead(record, str(exc))
+        return str(exc)
     except Exception as exc:  # a bug here must still not stop the pipeline
-        return _dead(record, f"unexpected {type(exc).__name__} while decoding: {exc}")
-    return cls(
+        return f"unexpected {type(exc).__name__} while decoding: {exc}"
+    return event_id, store_id, item_id, quantity, event_time
+
+
+def parse_event(record: KafkaRecord, kind: EventKind, *, keep_payload: bool = True) -> Shipment | Sale | DeadLetter:
+    """Validate one record as a ``kind`` event; a broken record becomes a DeadLetter.
+
+    ``keep_payload`` keeps the raw bytes on the event so that a later stage
+    (the dedupe horizon) can still dead-letter it with its original payload.
+    """
+    fields = decode_fields(record.value)
+    if isinstance(fields, str):
+        return _dead(record, fields)
+    event_id, store_id, item_id, quantity, event_time = fields
+    return _EVENT_TYPES[kind](
         event_id=event_id,
         store_id=store_id,
         item_id=item_id,

@@ -5,7 +5,8 @@ DoFn that dedupes by ``(kind, event_id)`` (a shipment and a sale may share an
 event_id: dedupe is per topic) and keeps the running totals. Dedupe memory lives
 with the (store_id, item_id) key: a re-sent event is always caught, but an
 event_id re-used for a different store or item (a producer bug, not a retry)
-counts once for each key.
+counts once for each key. A batch backfill (``transforms/backfill.py``) dedupes
+per topic across keys, as the contract says, and corrects such a view.
 
 Bounded memory (streaming). Remembered event_ids are forgotten once their event
 time is more than ``horizon`` behind the watermark; an event-time timer does it.
@@ -65,6 +66,7 @@ __all__ = [
     "GroupedInventoryFn",
     "InventoryDoFn",
     "Mode",
+    "inventory_row",
 ]
 
 Mode = Literal["streaming", "batch"]
@@ -120,6 +122,19 @@ def _apply(st: _KeyState, event: Shipment | Sale) -> None:
         st.sold += event.quantity
     st.events += 1
     st.last_event_time = max(st.last_event_time, event.event_time)
+
+
+def inventory_row(key: tuple[str, str], shipped: int, sold: int, events: int, last_event_time: int) -> dict[str, Any]:
+    """An ``inventory`` row; the one place it is built. ``last_event_time`` is epoch micros."""
+    return {
+        "store_id": key[0],
+        "item_id": key[1],
+        "on_hand": shipped - sold,
+        "shipped": shipped,
+        "sold": sold,
+        "events": events,
+        "last_event_time": micros_to_datetime(last_event_time),
+    }
 
 
 class InventoryDoFn(beam.DoFn):
@@ -223,16 +238,8 @@ class InventoryDoFn(beam.DoFn):
 
     @staticmethod
     def _flush(key: tuple[str, str], st: _KeyState) -> Iterator[dict[str, Any]]:
-        """The key's current row; the one place rows are built (process and timer)."""
-        yield {
-            "store_id": key[0],
-            "item_id": key[1],
-            "on_hand": st.shipped - st.sold,
-            "shipped": st.shipped,
-            "sold": st.sold,
-            "events": st.events,
-            "last_event_time": micros_to_datetime(st.last_event_time),
-        }
+        """The key's current row (process and timer)."""
+        yield inventory_row(key, st.shipped, st.sold, st.events, st.last_event_time)
 
     def _too_old_letter(self, event: Shipment | Sale, st: _KeyState) -> DeadLetter:
         horizon = timedelta(microseconds=self._horizon)

@@ -1,0 +1,251 @@
+"""Batch backfill of the retail views: the plain recompute of the log, as two combines.
+
+A backfill has the whole log, so nothing is late and nothing expires: the views
+are exactly "drop invalid records, keep each event_id once per topic, sum". The
+streaming DoFns would pay a state read and write per event, and grouping the
+raw events would push every event through a shuffle. Instead:
+
+1. each record is decoded straight to a small tuple (an invalid one becomes a
+   dead letter) and keyed by (kind, a bucket of its event_id);
+2. a CombinePerKey keeps, per event_id, the occurrence first in the log (lowest
+   partition, then offset), as the recompute does. Beam runs the combine on
+   each worker before the shuffle, so a worker ships one dict per bucket rather
+   than one element per event. Dedupe is per topic whatever store or item a
+   repeated event_id names;
+3. each bucket's survivors are summed per (store_id, item_id): totals, events,
+   last event time, and units and sales per event-time window;
+4. a second CombinePerKey merges the buckets' sums per (store_id, item_id);
+5. the ``inventory`` and ``sales_by_window`` rows are built from the merged sums
+   by the same functions the streaming path uses.
+
+Buckets (a CRC of the event_id, stable across processes) let the dedupe run on
+several workers at once; their count barely matters on one machine.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Iterator
+from datetime import timedelta
+from typing import Any, NamedTuple
+
+import apache_beam as beam
+from apache_beam.coders import PickleCoder
+from apache_beam.metrics import Metrics
+
+from transforms.counts import DEFAULT_WINDOW_SIZE, window_row
+from transforms.events import DEAD_LETTERS_TAG, DeadLetter, EventKind, decode_fields
+from transforms.inventory import inventory_row
+from transforms.kafka import KafkaRecord
+
+__all__ = ["BUCKETS", "BackfillResult", "BackfillRetail"]
+
+BUCKETS = 16
+_WINDOWS_TAG = "windows"
+_NO_TIME = -(2**63)
+
+# Accumulators cross the shuffle whole: one pickle per bucket shares every repeated
+# store and item name, where Beam's default coder writes each string out again.
+_ACCUMULATOR_CODER = PickleCoder()
+
+# A decoded event as the backfill carries it: small, and cheap to pickle.
+# (event_id, partition, offset, store_id, item_id, quantity, event_time micros)
+_Compact = tuple[str, int, int, str, str, int, int]
+# Sums of one (store_id, item_id): [shipped, sold, events, last event time, {window start: [units, sales]}]
+_Sums = list[Any]
+
+
+class _DecodeCompact(beam.DoFn):
+    """KafkaRecord -> ((kind, bucket), compact event), or a dead letter."""
+
+    def __init__(self, kind: EventKind, buckets: int) -> None:
+        self._kind = kind
+        self._buckets = buckets
+        self._dead = Metrics.counter("beamline", f"{kind}_dead_letters")
+        self._names: dict[str, str] = {}
+
+    def setup(self) -> None:
+        # One string object per store and item name, however many events repeat
+        # it: the dedupe dicts hold every event until the shuffle.
+        self._names = {}
+
+    def process(self, record: KafkaRecord) -> Iterator[Any]:  # type: ignore[override]
+        fields = decode_fields(record.value)
+        if isinstance(fields, str):
+            self._dead.inc()
+            yield beam.pvalue.TaggedOutput(
+                DEAD_LETTERS_TAG,
+                DeadLetter(record.topic, record.partition, record.offset, fields, record.value or b""),
+            )
+            return
+        event_id, store_id, item_id, quantity, event_time = fields
+        names = self._names
+        store_id = names.setdefault(store_id, store_id)
+        item_id = names.setdefault(item_id, item_id)
+        bucket = zlib.crc32(event_id.encode("utf-8")) % self._buckets
+        yield (
+            (self._kind, bucket),
+            (event_id, record.partition, record.offset, store_id, item_id, quantity, event_time),
+        )
+
+
+class _FirstInLog(beam.CombineFn):
+    """Per event_id, the occurrence first in the log; also counts every occurrence.
+
+    Accumulator: ``[{event_id: compact event}, occurrences]``.
+    """
+
+    def create_accumulator(self) -> list[Any]:
+        return [{}, 0]
+
+    def add_input(self, acc: list[Any], event: _Compact) -> list[Any]:
+        kept = acc[0].setdefault(event[0], event)
+        if kept is not event and event[1:3] < kept[1:3]:
+            acc[0][event[0]] = event
+        acc[1] += 1
+        return acc
+
+    def merge_accumulators(self, accumulators: Iterable[list[Any]]) -> list[Any]:
+        accs = sorted(accumulators, key=lambda a: len(a[0]), reverse=True)
+        merged = accs[0]
+        first = merged[0]
+        for other in accs[1:]:
+            for event_id, event in other[0].items():
+                kept = first.setdefault(event_id, event)
+                if kept is not event and event[1:3] < kept[1:3]:
+                    first[event_id] = event
+            merged[1] += other[1]
+        return merged
+
+    def extract_output(self, acc: list[Any]) -> list[Any]:
+        return acc
+
+    def get_accumulator_coder(self) -> beam.coders.Coder:
+        return _ACCUMULATOR_CODER
+
+
+class _SumBucket(beam.DoFn):
+    """One bucket's surviving events -> partial sums per (store_id, item_id)."""
+
+    def __init__(self, window_size: int) -> None:
+        self._size = window_size
+        self._applied = Metrics.counter("beamline", "inventory_events_applied")
+        self._duplicates = Metrics.counter("beamline", "inventory_duplicates")
+
+    def process(self, element: tuple[tuple[str, int], list[Any]]) -> Iterator[tuple[tuple[str, str], _Sums]]:  # type: ignore[override]
+        (kind, _bucket), (first, occurrences) = element
+        self._applied.inc(len(first))
+        self._duplicates.inc(occurrences - len(first))
+        sale = kind == "sale"
+        size = self._size
+        sums: dict[tuple[str, str], _Sums] = {}
+        for _, _, _, store_id, item_id, quantity, event_time in first.values():
+            key = (store_id, item_id)
+            s = sums.get(key)
+            if s is None:
+                s = sums[key] = [0, 0, 0, _NO_TIME, {}]
+            if sale:
+                s[1] += quantity
+                start = event_time - event_time % size
+                window = s[4].get(start)
+                if window is None:
+                    s[4][start] = [quantity, 1]
+                else:
+                    window[0] += quantity
+                    window[1] += 1
+            else:
+                s[0] += quantity
+            s[2] += 1
+            if event_time > s[3]:
+                s[3] = event_time
+        yield from sums.items()
+
+
+class _MergeSums(beam.CombineFn):
+    """Adds partial sums of one (store_id, item_id)."""
+
+    def create_accumulator(self) -> _Sums:
+        return [0, 0, 0, _NO_TIME, {}]
+
+    def add_input(self, acc: _Sums, part: _Sums) -> _Sums:
+        acc[0] += part[0]
+        acc[1] += part[1]
+        acc[2] += part[2]
+        if part[3] > acc[3]:
+            acc[3] = part[3]
+        windows = acc[4]
+        for start, (units, sales) in part[4].items():
+            window = windows.get(start)
+            if window is None:
+                windows[start] = [units, sales]
+            else:
+                window[0] += units
+                window[1] += sales
+        return acc
+
+    def merge_accumulators(self, accumulators: Iterable[_Sums]) -> _Sums:
+        merged = self.create_accumulator()
+        for acc in accumulators:
+            self.add_input(merged, acc)
+        return merged
+
+    def extract_output(self, acc: _Sums) -> _Sums:
+        return acc
+
+    def get_accumulator_coder(self) -> beam.coders.Coder:
+        return _ACCUMULATOR_CODER
+
+
+class _Rows(beam.DoFn):
+    """Merged sums of one key -> its inventory row and its window rows."""
+
+    def __init__(self, window_size: int) -> None:
+        self._size = window_size
+
+    def process(self, element: tuple[tuple[str, str], _Sums]) -> Iterator[Any]:  # type: ignore[override]
+        key, (shipped, sold, events, last_event_time, windows) = element
+        yield inventory_row(key, shipped, sold, events, last_event_time)
+        for start, (units, sales) in windows.items():
+            yield beam.pvalue.TaggedOutput(_WINDOWS_TAG, window_row(key, start, self._size, units, sales))
+
+
+class BackfillResult(NamedTuple):
+    inventory: beam.PCollection
+    windows: beam.PCollection
+    dead_letters: beam.PCollection
+
+
+class BackfillRetail(beam.PTransform):
+    """(shipment records, sale records) -> inventory rows, sales_by_window rows, dead letters.
+
+    The batch equivalent of DecodeEvents + ComputeInventory + SalesByWindow,
+    with the same rows; bounded input only (a backfill).
+    """
+
+    def __init__(self, window_size: timedelta = DEFAULT_WINDOW_SIZE, buckets: int = BUCKETS) -> None:
+        super().__init__()
+        if window_size <= timedelta(0):
+            raise ValueError("window_size must be positive")
+        if buckets < 1:
+            raise ValueError("buckets must be at least 1")
+        self._size = window_size // timedelta(microseconds=1)
+        self._buckets = buckets
+
+    def expand(self, records: tuple[beam.PCollection, beam.PCollection]) -> BackfillResult:
+        shipments, sales = records
+        decoded = [
+            pcoll
+            | f"Decode{kind.title()}s"
+            >> beam.ParDo(_DecodeCompact(kind, self._buckets)).with_outputs(DEAD_LETTERS_TAG, main="events")
+            for kind, pcoll in (("shipment", shipments), ("sale", sales))
+        ]
+        sums = (
+            [d.events for d in decoded]
+            | "AllEvents" >> beam.Flatten()
+            | "FirstInLog" >> beam.CombinePerKey(_FirstInLog())
+            | "SumBuckets" >> beam.ParDo(_SumBucket(self._size))
+            | "MergeSums" >> beam.CombinePerKey(_MergeSums())
+        )
+        rows = sums | "Rows" >> beam.ParDo(_Rows(self._size)).with_outputs(_WINDOWS_TAG, main="inventory")
+        dead = [d[DEAD_LETTERS_TAG] for d in decoded] | "AllDeadLetters" >> beam.Flatten()
+        return BackfillResult(rows.inventory, rows[_WINDOWS_TAG], dead)
