@@ -123,6 +123,13 @@ def test_keep_payload_false_re_encodes_a_canonical_payload() -> None:
         (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
         (b'{"a": ' * 50_000 + b"1" + b"}" * 50_000, "nested too deeply"),
         (b'{"event_id": "a", "event_id": "b"}', "duplicate field 'event_id'"),
+        # Repeated names hidden from a colon count: a repeat whose lost value had a
+        # colon or a nested member, colons in names and values, an escaped colon.
+        (b'{"note": "a:b", "note": 1, "x": "c"}', "duplicate field 'note'"),
+        (b'{"note": {"a": 1}, "note": 2}', "duplicate field 'note'"),
+        (b'{"n:": 1, "n:": 2}', "duplicate field 'n:'"),
+        (b'{"note": "\\u003a", "note": 1}', "duplicate field 'note'"),
+        (b'{"a" : 1 , "a" :2}', "duplicate field 'a'"),
     ],
 )
 def test_undecodable_values_become_dead_letters(value: bytes | None, fragment: str) -> None:
@@ -135,6 +142,11 @@ def test_string_fields_must_be_present_non_empty_strings(name: str) -> None:
     assert f"field {name!r} must not be empty" in error_of(with_(**{name: ""}))
     assert f"field {name!r} must be a string, got integer" in error_of(with_(**{name: 5}))
     assert f"field {name!r} must be a string, got null" in error_of(with_(**{name: None}))
+
+
+def test_colons_in_names_and_values_are_not_taken_for_repeated_names() -> None:
+    value = encode({**GOOD, "a:b": "c:d:e", "note": "x"})
+    assert isinstance(parse_event(record(value), "sale"), Sale)
 
 
 def test_lone_surrogate_escape_is_refused() -> None:

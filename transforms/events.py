@@ -267,6 +267,47 @@ def _quantity(obj: dict[str, Any]) -> int:
 _DECODER = json.JSONDecoder(parse_int=_parse_int, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
 
 
+_PLAIN_DECODER = json.JSONDecoder()
+_FLOAT_LIMIT = float("inf")
+_INT_LIMIT = 10**_MAX_INT_DIGITS
+
+
+def _flat_object(text: str) -> dict[str, Any] | None:
+    """The common case without the per-object hooks: a flat object, proven free of duplicate names.
+
+    Returns None whenever the strict decoder must decide (and word the error).
+    Without a backslash every string in ``text`` decodes to its raw characters,
+    and in JSON a colon outside strings separates one member's name from its
+    value. So the colons in ``text`` number the members written (lost
+    duplicates and nested members included) plus the colons inside strings;
+    they equal the members kept plus the colons in the kept strings exactly
+    when no name was repeated and nothing was nested.
+    """
+    if "\\" in text:
+        return None
+    try:
+        obj = _PLAIN_DECODER.decode(text)
+    except (ValueError, RecursionError):
+        return None
+    if type(obj) is not dict:
+        return None
+    colons = len(obj)
+    for name, value in obj.items():
+        colons += name.count(":")
+        kind = type(value)
+        if kind is str:
+            colons += value.count(":")
+        elif kind is float:
+            if not -_FLOAT_LIMIT < value < _FLOAT_LIMIT:  # NaN and the infinities fail both
+                return None
+        elif kind is int:
+            if not -_INT_LIMIT < value < _INT_LIMIT:
+                return None
+        elif kind is not bool and value is not None:
+            return None  # nested: the strict decoder checks inside it
+    return obj if text.count(":") == colons else None
+
+
 def _decode_object(value: bytes | None) -> dict[str, Any]:
     if value is None:
         raise _Invalid("null value (tombstone): expected a JSON object")
@@ -276,6 +317,9 @@ def _decode_object(value: bytes | None) -> dict[str, Any]:
         raise _Invalid(f"invalid UTF-8 at byte {exc.start}") from None
     if text.startswith("\ufeff"):
         raise _Invalid("not JSON: a byte order mark before the value")
+    obj = _flat_object(text)
+    if obj is not None:
+        return obj
     try:
         obj = _DECODER.decode(text)
     except _Invalid:
