@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DebugOptions, PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineState
 
 from infra.kafka_broker import count_records
@@ -34,9 +34,18 @@ from pipelines.options import BeamlineOptions, bootstrap_servers
 from transforms.errors import PipelineFailed, SetupMissing
 from transforms.kafka import LOCAL_PROGRESS
 
-__all__ = ["RunSummary", "main_for", "run_pipeline"]
+__all__ = ["PRISM_NO_SPLITS", "RunSummary", "main_for", "run_pipeline"]
 
 FN_API_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
+# Prism (2.77) must not split bundles dynamically while stateful DoFns run on it.
+# When it splits one (a bundle that shows no progress for a tick, which a busy
+# machine makes common), its splitBundle releases the key of every element it
+# requeues even if the bundle still holds earlier elements of that key: a second
+# bundle then runs the key at the same time, and whichever commits last
+# overwrites the other's state (an event vanishes from inventory, a window loses
+# sales), and a key's timer can fire twice. Split timers are apache/beam#35771.
+# Beamline's sources self-checkpoint, so no step needs a runner split.
+PRISM_NO_SPLITS = "prism_disable_sdf_split"
 METRICS_NAMESPACE = "beamline"
 
 _LOG = logging.getLogger(__name__)
@@ -75,6 +84,8 @@ def resolve_argv(argv: Sequence[str]) -> list[str]:
         if not binary.is_file():
             raise SetupMissing(f"Prism runner not found at {binary}; run `make setup`")
         args.append(f"--prism_location={binary}")
+    if uses_prism and PRISM_NO_SPLITS not in (options.view_as(DebugOptions).experiments or []):
+        args.append(f"--experiments={PRISM_NO_SPLITS}")
     return args
 
 
@@ -106,6 +117,11 @@ class _ProgressReporter(threading.Thread):
         while not self._done.wait(self._every_s):
             read = LOCAL_PROGRESS.records - self._base
             elapsed = time.monotonic() - started
+            if not read:
+                # Nothing read yet, or readers in worker processes (multi_processing):
+                # they report only when the run ends, so say what is known.
+                print(f"  reading {self._total:,} records, {elapsed:,.0f}s elapsed", file=sys.stderr)
+                continue
             share = f" ({100 * read / self._total:.0f}%)" if self._total else ""
             print(f"  read {read:,} of {self._total:,} records{share}, {read / elapsed:,.0f}/s", file=sys.stderr)
 

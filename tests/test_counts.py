@@ -22,6 +22,7 @@ from apache_beam.testing.test_stream import TestStream as BeamTestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
+from pipelines.runner import PRISM_NO_SPLITS
 from transforms.counts import CountWords, SalesByWindow, _CountTooLate, tokenize, word_count_to_kafka
 from transforms.events import DeadLetter, Sale, Shipment
 from transforms.inventory import ComputeInventory
@@ -140,7 +141,9 @@ def test_on_time_late_and_too_late_on_prism(prism_location: str) -> None:
         pane(T0, units=10, sales=4, index=1, timing="late"),
         pane(T0 + HOUR, units=7, sales=1, index=0, timing="on_time"),
     ]
-    options = PipelineOptions(runner="PrismRunner", prism_location=prism_location, streaming=True)
+    options = PipelineOptions(
+        runner="PrismRunner", prism_location=prism_location, streaming=True, experiments=[PRISM_NO_SPLITS]
+    )
     run_windows("streaming", expected, [(TOO_LATE_PAYLOAD, True)], options)
 
 

@@ -21,6 +21,7 @@ from apache_beam.testing.test_stream import TestStream as BeamTestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
+from pipelines.runner import PRISM_NO_SPLITS
 from transforms.events import DeadLetter, Sale, Shipment
 from transforms.inventory import ComputeInventory
 
@@ -250,6 +251,8 @@ def test_batch_mode_ignores_the_watermark_and_applies_everything_once() -> None:
 
 
 def test_streaming_horizon_on_prism(prism_location: str) -> None:
-    options = PipelineOptions(runner="PrismRunner", prism_location=prism_location, streaming=True)
+    options = PipelineOptions(
+        runner="PrismRunner", prism_location=prism_location, streaming=True, experiments=[PRISM_NO_SPLITS]
+    )
     latest = [row("s", "i", shipped=100, sold=7 + 2 + 1 + 1, events=5, last=LATE_WM)]
     run_stream(stream_with_late_arrivals(LATE_WM), "streaming", latest, REFUSED, options)
