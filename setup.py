@@ -27,6 +27,9 @@ setup(
     extras_require={
         "dev": read_requirements("requirements-dev.txt"),
         "confluent": read_requirements("requirements-confluent.txt"),
+        # Benchmark baselines only; conflicts with "confluent" (quixstreams pins confluent-kafka<2.13),
+        # which is why `make bench` installs it into a virtualenv of its own.
+        "bench": read_requirements("requirements-bench.txt"),
     },
     entry_points={"console_scripts": ["beamline=pipelines.cli:main"]},
 )

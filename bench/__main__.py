@@ -1,10 +1,10 @@
 """Run every benchmark, then assemble ``bench/RESULTS.md`` (``make bench``).
 
 Each benchmark module (``bench.kafka_read``, ``bench.warehouse``,
-``bench.backfill``) runs in its own subprocess, one after another, and writes
-``bench/results/<name>.md``. A benchmark that fails is reported as failed and
-the others still run. ``--quick`` runs each at a small size and writes into a
-scratch folder (for checking the harness, not for figures);
+``bench.backfill``, ``bench.streaming``) runs in its own subprocess, one after
+another, and writes ``bench/results/<name>.md``. A benchmark that fails is
+reported as failed and the others still run. ``--quick`` runs each at a small
+size and writes into a scratch folder (for checking the harness, not for figures);
 ``--assemble-only`` rebuilds RESULTS.md from the result files already present.
 """
 
@@ -103,6 +103,48 @@ BENCHMARKS: tuple[Benchmark, ...] = (
             Headline("backfill: Beamline peak RSS (MiB)", r"Beamline peak RSS: \*\*([\d,]+) MiB", "(figure)", "True"),
         ),
     ),
+    Benchmark(
+        "streaming",
+        ("--quick",),
+        (
+            Headline(
+                "streaming: Beamline p99 produce-to-visible latency at 5k events/s (s)",
+                r"Beamline p99 at 5k events/s: \*\*>? ?([\d.]+) s\*\*",
+                "< 2 s",
+                "x < 2",
+            ),
+            Headline(
+                "streaming: Beamline / Quix Streams, sustained events/s at max",
+                r"Beamline / \(a\) Quix Streams, sustained events/s at max: \*\*([\d.]+)x",
+                ">= 1.0x",
+                "x >= 1.0",
+            ),
+            Headline(
+                "streaming: Beamline / plain kafka-python loop, sustained events/s at max",
+                r"Beamline / \(b\) plain loop, sustained events/s at max: \*\*([\d.]+)x",
+                "(figure)",
+                "True",
+            ),
+            Headline(
+                "streaming: Beamline sustained events/s at max",
+                r"Beamline sustained events/s at max: \*\*([\d,]+)\*\*",
+                "(figure)",
+                "True",
+            ),
+            Headline(
+                "streaming: Beamline peak RSS, 30-minute-equivalent stream (MiB)",
+                r"peak of the sampled sums: \*\*([\d,]+) MiB",
+                "(figure)",
+                "True",
+            ),
+            Headline(
+                "streaming: Beamline RSS growth, second half of that stream (MiB)",
+                r"second half of the stream: RSS ([+-][\d,]+) MiB",
+                "(figure)",
+                "True",
+            ),
+        ),
+    ),
 )
 
 
@@ -128,7 +170,7 @@ def run_one(bench: Benchmark, results_dir: Path, quick: bool, timeout_s: float) 
             "sys.exit(m.main(sys.argv[1:]) or 0)\n"
         )
         args = list(bench.quick_args)
-        if bench.name in ("warehouse", "backfill"):
+        if bench.name in ("warehouse", "backfill", "streaming"):
             args += ["--output", str(target)]
         command = [sys.executable, "-c", code, *args]
     else:
