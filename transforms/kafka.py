@@ -273,6 +273,10 @@ class _ReadSpec:
             "fetch_max_bytes": 64 * 1024 * 1024,
             "max_partition_fetch_bytes": 8 * 1024 * 1024,
             "fetch_max_wait_ms": 100,
+            # Records of aborted transactions (a failed bundle of an exactly-once
+            # writer) are never read, and a transaction is read once committed.
+            # kafka-python's own default is read_uncommitted.
+            "isolation_level": "read_committed",
         }
         settings.update(self.consumer_config)
         return settings
@@ -292,6 +296,7 @@ class _ReadSpec:
             "fetch.max.bytes": 64 * 1024 * 1024,
             "max.partition.fetch.bytes": 8 * 1024 * 1024,
             "fetch.wait.max.ms": 100,
+            "isolation.level": "read_committed",  # librdkafka's default too; see consumer_settings
             "logger": _LOG,  # librdkafka's log lines go to this module's logger
         }
         settings.update(self.consumer_config)
@@ -989,9 +994,9 @@ class _ReadPartitionFn(beam.DoFn):
         skew = Duration.of(spec.allowed_skew_s)
         next_offset = restriction.start  # the next offset to read = what a commit saves
         # A bounded range is read to its end in this call: no self-checkpoints.
-        # Batch needs none, and the FnApiRunner's multi-worker mode drops the
+        # Batch needs none, and the FnApiRunner's multi-worker mode can drop the
         # residual of a self-checkpointed SDF (its merged bundle response keeps
-        # only metrics), which silently cut backfills short.
+        # only metrics; apache/beam#19842): 2-worker backfills came out short.
         bounded = restriction.stop != _UNBOUNDED_STOP
         stall = _Stall(tp, spec.bootstrap_servers)
         try:
@@ -1289,6 +1294,20 @@ class _WriteSpec:
     producer_config: tuple[tuple[str, Any], ...]
     timeout_s: float
     client: str
+    # One Kafka transaction per bundle; ids are "<prefix>-<random per DoFn instance>".
+    exactly_once: bool = False
+    transactional_id_prefix: str = ""
+
+
+# How long the broker keeps a transaction open before aborting it on its own.
+# It bounds how long a worker that died mid-bundle holds back read_committed
+# readers of the output; a bundle (and any broker outage it rides through) must
+# commit within it. Kafka's own default is 60 s; producer_config may override
+# (transaction_timeout_ms / transaction.timeout.ms), up to the broker's
+# transaction.max.timeout.ms (15 min by default).
+_TRANSACTION_TIMEOUT_MS = 120_000
+# The producer settings a transactional writer owns, in both clients' names.
+_TRANSACTIONAL_ID_KEYS = frozenset({"transactional_id", "transactional.id"})
 
 
 class _Producer:
@@ -1296,6 +1315,10 @@ class _Producer:
 
     ``flush`` waits for every record sent since the last flush and returns
     ``(failed, sent, first error)``; ``errors`` are the client's exception types.
+    A producer made with a transactional id has already registered it with the
+    broker (which fenced any earlier producer with that id and aborted its open
+    transaction); ``begin``, ``commit`` and ``abort`` then bound one transaction.
+    ``discard`` drops the producer without waiting for anything.
     """
 
     errors: tuple[type[BaseException], ...] = ()
@@ -1306,22 +1329,39 @@ class _Producer:
     def flush(self, timeout_s: float) -> tuple[int, int, str]:
         raise NotImplementedError
 
+    def begin(self) -> None:
+        raise NotImplementedError
+
+    def commit(self, timeout_s: float) -> None:
+        """Commit the open transaction: its records become visible to read_committed readers."""
+        raise NotImplementedError
+
+    def abort(self, timeout_s: float) -> None:
+        raise NotImplementedError
+
     def close(self, timeout_s: float) -> None:
+        raise NotImplementedError
+
+    def discard(self) -> None:
         raise NotImplementedError
 
 
 class _KafkaPythonProducer(_Producer):
-    def __init__(self, spec: _WriteSpec) -> None:
+    def __init__(self, spec: _WriteSpec, transactional_id: str | None = None) -> None:
         from kafka import KafkaProducer
-        from kafka.errors import KafkaConfigurationError, KafkaError
+        from kafka.errors import KafkaConfigurationError, KafkaError, KafkaTimeoutError
 
         self.errors = (KafkaError,)
+        self._timeout_error = KafkaTimeoutError
         self._topic = spec.topic
         self._pending: list[Any] = []
         timeout_ms = int(spec.timeout_s * 1000)
         settings: dict[str, Any] = {
             "bootstrap_servers": spec.bootstrap_servers.split(","),
-            "acks": -1,  # all in-sync replicas; kafka-python spells "all" as -1
+            # All in-sync replicas; kafka-python spells "all" as -1. With it the
+            # producer is idempotent (kafka-python's default): a send retried
+            # after a lost acknowledgement is not written twice.
+            "acks": -1,
             "linger_ms": 5,
             "batch_size": 256 * 1024,
             "max_request_size": 8 * 1024 * 1024,
@@ -1331,13 +1371,29 @@ class _KafkaPythonProducer(_Producer):
             # kafka-python requires delivery > linger + request timeout.
             "delivery_timeout_ms": max(timeout_ms, 5000) + 30_000,
         }
+        if transactional_id:
+            settings["transaction_timeout_ms"] = _TRANSACTION_TIMEOUT_MS
+            # A transaction's first request is refused while the broker still
+            # writes the previous commit's markers; the sender waits this long to
+            # ask again (100 ms by default, which doubled the cost of a bundle).
+            settings["retry_backoff_ms"] = 20
         settings.update(spec.producer_config)
+        if transactional_id:
+            settings["transactional_id"] = transactional_id
         try:
             self._p = KafkaProducer(**settings)
         except KafkaConfigurationError as exc:
             raise ConfigError(f"invalid Kafka producer settings: {exc}; fix producer_config") from None
         except (KafkaError, OSError) as exc:
             raise _unavailable(spec.bootstrap_servers, spec.timeout_s, exc) from None
+        if transactional_id:
+            try:
+                # Bounded by max_block_ms. Fences an earlier producer with this id
+                # and aborts the transaction it left open.
+                self._p.init_transactions()
+            except KafkaError:
+                self.discard()
+                raise
 
     def send(self, key: bytes | None, value: bytes | None) -> None:
         self._pending.append(self._p.send(self._topic, key=key, value=value))
@@ -1351,34 +1407,84 @@ class _KafkaPythonProducer(_Producer):
         first = "" if not failed else (repr(failed[0].exception) if failed[0].is_done else "no answer")
         return len(failed), len(pending), first
 
+    def begin(self) -> None:
+        self._p.begin_transaction()
+
+    def _end_transaction(self, commit: bool, timeout_s: float) -> None:
+        # KafkaProducer.commit_transaction/abort_transaction wait without a bound
+        # (for ever while the broker is away). This is their body, with a bound.
+        manager = getattr(self._p, "_transaction_manager", None)
+        sender = getattr(self._p, "_sender", None)
+        if manager is None or sender is None:  # another kafka-python: its own, unbounded wait
+            (self._p.commit_transaction if commit else self._p.abort_transaction)()
+            return
+        result = manager.begin_commit() if commit else manager.begin_abort()
+        sender.wakeup()
+        if not result.wait(timeout_ms=int(timeout_s * 1000)):
+            raise self._timeout_error(f"no answer to the transaction {'commit' if commit else 'abort'}")
+
+    def commit(self, timeout_s: float) -> None:
+        self._end_transaction(True, timeout_s)
+
+    def abort(self, timeout_s: float) -> None:
+        self._pending = []
+        self._end_transaction(False, timeout_s)
+
     def close(self, timeout_s: float) -> None:
         self._p.close(timeout=timeout_s)
 
+    def discard(self) -> None:
+        self._pending = []
+        self._p.close(timeout=0)
+
+
+def _confluent_producer_settings(spec: _WriteSpec, transactional_id: str | None = None) -> dict[str, Any]:
+    timeout_ms = int(spec.timeout_s * 1000)
+    settings: dict[str, Any] = {
+        "bootstrap.servers": spec.bootstrap_servers,
+        "acks": "all",
+        # librdkafka's producer is not idempotent unless asked: a send retried
+        # after a lost acknowledgement (a broker restart) would be written twice.
+        "enable.idempotence": True,
+        "linger.ms": 5,
+        "message.max.bytes": 8 * 1024 * 1024,
+        "socket.timeout.ms": max(timeout_ms, 5000),
+        "message.timeout.ms": max(timeout_ms, 5000) + 30_000,
+        # A topic missing for this long fails its records (kafka-python's max_block_ms).
+        "topic.metadata.propagation.max.ms": timeout_ms,
+        "logger": _LOG,
+    }
+    if transactional_id:
+        settings["transaction.timeout.ms"] = _TRANSACTION_TIMEOUT_MS
+    settings.update(spec.producer_config)
+    if transactional_id:
+        settings["transactional.id"] = transactional_id
+        # librdkafka refuses delivery and socket timeouts longer than a transaction's.
+        txn_ms = int(settings["transaction.timeout.ms"])
+        for key, most in (("message.timeout.ms", txn_ms), ("socket.timeout.ms", txn_ms + 100)):
+            if key not in spec.producer_config:
+                settings[key] = min(settings[key], most)
+    return settings
+
 
 class _ConfluentProducer(_Producer):
-    def __init__(self, spec: _WriteSpec) -> None:
+    def __init__(self, spec: _WriteSpec, transactional_id: str | None = None) -> None:
         ck = _confluent()
         self.errors = (ck.KafkaException,)
         self._topic = spec.topic
         self._sent = 0
         self._failures: list[str] = []
-        timeout_ms = int(spec.timeout_s * 1000)
-        settings: dict[str, Any] = {
-            "bootstrap.servers": spec.bootstrap_servers,
-            "acks": "all",
-            "linger.ms": 5,
-            "message.max.bytes": 8 * 1024 * 1024,
-            "socket.timeout.ms": max(timeout_ms, 5000),
-            "message.timeout.ms": max(timeout_ms, 5000) + 30_000,
-            # A topic missing for this long fails its records (kafka-python's max_block_ms).
-            "topic.metadata.propagation.max.ms": timeout_ms,
-            "logger": _LOG,
-        }
-        settings.update(spec.producer_config)
         try:
-            self._p = ck.Producer(settings)
+            self._p = ck.Producer(_confluent_producer_settings(spec, transactional_id))
         except (ck.KafkaException, ValueError) as exc:
             raise ConfigError(f"invalid Kafka producer settings: {exc}; fix producer_config") from None
+        if transactional_id:
+            try:
+                # Fences an earlier producer with this id and aborts the transaction it left open.
+                self._p.init_transactions(spec.timeout_s)
+            except ck.KafkaException:
+                self.discard()
+                raise
 
     def _delivered(self, error: Any, unused_message: Any) -> None:
         if error is not None:
@@ -1400,12 +1506,57 @@ class _ConfluentProducer(_Producer):
         first = failures[0] if failures else ("no answer" if unanswered else "")
         return len(failures) + unanswered, sent, first
 
+    def begin(self) -> None:
+        self._p.begin_transaction()
+
+    def commit(self, timeout_s: float) -> None:
+        self._p.commit_transaction(timeout_s)
+
+    def abort(self, timeout_s: float) -> None:
+        self._failures, self._sent = [], 0
+        self._p.abort_transaction(timeout_s)
+
     def close(self, timeout_s: float) -> None:
         self._p.flush(timeout_s)
 
+    def discard(self) -> None:
+        self._failures, self._sent = [], 0
+        self._p.purge()  # drop queued and in-flight records; nothing waits for them
+
+
+# librdkafka errors that mean "the broker, or its transaction coordinator, is not ready yet".
+_CONFLUENT_NOT_READY = (
+    "COORDINATOR_LOAD_IN_PROGRESS",
+    "COORDINATOR_NOT_AVAILABLE",
+    "NOT_COORDINATOR",
+    "CONCURRENT_TRANSACTIONS",
+    *_CONFLUENT_RETRIABLE_CODES,
+)
+
+
+def _broker_not_ready(exc: BaseException) -> bool:
+    """Whether making a producer failed because the broker is away or still starting."""
+    if isinstance(exc, KafkaUnavailable):
+        return True
+    error = exc.args[0] if exc.args else None
+    if callable(getattr(error, "code", None)):  # a confluent KafkaError
+        ck = _confluent()
+        codes = {getattr(ck.KafkaError, name, None) for name in _CONFLUENT_NOT_READY} - {None}
+        return bool(error.retriable()) or error.code() in codes
+    return bool(getattr(exc, "retriable", False))  # kafka-python marks its retriable errors
+
 
 class _WriteFn(beam.DoFn):
-    """Sends records and waits for the broker's acknowledgement before the bundle ends."""
+    """Sends records and waits for the broker's acknowledgement before the bundle ends.
+
+    With ``exactly_once`` each bundle is one Kafka transaction, begun with the
+    bundle's first record and committed in ``finish_bundle`` once every record
+    is acknowledged. A bundle that fails before that (here or in any other step
+    of its stage) is aborted, so a retried bundle's first attempt is never
+    visible to read_committed readers. After any failure the producer is
+    dropped and the next bundle makes a new one with the same transactional id,
+    which fences the old one and aborts whatever it left open.
+    """
 
     def __init__(
         self,
@@ -1420,13 +1571,47 @@ class _WriteFn(beam.DoFn):
         self._max_pending = max_pending
         self._producer: _Producer | None = None
         self._pending = 0
+        self._in_transaction = False
+        self._transactional_id: str | None = None
 
     def setup(self) -> None:
+        if self._spec.exactly_once:
+            import uuid
+
+            # Unique per DoFn instance (two live producers with one id would fence
+            # each other) and kept for its whole life (see the class docstring).
+            self._transactional_id = f"{self._spec.transactional_id_prefix}-{uuid.uuid4().hex[:16]}"
+        # The producer is made with the first record: an instance set up while
+        # the broker is away (a streaming read waits it out) needs none until then.
+
+    def _new_producer(self) -> _Producer:
         spec = self._spec
-        self._producer = _ConfluentProducer(spec) if spec.client == "confluent" else _KafkaPythonProducer(spec)
+        make = _ConfluentProducer if spec.client == "confluent" else _KafkaPythonProducer
+        # Right after a broker (re)start its transaction coordinator is still
+        # loading: try again for as long as a send may wait for its acknowledgement.
+        deadline = time.monotonic() + spec.timeout_s + 40
+        while True:
+            try:
+                return make(spec, self._transactional_id)
+            except (*_client_errors(spec.client), KafkaUnavailable) as exc:
+                if time.monotonic() < deadline and _broker_not_ready(exc):
+                    _LOG.warning("Kafka writer for %s waiting for the broker: %r", spec.topic, exc)
+                    time.sleep(1.0)
+                    continue
+                if isinstance(exc, KafkaUnavailable):
+                    raise
+                raise KafkaWriteError(
+                    f"could not start Kafka transactions as {self._transactional_id} at {spec.bootstrap_servers} "
+                    f"({exc!r}); the bundle will be retried; check the broker (transaction.state.log.replication."
+                    "factor and transaction.state.log.min.isr must not exceed its live brokers) and its ACLs on "
+                    "transactional ids"
+                ) from exc
 
     def start_bundle(self) -> None:
         self._pending = 0
+        if self._in_transaction:
+            # This instance's last bundle failed before its commit: never commit it.
+            self._abandon()
 
     def process(self, element: Any) -> None:
         if self._key_fn is None and self._value_fn is None:
@@ -1434,11 +1619,16 @@ class _WriteFn(beam.DoFn):
         else:
             key = self._key_fn(element) if self._key_fn else None
             value = self._value_fn(element) if self._value_fn else element
+        if self._producer is None:
+            self._producer = self._new_producer()
         producer = self._producer
-        assert producer is not None
         try:
+            if self._spec.exactly_once and not self._in_transaction:
+                producer.begin()
+                self._in_transaction = True
             producer.send(key, value)
         except producer.errors as exc:
+            self._abandon()
             raise KafkaWriteError(
                 f"could not send to Kafka topic {self._spec.topic} at {self._spec.bootstrap_servers} ({exc}); "
                 "the bundle will be retried; check that the topic exists and the broker is up"
@@ -1456,11 +1646,13 @@ class _WriteFn(beam.DoFn):
         try:
             failed, sent, first = producer.flush(spec.timeout_s + 40)
         except producer.errors as exc:
+            self._abandon()
             raise KafkaWriteError(
                 f"Kafka did not acknowledge writes to topic {spec.topic} at {spec.bootstrap_servers} "
                 f"({type(exc).__name__}); the bundle will be retried; check the broker"
             ) from exc
         if failed:
+            self._abandon()
             raise KafkaWriteError(
                 f"Kafka did not acknowledge {failed} of {sent} records to topic "
                 f"{spec.topic} ({first}); the bundle will be retried; check the broker and topic"
@@ -1468,11 +1660,65 @@ class _WriteFn(beam.DoFn):
 
     def finish_bundle(self) -> None:
         self._flush()
+        producer, spec = self._producer, self._spec
+        if not self._in_transaction or producer is None:
+            return
+        try:
+            producer.commit(spec.timeout_s + 40)
+        except producer.errors as exc:
+            self._abandon()
+            raise KafkaWriteError(
+                f"Kafka did not commit the transaction of this bundle's records to topic {spec.topic} at "
+                f"{spec.bootstrap_servers} ({exc!r}); it is aborted and the bundle will be retried; check the "
+                "broker, and that a bundle fits in the transaction timeout (producer_config "
+                "transaction_timeout_ms / transaction.timeout.ms)"
+            ) from exc
+        self._in_transaction = False
+
+    def _abandon(self) -> None:
+        """Abort the open transaction (if any) and drop the producer; the next bundle makes a new one."""
+        producer, self._producer = self._producer, None
+        in_transaction, self._in_transaction = self._in_transaction, False
+        self._pending = 0
+        if producer is None:
+            return
+        if in_transaction:
+            try:
+                producer.abort(self._spec.timeout_s)
+            except producer.errors as exc:
+                # Still never committed: the next producer with this id fences it,
+                # or the broker aborts it at the transaction timeout.
+                _LOG.warning("Kafka transaction %s not aborted yet: %r", self._transactional_id, exc)
+        producer.discard()
 
     def teardown(self) -> None:
+        if self._in_transaction:
+            self._abandon()
         if self._producer is not None:
             self._producer.close(self._spec.timeout_s)
             self._producer = None
+
+
+def _check_producer_settings(spec: _WriteSpec) -> None:
+    """Reject producer_config that the writer's own settings conflict with, now rather than on a worker."""
+    config = dict(spec.producer_config)
+    if spec.client == "confluent":
+        ck = _confluent()
+        settings = _confluent_producer_settings(spec, "beamline-check" if spec.exactly_once else None)
+        # Without servers (and quiet) the check never connects; librdkafka checks every name and value.
+        del settings["bootstrap.servers"], settings["logger"]
+        try:
+            ck.Producer({**settings, "log_level": 0})
+        except (ck.KafkaException, ValueError, TypeError) as exc:
+            raise ConfigError(
+                f"invalid confluent-kafka producer setting ({exc}); fix producer_config (the writer is "
+                f"idempotent{' and transactional' if spec.exactly_once else ''}, so acks must stay all; "
+                "with exactly_once=False, enable.idempotence=False allows others)"
+            ) from None
+        return
+    acks = config.get("acks", -1)
+    if spec.exactly_once and acks not in (-1, "all"):
+        raise ConfigError(f"exactly_once needs acks=-1 (all); got acks={acks!r} in producer_config")
 
 
 class WriteToKafka(beam.PTransform):
@@ -1480,9 +1726,27 @@ class WriteToKafka(beam.PTransform):
 
     Without ``key_fn``/``value_fn`` the elements are ``(key, value)`` pairs of
     bytes (or None); otherwise ``key_fn(element)`` and ``value_fn(element)``
-    give the bytes (``value_fn`` defaults to the element itself). Writes are
-    at-least-once: a retried bundle may write a record again, so readers
-    dedupe by event id.
+    give the bytes (``value_fn`` defaults to the element itself). A bundle
+    whose records the broker does not acknowledge fails (:class:`KafkaWriteError`)
+    and is retried; no record is dropped silently. The producer is idempotent,
+    so a send the client retries (a broker restart) is not written twice.
+
+    ``exactly_once`` (the default) writes each bundle in one Kafka transaction,
+    committed when the bundle finishes: a bundle that fails is aborted, so its
+    retry does not duplicate it for read_committed readers (ReadFromKafka's
+    default; plain Kafka consumers must set isolation_level=read_committed).
+    Transactional ids are ``transactional_id_prefix`` (default
+    ``beamline-<topic>``) plus a random suffix per worker DoFn; the broker needs
+    transactions enabled for them (ACLs, and a transaction state log it can
+    replicate). If a worker dies mid-bundle, its open transaction holds back
+    read_committed readers of the partitions it wrote until the broker aborts
+    it at the transaction timeout (2 min here; producer_config
+    ``transaction_timeout_ms`` / ``transaction.timeout.ms`` changes it, and a
+    bundle must commit within it). Beam gives sinks no two-phase commit: if a
+    runner lost a bundle after it finished and ran it again, its records would
+    be written twice; and a pipeline started again from the start of its input
+    writes its output again. With ``exactly_once=False`` writes are plainly
+    at-least-once: a retried bundle writes its records again.
 
     ``client`` is ``"kafka-python"`` (default) or ``"confluent"``;
     ``producer_config`` uses that client's setting names.
@@ -1500,6 +1764,8 @@ class WriteToKafka(beam.PTransform):
         max_pending: int = 50_000,
         validate: bool = True,
         client: str = "kafka-python",
+        exactly_once: bool = True,
+        transactional_id_prefix: str | None = None,
     ) -> None:
         super().__init__()
         servers = bootstrap_servers if isinstance(bootstrap_servers, str) else ",".join(bootstrap_servers)
@@ -1508,10 +1774,22 @@ class WriteToKafka(beam.PTransform):
         if not isinstance(topic, str) or not topic:
             raise ConfigError(f"topic must be a non-empty name; got {topic!r}")
         config = dict(producer_config or {})
+        owned = sorted(set(config) & _TRANSACTIONAL_ID_KEYS)
+        if owned:
+            raise ConfigError(
+                f"producer setting {', '.join(owned)} is managed by Beamline; pass exactly_once=True "
+                "and transactional_id_prefix instead"
+            )
         _check_client_config(client, config, "producer")
         if timeout_s <= 0 or max_pending <= 0:
             raise ConfigError("timeout_s and max_pending must be positive")
-        write_spec = _WriteSpec(servers, topic, tuple(sorted(config.items())), float(timeout_s), client)
+        prefix = f"beamline-{topic}" if transactional_id_prefix is None else transactional_id_prefix
+        if not isinstance(prefix, str) or not prefix.strip():
+            raise ConfigError(f"transactional_id_prefix must be a non-empty string; got {transactional_id_prefix!r}")
+        write_spec = _WriteSpec(
+            servers, topic, tuple(sorted(config.items())), float(timeout_s), client, bool(exactly_once), prefix
+        )
+        _check_producer_settings(write_spec)
         self._fn = _WriteFn(write_spec, key_fn, value_fn, max_pending)
         if validate:
             if client == "confluent":
