@@ -1156,6 +1156,11 @@ class ReadFromKafka(beam.PTransform):
     partition is idle. ``validate`` checks the broker and topics when the
     pipeline is built, with a bounded wait of ``timeout_s``.
 
+    On Prism 2.77 run an unbounded read with
+    ``--experiments=prism_disable_sdf_split`` (Beamline's runner adds it): a
+    Prism split of the stateful partition-discovery step can run its key in two
+    bundles at once and emit a partition twice, so it is read twice.
+
     ``client`` picks the Kafka client: ``"kafka-python"`` (default) or
     ``"confluent"`` (needs ``pip install confluent-kafka``). ``consumer_config``
     uses that client's names: ``group_id`` for kafka-python, ``group.id`` for
