@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import re
@@ -35,6 +34,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from bench.baseline_inventory import parse_event
+from bench.consumers import plain_consumer
 from bench.machine import cpu_model, memory_gib
 
 __all__ = ["main"]
@@ -107,55 +108,20 @@ def _peak_rss_mib() -> float:
 
 # ---------------------------------------------------------------- baseline (a)
 
-_TIME = re.compile(r"\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)", re.ASCII)
-
-
-def _valid(value: bytes | None) -> tuple[str, str, str, int, datetime] | None:
-    """(event_id, store_id, item_id, quantity, event time) if the record obeys the contract."""
-    if value is None:
-        return None
-    try:
-        obj = json.loads(value.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        return None
-    if type(obj) is not dict:
-        return None
-    event_id, store, item, when = obj.get("event_id"), obj.get("store_id"), obj.get("item_id"), obj.get("event_time")
-    quantity = obj.get("quantity")
-    if not (type(event_id) is str and event_id and type(store) is str and store and type(item) is str and item):
-        return None
-    if type(quantity) is not int or quantity <= 0 or type(when) is not str or not _TIME.fullmatch(when):
-        return None
-    try:
-        moment = datetime.fromisoformat(when.upper().replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return event_id, store, item, quantity, moment
-
 
 def plain_loop(bootstrap: str, out: Path) -> dict[str, Any]:
     """Baseline (a): one consumer, both topics, inventory and hourly sales in dicts, inventory to Parquet."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from kafka import KafkaConsumer, TopicPartition
 
     started = time.perf_counter()
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        max_poll_records=10_000,
-        fetch_max_bytes=64 * 1024 * 1024,
-        max_partition_fetch_bytes=8 * 1024 * 1024,
-    )
-    tps = [TopicPartition(t, p) for t in (SHIPMENTS, SALES) for p in sorted(consumer.partitions_for_topic(t) or ())]
-    consumer.assign(tps)
-    consumer.seek_to_beginning(*tps)
+    consumer, tps = plain_consumer(bootstrap, [SHIPMENTS, SALES])
     ends = consumer.end_offsets(tps)
     remaining = {tp for tp in tps if ends[tp] > 0}
     shipped: dict[tuple[str, str], int] = defaultdict(int)
     sold: dict[tuple[str, str], int] = defaultdict(int)
     events: dict[tuple[str, str], int] = defaultdict(int)
-    last: dict[tuple[str, str], datetime] = {}
+    last: dict[tuple[str, str], int] = {}  # event time, epoch micros
     windows: dict[tuple[int, str, str], int] = defaultdict(int)
     seen: dict[str, set[str]] = {SHIPMENTS: set(), SALES: set()}
     read = invalid = duplicates = 0
@@ -168,11 +134,11 @@ def plain_loop(bootstrap: str, out: Path) -> dict[str, Any]:
                 if record.offset >= end:
                     break
                 read += 1
-                event = _valid(record.value)
+                event = parse_event(record.value)
                 if event is None:
                     invalid += 1
                     continue
-                event_id, store, item, quantity, moment = event
+                event_id, store, item, quantity, micros = event
                 if event_id in ids:
                     duplicates += 1
                     continue
@@ -180,13 +146,13 @@ def plain_loop(bootstrap: str, out: Path) -> dict[str, Any]:
                 key = (store, item)
                 if is_sale:
                     sold[key] += quantity
-                    start = math.floor(moment.timestamp() / WINDOW_S) * WINDOW_S
+                    start = micros // 1_000_000 // WINDOW_S * WINDOW_S
                     windows[(start, store, item)] += quantity
                 else:
                     shipped[key] += quantity
                 events[key] += 1
-                if key not in last or moment > last[key]:
-                    last[key] = moment
+                if key not in last or micros > last[key]:
+                    last[key] = micros
             if consumer.position(tp) >= end:
                 remaining.discard(tp)
     consumer.close(autocommit=False)

@@ -23,6 +23,7 @@ from pathlib import Path
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from bench.consumers import plain_consumer
 from bench.machine import cpu_model
 from infra.kafka_broker import KafkaBroker, free_port
 from transforms.kafka import ReadFromKafka
@@ -55,18 +56,7 @@ def _produce(bootstrap: str, topic: str, count: int) -> float:
 
 def _plain_loop(bootstrap: str, topic: str, count: int) -> tuple[float, float]:
     """The baseline: one consumer, all partitions, poll until every record is seen."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        max_poll_records=10_000,
-        fetch_max_bytes=64 * 1024 * 1024,
-        max_partition_fetch_bytes=8 * 1024 * 1024,
-    )
-    tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-    consumer.assign(tps)
-    consumer.seek_to_beginning(*tps)
+    consumer, _ = plain_consumer(bootstrap, [topic])
     started, cpu_started = time.perf_counter(), time.process_time()
     seen = 0
     while seen < count:

@@ -22,13 +22,13 @@ import time
 from pathlib import Path
 
 from bench.baseline_inventory import InventoryTable
+from bench.consumers import plain_consumer
 
 __all__ = ["main", "run"]
 
 
 def run(bootstrap: str, warehouse: Path, shipments: str, sales: str, commit_every_s: float) -> dict[str, int]:
     """Consume and commit until SIGTERM/SIGINT; return counters."""
-    from kafka import KafkaConsumer, TopicPartition
 
     from transforms.sinks import Warehouse
 
@@ -41,16 +41,7 @@ def run(bootstrap: str, warehouse: Path, shipments: str, sales: str, commit_ever
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     store = Warehouse(warehouse)
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        max_poll_records=10_000,
-        fetch_max_bytes=64 * 1024 * 1024,
-        max_partition_fetch_bytes=8 * 1024 * 1024,
-    )
-    tps = [TopicPartition(t, p) for t in (shipments, sales) for p in sorted(consumer.partitions_for_topic(t) or ())]
-    consumer.assign(tps)
-    consumer.seek_to_beginning(*tps)
+    consumer, _ = plain_consumer(bootstrap, [shipments, sales])
     table = InventoryTable()
     commits = 0
     last_commit = time.monotonic()

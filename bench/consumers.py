@@ -1,0 +1,24 @@
+"""The plain kafka-python consumer every baseline loop reads with, tuned like ReadFromKafka's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["plain_consumer"]
+
+
+def plain_consumer(bootstrap: str, topics: list[str]) -> tuple[Any, list[Any]]:
+    """A consumer assigned every partition of ``topics`` from their start, and those partitions."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        max_poll_records=10_000,
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
+    tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    return consumer, tps
