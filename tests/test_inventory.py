@@ -8,6 +8,7 @@ timers; one horizon test also runs on Prism, where streaming pipelines run.
 
 from __future__ import annotations
 
+import copy
 import random
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone
@@ -23,7 +24,7 @@ from apache_beam.transforms.window import TimestampedValue
 
 from pipelines.runner import PRISM_NO_SPLITS
 from transforms.events import DeadLetter, Sale, Shipment
-from transforms.inventory import ComputeInventory
+from transforms.inventory import ComputeInventory, InventoryDoFn
 
 HOUR = 3_600 * 1_000_000
 DAY = 24 * HOUR
@@ -256,3 +257,80 @@ def test_streaming_horizon_on_prism(prism_location: str) -> None:
     )
     latest = [row("s", "i", shipped=100, sold=7 + 2 + 1 + 1, events=5, last=LATE_WM)]
     run_stream(stream_with_late_arrivals(LATE_WM), "streaming", latest, REFUSED, options)
+
+
+# -- the in-memory id cache: a failed bundle's ids never count as committed ----------
+class _Cell:
+    """A state cell as a runner keeps it: writes land only when the bundle commits."""
+
+    def __init__(self, committed: Any) -> None:
+        self.committed = committed
+        self._pending: Any = None
+
+    def read(self) -> Any:
+        return self._pending if self._pending is not None else self.committed
+
+    def write(self, value: Any) -> None:
+        self._pending = value
+
+    def commit(self) -> None:
+        if self._pending is not None:
+            self.committed = self._pending
+
+
+class _Bag:
+    def __init__(self, committed: list[Any]) -> None:
+        self.committed = list(committed)
+        self._added: list[Any] = []
+        self._cleared = False
+        self.reads = 0
+
+    def read(self) -> list[Any]:
+        self.reads += 1
+        return ([] if self._cleared else list(self.committed)) + self._added
+
+    def add(self, value: Any) -> None:
+        self._added.append(value)
+
+    def clear(self) -> None:
+        self._cleared, self._added = True, []
+
+    def commit(self) -> None:
+        self.committed = ([] if self._cleared else self.committed) + self._added
+
+
+class _Timer:
+    def set(self, _when: Any) -> None:
+        pass
+
+
+def _bundle(fn: Any, key_cell: Any, bag: Any, events: list[Shipment | Sale], *, commit: bool) -> list[Any]:
+    """One bundle of ``events`` for one key; the runner keeps its state only if ``commit``."""
+    cell, seen = _Cell(copy.deepcopy(key_cell.committed)), _Bag(bag.committed)
+    fn.start_bundle()
+    out = [o for e in events for o in fn.process((e.key, e), seen, cell, _Timer(), _Timer())]
+    if commit:
+        key_cell.committed = copy.deepcopy(cell.read())
+        seen.commit()
+        bag.committed = seen.committed
+    bag.reads += seen.reads
+    return [o.value for o in out if getattr(o, "tag", None) == "applied"]
+
+
+def test_a_failed_bundle_leaves_no_remembered_ids() -> None:
+    fn = InventoryDoFn("streaming")
+    key_cell, bag = _Cell(None), _Bag([])
+    a = Shipment("a", "s", "i", 1, T0)
+    b = Shipment("b", "s", "i", 2, T0)
+    assert _bundle(fn, key_cell, bag, [a], commit=True) == [a]
+    assert bag.reads == 0  # a new key has nothing to read
+    # This bundle fails: b must not be remembered by anyone.
+    assert _bundle(fn, key_cell, bag, [b], commit=False) == [b]
+    # The retry applies b again (the failed attempt's version never reached state),
+    # reading the committed ids once, and still drops a re-sent a.
+    assert _bundle(fn, key_cell, bag, [b, a], commit=True) == [b]
+    assert bag.reads == 1
+    # A later bundle finds its own version in the cell: no read, dedupe still holds.
+    assert _bundle(fn, key_cell, bag, [a, b, Sale("a", "s", "i", 1, T0)], commit=True) == [Sale("a", "s", "i", 1, T0)]
+    assert bag.reads == 1
+    assert (key_cell.committed.shipped, key_cell.committed.sold, key_cell.committed.events) == (3, 1, 3)

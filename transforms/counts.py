@@ -38,7 +38,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -67,7 +67,6 @@ __all__ = [
     "FINAL_COUNT_TIMER",
     "SALES_KEY_STATE",
     "SALES_WINDOWS_TAG",
-    "WINDOWS_STATE",
     "WINDOW_TIMER",
     "WORD_COUNTS_TAG",
     "CountWords",
@@ -91,9 +90,9 @@ DEFAULT_WINDOW_SIZE = timedelta(hours=1)
 DEFAULT_ALLOWED_LATENESS = timedelta(days=1)
 DEFAULT_EARLY_DELAY = timedelta(seconds=10)
 
-# window_start micros -> _Window, for the key's windows that are still open.
-WINDOWS_STATE = ReadModifyWriteStateSpec("windows", PickleCoder())
-# closed-until frontier and timer bookkeeping (_SalesKeyState).
+# The key's open windows, closed-until frontier and timer bookkeeping
+# (_SalesKeyState): one cell, so a bundle reads one state per key (on a portable
+# runner every state read is a round trip).
 SALES_KEY_STATE = ReadModifyWriteStateSpec("sales_key", PickleCoder())
 # Event time: on-time panes at window end; closing at end + allowed lateness.
 WINDOW_TIMER = TimerSpec("window", beam.TimeDomain.WATERMARK)
@@ -104,7 +103,6 @@ COUNT_STATE = ReadModifyWriteStateSpec("count", PickleCoder())
 # Batch word count: emit each word's total once, when the input has ended.
 FINAL_COUNT_TIMER = TimerSpec("final_count", beam.TimeDomain.WATERMARK)
 
-_WINDOWS = beam.DoFn.StateParam(WINDOWS_STATE)
 _SALES_KEY = beam.DoFn.StateParam(SALES_KEY_STATE)
 _WINDOW_T = beam.DoFn.TimerParam(WINDOW_TIMER)
 _EARLY_T = beam.DoFn.TimerParam(EARLY_TIMER)
@@ -136,6 +134,8 @@ class _SalesKeyState:
     closed_until: int = _NO_TIME  # every window ending at or before this is closed
     timer_at: int | None = None
     early_pending: bool = False
+    # window_start micros -> _Window, for the key's windows that are still open.
+    windows: dict[int, _Window] = field(default_factory=dict)
 
 
 class SalesWindowDoFn(beam.DoFn):
@@ -168,16 +168,14 @@ class SalesWindowDoFn(beam.DoFn):
     def process(  # type: ignore[override]
         self,
         element: tuple[tuple[str, str], Sale],
-        windows_state: Any = _WINDOWS,
         key_state: Any = _SALES_KEY,
         window_timer: Any = _WINDOW_T,
     ) -> Iterator[Any]:
-        return self._add(element, windows_state, key_state, window_timer, None)
+        return self._add(element, key_state, window_timer, None)
 
     def _add(
         self,
         element: tuple[tuple[str, str], Sale],
-        windows_state: Any,
         key_state: Any,
         window_timer: Any,
         early_timer: Any,
@@ -189,8 +187,7 @@ class SalesWindowDoFn(beam.DoFn):
         if end <= st.closed_until:
             yield beam.pvalue.TaggedOutput(DEAD_LETTERS_TAG, self._too_late_letter(sale, start, end))
             return
-        windows: dict[int, _Window] = windows_state.read() or {}
-        w = windows.setdefault(start, _Window())
+        w = st.windows.setdefault(start, _Window())
         w.units += sale.quantity
         w.sales += 1
         w.dirty = True
@@ -203,7 +200,6 @@ class SalesWindowDoFn(beam.DoFn):
         if st.timer_at is None or due < st.timer_at:
             window_timer.set(Timestamp(micros=due))
             st.timer_at = due
-        windows_state.write(windows)
         key_state.write(st)
 
     @on_timer(WINDOW_TIMER)
@@ -211,12 +207,11 @@ class SalesWindowDoFn(beam.DoFn):
         self,
         key: tuple[str, str] = beam.DoFn.KeyParam,
         fired: Timestamp = beam.DoFn.TimestampParam,
-        windows_state: Any = _WINDOWS,
         key_state: Any = _SALES_KEY,
         window_timer: Any = _WINDOW_T,
     ) -> Iterator[dict[str, Any]]:
         st: _SalesKeyState = key_state.read() or _SalesKeyState()
-        windows: dict[int, _Window] = windows_state.read() or {}
+        windows = st.windows
         now = fired.micros  # the watermark is at least here
         for start in sorted(windows):
             w = windows[start]
@@ -235,7 +230,6 @@ class SalesWindowDoFn(beam.DoFn):
         st.timer_at = min(pending) if pending else None
         if st.timer_at is not None:
             window_timer.set(Timestamp(micros=st.timer_at))
-        windows_state.write(windows)
         key_state.write(st)
 
     def _next_deadline(self, start: int, w: _Window) -> int:
@@ -273,28 +267,24 @@ class EarlySalesWindowDoFn(SalesWindowDoFn):
     def process(  # type: ignore[override]
         self,
         element: tuple[tuple[str, str], Sale],
-        windows_state: Any = _WINDOWS,
         key_state: Any = _SALES_KEY,
         window_timer: Any = _WINDOW_T,
         early_timer: Any = _EARLY_T,
     ) -> Iterator[Any]:
-        return self._add(element, windows_state, key_state, window_timer, early_timer)
+        return self._add(element, key_state, window_timer, early_timer)
 
     @on_timer(EARLY_TIMER)
     def _on_early(
         self,
         key: tuple[str, str] = beam.DoFn.KeyParam,
-        windows_state: Any = _WINDOWS,
         key_state: Any = _SALES_KEY,
     ) -> Iterator[dict[str, Any]]:
         st: _SalesKeyState = key_state.read() or _SalesKeyState()
-        windows: dict[int, _Window] = windows_state.read() or {}
-        for start in sorted(windows):
-            w = windows[start]
+        for start in sorted(st.windows):
+            w = st.windows[start]
             if w.dirty and not w.on_time_fired:
                 yield from self._flush(key, start, w, "early")
         st.early_pending = False
-        windows_state.write(windows)
         key_state.write(st)
 
 

@@ -34,15 +34,18 @@ the same log never has fewer events than a streaming run.
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
 import apache_beam as beam
-from apache_beam.coders import PickleCoder
+from apache_beam.coders import PickleCoder, StrUtf8Coder, TupleCoder, VarIntCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.userstate import (
+    BagStateSpec,
     ReadModifyWriteStateSpec,
     TimerSpec,
     on_timer,
@@ -81,8 +84,9 @@ DEFAULT_HORIZON = timedelta(days=7)
 # (catching up, or the end of bounded input) costs at most ~8 firings per horizon.
 _EXPIRY_BUCKETS_PER_HORIZON = 8
 
-# (kind, event_id) -> event_time micros of every event remembered for this key.
-SEEN_STATE = ReadModifyWriteStateSpec("seen", PickleCoder())
+# (kind, event_id, event_time micros) of every event remembered for this key.
+# A bag: remembering one more id appends it, instead of rewriting every id.
+SEEN_STATE = BagStateSpec("seen", TupleCoder((StrUtf8Coder(), StrUtf8Coder(), VarIntCoder())))
 # The key's totals and bookkeeping (:class:`_KeyState`).
 KEY_STATE = ReadModifyWriteStateSpec("key", PickleCoder())
 # Streaming: forget ids older than the horizon behind the watermark.
@@ -112,6 +116,7 @@ class _KeyState:
     expired_before: int = _NO_TIME  # ids with event_time < this are forgotten
     expiry_at: int | None = None  # when the expiry timer is set for
     final_set: bool = False
+    seen_version: int = 0  # names the bag's contents; see InventoryDoFn._seen
 
 
 def _apply(st: _KeyState, event: Shipment | Sale) -> None:
@@ -137,12 +142,54 @@ def inventory_row(key: tuple[str, str], shipped: int, sold: int, events: int, la
     }
 
 
+class _SeenCache:
+    """Remembered ids per (step, key) in this worker process, each under a version.
+
+    Only a bundle that holds the key reads or replaces its entry (a runner never
+    runs one key in two bundles at once), so entries need no lock; the size
+    count is approximate, and only decides when to start over.
+    """
+
+    max_ids = 4_000_000
+    check_every = 256  # bundles between two size checks
+
+    def __init__(self) -> None:
+        self._entries: dict[Any, tuple[int, dict[tuple[str, str], int]]] = {}
+        self._bundles = 0
+
+    def get(self, cache_key: Any, version: int) -> dict[tuple[str, str], int] | None:
+        entry = self._entries.get(cache_key)
+        return entry[1] if entry is not None and entry[0] == version else None
+
+    def put(self, cache_key: Any, version: int, seen: dict[tuple[str, str], int]) -> None:
+        self._entries[cache_key] = (version, seen)
+
+    def trim(self) -> None:
+        """Start over when the ids held pass ``max_ids`` (they are reloaded from state)."""
+        self._bundles += 1
+        if self._bundles % self.check_every == 0:
+            if sum(len(seen) for _, seen in list(self._entries.values())) > self.max_ids:
+                self._entries.clear()
+
+
+_SEEN_CACHE = _SeenCache()
+
+
 class InventoryDoFn(beam.DoFn):
     """Applies ((store_id, item_id), event) pairs once each; emits inventory rows.
 
     Outputs: main = inventory rows; ``applied`` = each event the first time it is
     applied (keeps its timestamp, feeds the windowed counts); ``dead_letters`` =
     events too old to dedupe (streaming only).
+
+    State per key: a small cell of totals and a bag of remembered ids. Prism
+    gives the SDK no cache tokens, so every state read is a round trip, each
+    bundle. This DoFn therefore keeps the ids it has built in memory, tagged
+    with a version that it also writes into the key's cell (a random number per
+    bundle). A bundle reads the small cell once per key; the
+    bag is read only when the cell names a version this worker process did not
+    write (another worker, a retried bundle, a restart), so a failed bundle's ids
+    can never be mistaken for committed ones.
     """
 
     def __init__(self, mode: Mode = "streaming", horizon: timedelta = DEFAULT_HORIZON) -> None:
@@ -157,6 +204,29 @@ class InventoryDoFn(beam.DoFn):
         self._applied = Metrics.counter("beamline", "inventory_events_applied")
         self._duplicates = Metrics.counter("beamline", "inventory_duplicates")
         self._too_old = Metrics.counter("beamline", "inventory_too_old_for_dedupe")
+        # Every copy of this DoFn in a worker process (one per concurrent bundle)
+        # shares one cache; the id keeps two pipeline steps apart.
+        self._step = uuid.uuid4().hex
+        self._version = 0
+
+    def start_bundle(self) -> None:
+        self._version = int.from_bytes(os.urandom(8), "big") | 1  # never 0 (a new key's cell)
+        _SEEN_CACHE.trim()
+
+    def _seen(self, key: Any, st: _KeyState, seen_state: Any) -> dict[tuple[str, str], int]:
+        """The key's remembered ids as of its committed (or this bundle's) cell."""
+        cache_key = (self._step, key)
+        cached = _SEEN_CACHE.get(cache_key, st.seen_version)
+        if cached is not None:
+            return cached
+        seen = {(kind, event_id): t for kind, event_id, t in seen_state.read()} if st.seen_version else {}
+        _SEEN_CACHE.put(cache_key, st.seen_version, seen)
+        return seen
+
+    def _changed(self, key: Any, st: _KeyState, seen: dict[tuple[str, str], int]) -> None:
+        """Tag the key's cell and cached ids with this bundle's version."""
+        st.seen_version = self._version
+        _SEEN_CACHE.put((self._step, key), self._version, seen)
 
     def process(  # type: ignore[override]
         self,
@@ -173,13 +243,14 @@ class InventoryDoFn(beam.DoFn):
             self._too_old.inc()
             yield beam.pvalue.TaggedOutput(DEAD_LETTERS_TAG, self._too_old_letter(event, st))
             return
-        seen: dict[tuple[str, str], int] = seen_state.read() or {}
+        seen = self._seen(key, st, seen_state)
         ident = (event.kind, event.event_id)
         if ident in seen:
             self._duplicates.inc()
             return
         seen[ident] = et
-        seen_state.write(seen)
+        seen_state.add((event.kind, event.event_id, et))
+        self._changed(key, st, seen)
         _apply(st, event)
         self._applied.inc()
 
@@ -200,6 +271,7 @@ class InventoryDoFn(beam.DoFn):
     @on_timer(EXPIRY_TIMER)
     def _expire(
         self,
+        key: tuple[str, str] = beam.DoFn.KeyParam,
         fired: Timestamp = beam.DoFn.TimestampParam,
         seen_state: Any = _SEEN,
         key_state: Any = _KEY,
@@ -210,13 +282,16 @@ class InventoryDoFn(beam.DoFn):
         st: _KeyState = key_state.read() or _KeyState()
         cutoff = fired.micros - self._horizon
         st.expired_before = max(st.expired_before, cutoff)
-        seen = {ident: t for ident, t in (seen_state.read() or {}).items() if t >= st.expired_before}
+        old = self._seen(key, st, seen_state)
+        seen = {ident: t for ident, t in old.items() if t >= st.expired_before}
+        seen_state.clear()
+        for (kind, event_id), t in seen.items():
+            seen_state.add((kind, event_id, t))
+        self._changed(key, st, seen)
         if seen:
-            seen_state.write(seen)
             st.expiry_at = self._expiry_time(min(seen.values()))  # always > fired
             expiry.set(Timestamp(micros=st.expiry_at))
         else:
-            seen_state.clear()
             st.expiry_at = None
         key_state.write(st)
         return ()

@@ -989,7 +989,9 @@ class _ReadPartitionFn(beam.DoFn):
         lag_gauge = Metrics.gauge(METRICS_NAMESPACE, f"{tp.topic}.{tp.partition}.lag")
         poll = consumer.poll_batch
         claim = tracker.try_claim
-        poll_s = max(0.001, min(spec.resume_delay_s, 0.5))
+        # A bounded read may wait for its fetch; an unbounded one keeps each call short,
+        # because other partitions in the same bundle wait for it.
+        poll_s = max(0.001, min(spec.resume_delay_s, 0.5 if restriction.stop != _UNBOUNDED_STOP else 0.1))
         deadline = time.monotonic() + spec.max_bundle_s
         skew = Duration.of(spec.allowed_skew_s)
         next_offset = restriction.start  # the next offset to read = what a commit saves
@@ -1093,8 +1095,13 @@ class _ReadPartitionFn(beam.DoFn):
                     lag_gauge.set(max(0, highwater - next_offset))
                 if next_offset >= tracker.current_restriction().stop:
                     return
-                if not bounded and time.monotonic() > deadline:
-                    # Self-checkpoint so the runner can commit output and move watermarks.
+                if not bounded and (
+                    (highwater is not None and next_offset >= highwater) or time.monotonic() > deadline
+                ):
+                    # Caught up with what the broker had, or time is up: end the call so the
+                    # runner passes this output downstream now (a streaming runner releases a
+                    # bundle's output only when the bundle ends) and moves the watermark.
+                    # The next call starts at once; it waits for new records in its poll.
                     tracker.defer_remainder()
                     return
         finally:
@@ -1178,8 +1185,8 @@ class ReadFromKafka(beam.PTransform):
         consumer_config: Mapping[str, Any] | None = None,
         commit_offsets: bool = False,
         allowed_skew_s: float = 5.0,
-        resume_delay_s: float = 0.5,
-        max_bundle_s: float = 5.0,
+        resume_delay_s: float = 0.25,
+        max_bundle_s: float = 1.0,
         discovery_interval_s: float = 10.0,
         timeout_s: float = 10.0,
         validate: bool = True,
