@@ -61,6 +61,12 @@ BENCHMARKS: tuple[Benchmark, ...] = (
                 "x >= 0.8",
             ),
             Headline(
+                "bounded ReadFromKafka(kafka-python), 2 worker processes / plain kafka-python loop",
+                r"ReadFromKafka\(kafka-python\), 2 worker processes / plain kafka-python loop \| \*\*([\d.]+)\*\*",
+                ">= 0.80x",
+                "x >= 0.8",
+            ),
+            Headline(
                 "bounded ReadFromKafka(confluent) / ReadFromKafka(kafka-python)",
                 r"ReadFromKafka\(confluent\) / ReadFromKafka\(kafka-python\) \| \*\*([\d.]+)\*\*",
                 ">= 3.0x",
