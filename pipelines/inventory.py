@@ -2,11 +2,13 @@
 
 Wiring only; the work is in ``transforms/``. Streaming::
 
-    shipments ─ ReadShipments ─ DecodeShipments ─┐
-                                                 ├─ ApplyToInventory ─ WriteInventory   (view inventory)
-    sales ───── ReadSales ───── DecodeSales ─────┘        │
-                                                 applied sales ─ SalesByWindow ─ WriteSalesByWindow
+    shipments ─ ReadShipments ─ DecodeShipments ─┐           ┌─ WriteInventory      (view inventory)
+                                                 ├─ Retail ──┤
+    sales ───── ReadSales ───── DecodeSales ─────┘           └─ WriteSalesByWindow  (view sales_by_window)
     dead letters of every step ─ WriteDeadLetters (view dead_letters) + DeadLettersToKafka
+
+``Retail`` (``StreamRetail``) is ComputeInventory and SalesByWindow as one
+stateful step per (store_id, item_id): same rows, half the state reads.
 
 Batch (a backfill) reads both topics to the end offsets seen at start and
 computes the same views with ``BackfillRetail``, the plain recompute of the log
@@ -29,10 +31,9 @@ from infra.kafka_broker import ensure_topics
 from pipelines.options import BeamlineOptions, KafkaOptions, WarehouseOptions, bootstrap_servers
 from pipelines.runner import RunSummary, main_for, run_pipeline
 from transforms.backfill import BackfillRetail
-from transforms.counts import SalesByWindow
 from transforms.events import DecodeEvents, dead_letter_to_kafka, dead_letter_to_row
-from transforms.inventory import ComputeInventory
 from transforms.kafka import ReadFromKafka, WriteToKafka
+from transforms.retail import StreamRetail
 from transforms.sinks import WriteToWarehouse
 
 __all__ = ["build", "main", "run"]
@@ -97,21 +98,15 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions) -> None:
         "shipment"
     )
     sales = read_log(pipeline, "ReadSales", kafka.sales_topic, options) | "DecodeSales" >> DecodeEvents("sale")
-
-    inventory = (shipments.events, sales.events) | "ApplyToInventory" >> ComputeInventory(
-        mode=mode, horizon=timedelta(seconds=settings.dedupe_horizon)
-    )
-    _ = inventory.inventory | "WriteInventory" >> WriteToWarehouse(warehouse, "inventory")
-
-    window_rows, too_late = inventory.applied | "SalesByWindow" >> SalesByWindow(
-        mode=mode,
+    views = (shipments.events, sales.events) | "Retail" >> StreamRetail(
+        horizon=timedelta(seconds=settings.dedupe_horizon),
         window_size=timedelta(seconds=settings.window_size),
         allowed_lateness=timedelta(seconds=settings.allowed_lateness),
         early_delay=timedelta(seconds=settings.early_firing) if settings.early_firing > 0 else None,
     )
-    _ = window_rows | "WriteSalesByWindow" >> WriteToWarehouse(warehouse, "sales_by_window")
-
-    write_dead_letters([shipments.dead_letters, sales.dead_letters, inventory.dead_letters, too_late], options)
+    _ = views.inventory | "WriteInventory" >> WriteToWarehouse(warehouse, "inventory")
+    _ = views.windows | "WriteSalesByWindow" >> WriteToWarehouse(warehouse, "sales_by_window")
+    write_dead_letters([shipments.dead_letters, sales.dead_letters, views.dead_letters], options)
 
 
 def topics_read(options: PipelineOptions) -> list[str]:

@@ -23,10 +23,11 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
 from pipelines.runner import PRISM_NO_SPLITS
-from transforms.counts import CountWords, SalesByWindow, _CountTooLate, tokenize, word_count_to_kafka
+from transforms.counts import CountTooLate, CountWords, SalesByWindow, tokenize, word_count_to_kafka
 from transforms.events import DeadLetter, Sale, Shipment
 from transforms.inventory import ComputeInventory
 from transforms.kafka import KafkaRecord
+from transforms.retail import StreamRetail
 
 MINUTE = 60 * 1_000_000
 HOUR = 60 * MINUTE
@@ -94,19 +95,23 @@ def run_windows(
     expected_rows: list[dict[str, Any]],
     expected_dead: list[tuple[str, bool]],
     options: PipelineOptions | None = None,
+    *,
+    fused: bool = False,
 ) -> None:
+    """SalesByWindow on the stream, or (``fused``) StreamRetail, which must give the same panes."""
     p = beam.Pipeline(options=options) if options else BeamTestPipeline(runner="BundleBasedDirectRunner")
-    rows, dead = (
-        p
-        | window_stream(processing_time=options is None)
-        | SalesByWindow(
-            mode=mode,
-            window_size=timedelta(hours=1),
-            allowed_lateness=timedelta(minutes=30),
-            early_delay=None if options else timedelta(seconds=10),
-            clock=frozen_clock,
-        )
-    )
+    settings: dict[str, Any] = {
+        "window_size": timedelta(hours=1),
+        "allowed_lateness": timedelta(minutes=30),
+        "early_delay": None if options else timedelta(seconds=10),
+        "clock": frozen_clock,
+    }
+    sales = p | window_stream(processing_time=options is None)
+    if fused:
+        views = sales | StreamRetail(**settings)
+        rows, dead = views.windows, views.dead_letters
+    else:
+        rows, dead = sales | SalesByWindow(mode=mode, **settings)
     assert_that(rows, equal_to(expected_rows), label="Panes")
     assert_that(
         dead | beam.Map(lambda d: (d.payload.decode(), "applied to inventory but too late for its window" in d.error)),
@@ -122,7 +127,8 @@ TOO_LATE_PAYLOAD = json.dumps(
 )
 
 
-def test_streaming_panes_early_on_time_late_and_too_late() -> None:
+@pytest.mark.parametrize("fused", [False, True], ids=["SalesByWindow", "StreamRetail"])
+def test_streaming_panes_early_on_time_late_and_too_late(fused: bool) -> None:
     expected = [
         pane(T0, units=5, sales=2, index=0, timing="early"),
         pane(T0, units=9, sales=3, index=1, timing="early"),
@@ -131,10 +137,11 @@ def test_streaming_panes_early_on_time_late_and_too_late() -> None:
         pane(T0 + HOUR, units=7, sales=1, index=0, timing="early"),
         pane(T0 + HOUR, units=7, sales=1, index=1, timing="on_time"),
     ]
-    run_windows("streaming", expected, [(TOO_LATE_PAYLOAD, True)])
+    run_windows("streaming", expected, [(TOO_LATE_PAYLOAD, True)], fused=fused)
 
 
-def test_on_time_late_and_too_late_on_prism(prism_location: str) -> None:
+@pytest.mark.parametrize("fused", [False, True], ids=["SalesByWindow", "StreamRetail"])
+def test_on_time_late_and_too_late_on_prism(prism_location: str, fused: bool) -> None:
     # No early panes here (Prism's processing time is its own); the rest as above.
     expected = [
         pane(T0, units=9, sales=3, index=0, timing="on_time"),
@@ -144,13 +151,13 @@ def test_on_time_late_and_too_late_on_prism(prism_location: str) -> None:
     options = PipelineOptions(
         runner="PrismRunner", prism_location=prism_location, streaming=True, experiments=[PRISM_NO_SPLITS]
     )
-    run_windows("streaming", expected, [(TOO_LATE_PAYLOAD, True)], options)
+    run_windows("streaming", expected, [(TOO_LATE_PAYLOAD, True)], options, fused=fused)
 
 
 def test_too_late_metric_counts_each_dead_letter() -> None:
     letters = [DeadLetter("sales", 0, n, "applied to inventory but too late for its window", b"") for n in range(3)]
     p = BeamTestPipeline(runner="FnApiRunner")
-    _ = p | beam.Create(letters) | beam.ParDo(_CountTooLate())
+    _ = p | beam.Create(letters) | beam.ParDo(CountTooLate())
     result = p.run()
     result.wait_until_finish()
     counters = result.metrics().query(MetricsFilter().with_name("sales_too_late_for_window"))["counters"]

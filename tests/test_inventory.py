@@ -25,6 +25,7 @@ from apache_beam.transforms.window import TimestampedValue
 from pipelines.runner import PRISM_NO_SPLITS
 from transforms.events import DeadLetter, Sale, Shipment
 from transforms.inventory import ComputeInventory, InventoryDoFn
+from transforms.retail import StreamRetail
 
 HOUR = 3_600 * 1_000_000
 DAY = 24 * HOUR
@@ -219,10 +220,18 @@ def run_stream(
     latest: list[dict[str, Any]],
     dead: list[tuple[str, bool, bytes]],
     options: PipelineOptions | None = None,
+    *,
+    fused: bool = False,
 ) -> None:
+    """ComputeInventory on the stream, or (``fused``) StreamRetail's inventory and its refusals."""
     pipeline = beam.Pipeline(options=options) if options else BeamTestPipeline(runner="BundleBasedDirectRunner")
     with pipeline as p:
-        rows, _applied, letters = p | stream | ComputeInventory(mode=mode, horizon=timedelta(days=1))
+        if fused:
+            views = p | stream | StreamRetail(horizon=timedelta(days=1))
+            rows = views.inventory
+            letters = views.dead_letters | beam.Filter(lambda d: "too late for its window" not in d.error)
+        else:
+            rows, _applied, letters = p | stream | ComputeInventory(mode=mode, horizon=timedelta(days=1))
         assert_that(rows, latest_is(latest), label="LatestRow")
         assert_that(letters | beam.Map(too_old_summary), equal_to(dead), label="DeadLetters")
 
@@ -234,10 +243,11 @@ REFUSED = [
 ]
 
 
-def test_streaming_refuses_records_older_than_what_the_key_forgot() -> None:
+@pytest.mark.parametrize("fused", [False, True], ids=["ComputeInventory", "StreamRetail"])
+def test_streaming_refuses_records_older_than_what_the_key_forgot(fused: bool) -> None:
     # Applied: a, b, e, then g (T0+46h: the key still remembers everything after T0+44h) and d.
     latest = [row("s", "i", shipped=100, sold=7 + 2 + 1 + 1, events=5, last=LATE_WM)]
-    run_stream(stream_with_late_arrivals(LATE_WM), "streaming", latest, REFUSED)
+    run_stream(stream_with_late_arrivals(LATE_WM), "streaming", latest, REFUSED, fused=fused)
 
 
 def test_streaming_keeps_checking_within_the_horizon() -> None:
@@ -251,12 +261,13 @@ def test_batch_mode_ignores_the_watermark_and_applies_everything_once() -> None:
     run_stream(stream_with_late_arrivals(LATE_WM), "batch", latest, [])
 
 
-def test_streaming_horizon_on_prism(prism_location: str) -> None:
+@pytest.mark.parametrize("fused", [False, True], ids=["ComputeInventory", "StreamRetail"])
+def test_streaming_horizon_on_prism(prism_location: str, fused: bool) -> None:
     options = PipelineOptions(
         runner="PrismRunner", prism_location=prism_location, streaming=True, experiments=[PRISM_NO_SPLITS]
     )
     latest = [row("s", "i", shipped=100, sold=7 + 2 + 1 + 1, events=5, last=LATE_WM)]
-    run_stream(stream_with_late_arrivals(LATE_WM), "streaming", latest, REFUSED, options)
+    run_stream(stream_with_late_arrivals(LATE_WM), "streaming", latest, REFUSED, options, fused=fused)
 
 
 # -- the in-memory id cache: a failed bundle's ids never count as committed ----------

@@ -91,7 +91,7 @@ DEFAULT_ALLOWED_LATENESS = timedelta(days=1)
 DEFAULT_EARLY_DELAY = timedelta(seconds=10)
 
 # The key's open windows, closed-until frontier and timer bookkeeping
-# (_SalesKeyState): one cell, so a bundle reads one state per key (on a portable
+# (SalesKeyState): one cell, so a bundle reads one state per key (on a portable
 # runner every state read is a round trip).
 SALES_KEY_STATE = ReadModifyWriteStateSpec("sales_key", PickleCoder())
 # Event time: on-time panes at window end; closing at end + allowed lateness.
@@ -130,7 +130,7 @@ class _Window:
 
 
 @dataclass
-class _SalesKeyState:
+class SalesKeyState:
     closed_until: int = _NO_TIME  # every window ending at or before this is closed
     timer_at: int | None = None
     early_pending: bool = False
@@ -171,9 +171,9 @@ class SalesWindowDoFn(beam.DoFn):
         key_state: Any = _SALES_KEY,
         window_timer: Any = _WINDOW_T,
     ) -> Iterator[Any]:
-        return self._add(element, key_state, window_timer, None)
+        return self.add(element, key_state, window_timer, None)
 
-    def _add(
+    def add(
         self,
         element: tuple[tuple[str, str], Sale],
         key_state: Any,
@@ -181,7 +181,7 @@ class SalesWindowDoFn(beam.DoFn):
         early_timer: Any,
     ) -> Iterator[Any]:
         key, sale = element
-        st: _SalesKeyState = key_state.read() or _SalesKeyState()
+        st: SalesKeyState = key_state.read() or SalesKeyState()
         start = sale.event_time - sale.event_time % self._size
         end = start + self._size
         if end <= st.closed_until:
@@ -203,14 +203,14 @@ class SalesWindowDoFn(beam.DoFn):
         key_state.write(st)
 
     @on_timer(WINDOW_TIMER)
-    def _on_watermark(
+    def on_watermark(
         self,
         key: tuple[str, str] = beam.DoFn.KeyParam,
         fired: Timestamp = beam.DoFn.TimestampParam,
         key_state: Any = _SALES_KEY,
         window_timer: Any = _WINDOW_T,
     ) -> Iterator[dict[str, Any]]:
-        st: _SalesKeyState = key_state.read() or _SalesKeyState()
+        st: SalesKeyState = key_state.read() or SalesKeyState()
         windows = st.windows
         now = fired.micros  # the watermark is at least here
         for start in sorted(windows):
@@ -271,15 +271,15 @@ class EarlySalesWindowDoFn(SalesWindowDoFn):
         window_timer: Any = _WINDOW_T,
         early_timer: Any = _EARLY_T,
     ) -> Iterator[Any]:
-        return self._add(element, key_state, window_timer, early_timer)
+        return self.add(element, key_state, window_timer, early_timer)
 
     @on_timer(EARLY_TIMER)
-    def _on_early(
+    def on_early(
         self,
         key: tuple[str, str] = beam.DoFn.KeyParam,
         key_state: Any = _SALES_KEY,
     ) -> Iterator[dict[str, Any]]:
-        st: _SalesKeyState = key_state.read() or _SalesKeyState()
+        st: SalesKeyState = key_state.read() or SalesKeyState()
         for start in sorted(st.windows):
             w = st.windows[start]
             if w.dirty and not w.on_time_fired:
@@ -288,7 +288,7 @@ class EarlySalesWindowDoFn(SalesWindowDoFn):
         key_state.write(st)
 
 
-class _CountTooLate(beam.DoFn):
+class CountTooLate(beam.DoFn):
     """Counts too-late sales in a stateless step, where every runner reports metrics."""
 
     def __init__(self) -> None:
@@ -328,7 +328,10 @@ class SalesByWindow(beam.PTransform):
         if self._batch and events.is_bounded:
             return self._expand_batch(events)
         keyed = events | "KeySales" >> beam.FlatMap(_key_sale).with_output_types(tuple[tuple[str, str], Any])
-        return keyed | "CountWindows" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTERS_TAG, main=SALES_WINDOWS_TAG)
+        rows, too_late = keyed | "CountWindows" >> beam.ParDo(self._fn).with_outputs(
+            DEAD_LETTERS_TAG, main=SALES_WINDOWS_TAG
+        )
+        return rows, too_late | "CountTooLate" >> beam.ParDo(CountTooLate())
 
     def _expand_batch(self, events: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
         """Batch: nothing is late, so a window is a plain sum per (window, store, item)."""

@@ -87,7 +87,7 @@ _EXPIRY_BUCKETS_PER_HORIZON = 8
 # (kind, event_id, event_time micros) of every event remembered for this key.
 # A bag: remembering one more id appends it, instead of rewriting every id.
 SEEN_STATE = BagStateSpec("seen", TupleCoder((StrUtf8Coder(), StrUtf8Coder(), VarIntCoder())))
-# The key's totals and bookkeeping (:class:`_KeyState`).
+# The key's totals and bookkeeping (:class:`KeyState`).
 KEY_STATE = ReadModifyWriteStateSpec("key", PickleCoder())
 # Streaming: forget ids older than the horizon behind the watermark.
 EXPIRY_TIMER = TimerSpec("expiry", beam.TimeDomain.WATERMARK)
@@ -108,7 +108,7 @@ def _micros(delta: timedelta) -> int:
 
 
 @dataclass
-class _KeyState:
+class KeyState:
     shipped: int = 0
     sold: int = 0
     events: int = 0
@@ -119,7 +119,7 @@ class _KeyState:
     seen_version: int = 0  # names the bag's contents; see InventoryDoFn._seen
 
 
-def _apply(st: _KeyState, event: Shipment | Sale) -> None:
+def _apply(st: KeyState, event: Shipment | Sale) -> None:
     """Add one (already deduped) event to a key's totals."""
     if isinstance(event, Shipment):
         st.shipped += event.quantity
@@ -213,7 +213,7 @@ class InventoryDoFn(beam.DoFn):
         self._version = int.from_bytes(os.urandom(8), "big") | 1  # never 0 (a new key's cell)
         _SEEN_CACHE.trim()
 
-    def _seen(self, key: Any, st: _KeyState, seen_state: Any) -> dict[tuple[str, str], int]:
+    def _seen(self, key: Any, st: KeyState, seen_state: Any) -> dict[tuple[str, str], int]:
         """The key's remembered ids as of its committed (or this bundle's) cell."""
         cache_key = (self._step, key)
         cached = _SEEN_CACHE.get(cache_key, st.seen_version)
@@ -223,7 +223,7 @@ class InventoryDoFn(beam.DoFn):
         _SEEN_CACHE.put(cache_key, st.seen_version, seen)
         return seen
 
-    def _changed(self, key: Any, st: _KeyState, seen: dict[tuple[str, str], int]) -> None:
+    def _changed(self, key: Any, st: KeyState, seen: dict[tuple[str, str], int]) -> None:
         """Tag the key's cell and cached ids with this bundle's version."""
         st.seen_version = self._version
         _SEEN_CACHE.put((self._step, key), self._version, seen)
@@ -237,7 +237,7 @@ class InventoryDoFn(beam.DoFn):
         final: Any = _FINAL,
     ) -> Iterator[Any]:
         key, event = element
-        st: _KeyState = key_state.read() or _KeyState()
+        st: KeyState = key_state.read() or KeyState()
         et = event.event_time
         if et < st.expired_before:
             self._too_old.inc()
@@ -269,7 +269,7 @@ class InventoryDoFn(beam.DoFn):
             yield from self._flush(key, st)
 
     @on_timer(EXPIRY_TIMER)
-    def _expire(
+    def expire(
         self,
         key: tuple[str, str] = beam.DoFn.KeyParam,
         fired: Timestamp = beam.DoFn.TimestampParam,
@@ -279,7 +279,7 @@ class InventoryDoFn(beam.DoFn):
     ) -> Iterable[Any]:
         # The watermark has passed `fired`, so nothing older than the cutoff can
         # be checked any more by anyone: forget it, and remember that we did.
-        st: _KeyState = key_state.read() or _KeyState()
+        st: KeyState = key_state.read() or KeyState()
         cutoff = fired.micros - self._horizon
         st.expired_before = max(st.expired_before, cutoff)
         old = self._seen(key, st, seen_state)
@@ -312,11 +312,11 @@ class InventoryDoFn(beam.DoFn):
         return due - due % self._bucket + self._bucket
 
     @staticmethod
-    def _flush(key: tuple[str, str], st: _KeyState) -> Iterator[dict[str, Any]]:
+    def _flush(key: tuple[str, str], st: KeyState) -> Iterator[dict[str, Any]]:
         """The key's current row (process and timer)."""
         yield inventory_row(key, st.shipped, st.sold, st.events, st.last_event_time)
 
-    def _too_old_letter(self, event: Shipment | Sale, st: _KeyState) -> DeadLetter:
+    def _too_old_letter(self, event: Shipment | Sale, st: KeyState) -> DeadLetter:
         horizon = timedelta(microseconds=self._horizon)
         error = (
             f"not applied: event_time {micros_to_datetime(event.event_time).isoformat()} is more than "
@@ -344,7 +344,7 @@ class GroupedInventoryFn(beam.DoFn):
 
     def process(self, element: tuple[tuple[str, str], Iterable[Shipment | Sale]]) -> Iterator[Any]:  # type: ignore[override]
         key, events = element
-        st = _KeyState()
+        st = KeyState()
         seen: set[tuple[str, str]] = set()
         duplicates = 0
         for event in events:

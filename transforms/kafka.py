@@ -1163,6 +1163,10 @@ class ReadFromKafka(beam.PTransform):
     partition is idle. ``validate`` checks the broker and topics when the
     pipeline is built, with a bounded wait of ``timeout_s``.
 
+    Unbounded reads end each call once caught up with the broker, or after
+    ``max_bundle_s`` (a streaming runner passes output on when a bundle ends),
+    and wait ``resume_delay_s`` before polling an idle partition again.
+
     On Prism 2.77 run an unbounded read with
     ``--experiments=prism_disable_sdf_split`` (Beamline's runner adds it): a
     Prism split of the stateful partition-discovery step can run its key in two
