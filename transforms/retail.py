@@ -7,8 +7,8 @@ through a second shuffle and a second stateful stage, and a bundle reads one
 state cell per key instead of two (on Prism every state read is a round trip
 to the runner, each bundle: that, not the per-event work, set the streaming
 latency). The logic is the two DoFns' own (:class:`InventoryDoFn`,
-:class:`SalesWindowDoFn`); each sees its part of the shared cell through a
-small view, so the rows, dead letters and metrics are the same as when the
+:class:`SalesWindowDoFn`); each sees its part of the shared cell, read once
+per call, so the rows, dead letters and metrics are the same as when the
 steps run apart. Streaming only: a backfill uses :mod:`transforms.backfill`.
 """
 
@@ -69,21 +69,46 @@ _WINDOW = beam.DoFn.TimerParam(WINDOW_TIMER)
 _EARLY = beam.DoFn.TimerParam(EARLY_TIMER)
 
 
-class _Part:
-    """One step's state, seen through the shared cell (``read``/``write`` like a state)."""
+class _Cell:
+    """The key's shared cell, read once per call and written back whole.
 
-    def __init__(self, cell: Any, name: str) -> None:
+    Without cache tokens every ``read()`` of a state not yet written in the
+    bundle is a round trip, so the two steps must not each read it: they see
+    their parts of one value through :meth:`part`. ``close`` writes the value
+    back even when nothing changed, so later calls in the bundle read it from
+    memory.
+    """
+
+    def __init__(self, state: Any) -> None:
+        self._state = state
+        self.value: _RetailState = state.read() or _RetailState()
+        self._written = False
+
+    def part(self, name: str) -> _Part:
+        return _Part(self, name)
+
+    def write(self) -> None:
+        self._state.write(self.value)
+        self._written = True
+
+    def close(self) -> None:
+        if not self._written:
+            self.write()
+
+
+class _Part:
+    """One step's state within the shared cell (``read``/``write`` like a state)."""
+
+    def __init__(self, cell: _Cell, name: str) -> None:
         self._cell = cell
         self._name = name
 
     def read(self) -> Any:
-        value = self._cell.read()
-        return None if value is None else getattr(value, self._name)
+        return getattr(self._cell.value, self._name)
 
     def write(self, part: Any) -> None:
-        value = self._cell.read() or _RetailState()
-        setattr(value, self._name, part)
-        self._cell.write(value)
+        setattr(self._cell.value, self._name, part)
+        self._cell.write()
 
 
 class _NoTimer:
@@ -117,13 +142,14 @@ class _StreamRetailFn(beam.DoFn):
         early: Any = _EARLY,
     ) -> Iterator[Any]:
         key = element[0]
-        for out in self._inventory.process(element, seen, _Part(cell, "inventory"), expiry, _NO_TIMER):
+        shared = _Cell(cell)
+        for out in self._inventory.process(element, seen, shared.part("inventory"), expiry, _NO_TIMER):
             tag = getattr(out, "tag", None)
             if tag != APPLIED_TAG:
                 yield out
             elif isinstance(out.value, Sale):
-                sales = _Part(cell, "sales")
-                yield from self._windowed(self._windows.add((key, out.value), sales, window, early))
+                yield from self._windowed(self._windows.add((key, out.value), shared.part("sales"), window, early))
+        shared.close()
 
     @on_timer(EXPIRY_TIMER)
     def _expire(
@@ -134,7 +160,7 @@ class _StreamRetailFn(beam.DoFn):
         seen: Any = _SEEN,
         expiry: Any = _EXPIRY,
     ) -> Iterator[Any]:
-        return iter(self._inventory.expire(key, fired, seen, _Part(cell, "inventory"), expiry))
+        return iter(self._inventory.expire(key, fired, seen, _Cell(cell).part("inventory"), expiry))
 
     @on_timer(WINDOW_TIMER)
     def _on_watermark(
@@ -144,11 +170,11 @@ class _StreamRetailFn(beam.DoFn):
         cell: Any = _CELL,
         window: Any = _WINDOW,
     ) -> Iterator[Any]:
-        return self._windowed(self._windows.on_watermark(key, fired, _Part(cell, "sales"), window))
+        return self._windowed(self._windows.on_watermark(key, fired, _Cell(cell).part("sales"), window))
 
     @on_timer(EARLY_TIMER)
     def _on_early(self, key: tuple[str, str] = beam.DoFn.KeyParam, cell: Any = _CELL) -> Iterator[Any]:
-        return self._windowed(self._windows.on_early(key, _Part(cell, "sales")))
+        return self._windowed(self._windows.on_early(key, _Cell(cell).part("sales")))
 
     @staticmethod
     def _windowed(outputs: Iterator[Any]) -> Iterator[Any]:
