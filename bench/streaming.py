@@ -191,6 +191,11 @@ class WarehouseCount:
         self._reader: Any = None
 
     def __call__(self) -> int | None:
+        row = self._first_row("SELECT sum(events) FROM inventory")
+        return None if row is None else int(row[0] or 0)
+
+    def _first_row(self, sql: str) -> tuple[Any, ...] | None:
+        """The query's first row through one long-lived reader; None before the first snapshot."""
         from readside.query import Reader
         from transforms.errors import BeamlineError
 
@@ -199,10 +204,9 @@ class WarehouseCount:
                 return None
             self._reader = Reader(self.warehouse)
         try:
-            value = self._reader.query("SELECT sum(events) FROM inventory").column(0)[0].as_py()
+            return tuple(self._reader.query(sql).to_pylist()[0].values())
         except BeamlineError:
             return None  # no snapshot yet
-        return int(value or 0)
 
     def inventory(self) -> dict[tuple[str, str], tuple[int, int, int]]:
         """The inventory view per key: (shipped, sold, events), through the read side."""
@@ -235,18 +239,10 @@ class SettledCount(WarehouseCount):
         self.dead_letters = 0
 
     def __call__(self) -> int | None:
-        from readside.query import Reader
-        from transforms.errors import BeamlineError
-
-        if self._reader is None:
-            if not (self.warehouse / "CURRENT").exists():
-                return None
-            self._reader = Reader(self.warehouse)
-        try:
-            row = self._reader.query(self.SQL).to_pylist()[0]
-        except BeamlineError:
+        row = self._first_row(self.SQL)
+        if row is None:
             return None
-        visible, too_old, self.dead_letters = (int(v or 0) for v in row.values())
+        visible, too_old, self.dead_letters = (int(v or 0) for v in row)
         self.parts = (visible, too_old)
         return visible + too_old
 

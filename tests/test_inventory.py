@@ -23,6 +23,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
 from pipelines.runner import PRISM_NO_SPLITS
+from tests.fake_state import FakeBag, FakeCell, FakeTimer
 from transforms.events import DeadLetter, Sale, Shipment
 from transforms.inventory import ComputeInventory, InventoryDoFn
 from transforms.retail import StreamRetail
@@ -271,66 +272,22 @@ def test_streaming_horizon_on_prism(prism_location: str, fused: bool) -> None:
 
 
 # -- the in-memory id cache: a failed bundle's ids never count as committed ----------
-class _Cell:
-    """A state cell as a runner keeps it: writes land only when the bundle commits."""
-
-    def __init__(self, committed: Any) -> None:
-        self.committed = committed
-        self._pending: Any = None
-
-    def read(self) -> Any:
-        return self._pending if self._pending is not None else self.committed
-
-    def write(self, value: Any) -> None:
-        self._pending = value
-
-    def commit(self) -> None:
-        if self._pending is not None:
-            self.committed = self._pending
-
-
-class _Bag:
-    def __init__(self, committed: list[Any]) -> None:
-        self.committed = list(committed)
-        self._added: list[Any] = []
-        self._cleared = False
-        self.reads = 0
-
-    def read(self) -> list[Any]:
-        self.reads += 1
-        return ([] if self._cleared else list(self.committed)) + self._added
-
-    def add(self, value: Any) -> None:
-        self._added.append(value)
-
-    def clear(self) -> None:
-        self._cleared, self._added = True, []
-
-    def commit(self) -> None:
-        self.committed = ([] if self._cleared else self.committed) + self._added
-
-
-class _Timer:
-    def set(self, _when: Any) -> None:
-        pass
-
-
-def _bundle(fn: Any, key_cell: Any, bag: Any, events: list[Shipment | Sale], *, commit: bool) -> list[Any]:
+def _bundle(fn: Any, key_cell: FakeCell, bag: FakeBag, events: list[Shipment | Sale], *, commit: bool) -> list[Any]:
     """One bundle of ``events`` for one key; the runner keeps its state only if ``commit``."""
-    cell, seen = _Cell(copy.deepcopy(key_cell.committed)), _Bag(bag.committed)
+    cell, seen = FakeCell(copy.deepcopy(key_cell.committed)), FakeBag(bag.committed)
     fn.start_bundle()
-    out = [o for e in events for o in fn.process((e.key, e), seen, cell, _Timer(), _Timer())]
+    out = [o for e in events for o in fn.process((e.key, e), seen, cell, FakeTimer(), FakeTimer())]
     if commit:
-        key_cell.committed = copy.deepcopy(cell.read())
+        cell.commit()
         seen.commit()
-        bag.committed = seen.committed
+        key_cell.committed, bag.committed = copy.deepcopy(cell.committed), seen.committed
     bag.reads += seen.reads
     return [o.value for o in out if getattr(o, "tag", None) == "applied"]
 
 
 def test_a_failed_bundle_leaves_no_remembered_ids() -> None:
     fn = InventoryDoFn("streaming")
-    key_cell, bag = _Cell(None), _Bag([])
+    key_cell, bag = FakeCell(), FakeBag()
     a = Shipment("a", "s", "i", 1, T0)
     b = Shipment("b", "s", "i", 2, T0)
     assert _bundle(fn, key_cell, bag, [a], commit=True) == [a]

@@ -989,9 +989,6 @@ class _ReadPartitionFn(beam.DoFn):
         lag_gauge = Metrics.gauge(METRICS_NAMESPACE, f"{tp.topic}.{tp.partition}.lag")
         poll = consumer.poll_batch
         claim = tracker.try_claim
-        # A bounded read may wait for its fetch; an unbounded one keeps each call short,
-        # because other partitions in the same bundle wait for it.
-        poll_s = max(0.001, min(spec.resume_delay_s, 0.5 if restriction.stop != _UNBOUNDED_STOP else 0.1))
         deadline = time.monotonic() + spec.max_bundle_s
         skew = Duration.of(spec.allowed_skew_s)
         next_offset = restriction.start  # the next offset to read = what a commit saves
@@ -1000,6 +997,9 @@ class _ReadPartitionFn(beam.DoFn):
         # residual of a self-checkpointed SDF (its merged bundle response keeps
         # only metrics; apache/beam#19842): 2-worker backfills came out short.
         bounded = restriction.stop != _UNBOUNDED_STOP
+        # A bounded read may wait for its fetch; an unbounded one keeps each call short,
+        # because other partitions in the same bundle wait for it.
+        poll_s = max(0.001, min(spec.resume_delay_s, 0.5 if bounded else 0.1))
         stall = _Stall(tp, spec.bootstrap_servers)
         try:
             while True:

@@ -126,9 +126,6 @@ class _StreamRetailFn(beam.DoFn):
         self._inventory = inventory
         self._windows = windows
 
-    def setup(self) -> None:
-        self._inventory.setup()
-
     def start_bundle(self) -> None:
         self._inventory.start_bundle()
 
