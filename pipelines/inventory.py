@@ -39,8 +39,14 @@ from transforms.sinks import WriteToWarehouse
 __all__ = ["build", "main", "run"]
 
 
-def read_log(pipeline: beam.Pipeline, label: str, topic: str, options: PipelineOptions) -> beam.PCollection:
-    """One topic from its earliest offset: to the end offsets seen at start (batch) or forever."""
+def read_log(
+    pipeline: beam.Pipeline, label: str, topic: str, options: PipelineOptions, *, batched: bool = False
+) -> beam.PCollection:
+    """One topic from its earliest offset: to the end offsets seen at start (batch) or forever.
+
+    ``batched`` hands over whole polls (``KafkaBatch``) for a step that loops
+    over their records itself, as the backfill does.
+    """
     kafka = options.view_as(KafkaOptions)
     batch = options.view_as(BeamlineOptions).mode == "batch"
     group_key = "group.id" if kafka.kafka_client == "confluent" else "group_id"
@@ -53,6 +59,7 @@ def read_log(pipeline: beam.Pipeline, label: str, topic: str, options: PipelineO
         consumer_config=consumer_config,
         commit_offsets=bool(kafka.consumer_group),
         client=kafka.kafka_client,
+        batched=batched,
     )
 
 
@@ -85,8 +92,8 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions) -> None:
     if mode == "batch":
         # The whole log is here: the views are its plain recompute (transforms/backfill.py).
         records = (
-            read_log(pipeline, "ReadShipments", kafka.shipments_topic, options),
-            read_log(pipeline, "ReadSales", kafka.sales_topic, options),
+            read_log(pipeline, "ReadShipments", kafka.shipments_topic, options, batched=True),
+            read_log(pipeline, "ReadSales", kafka.sales_topic, options, batched=True),
         )
         views = records | "Backfill" >> BackfillRetail(window_size=timedelta(seconds=settings.window_size))
         _ = views.inventory | "WriteInventory" >> WriteToWarehouse(warehouse, "inventory")

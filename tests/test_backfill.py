@@ -14,7 +14,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from tests.e2e_helpers import describe_diff, expected_views, views
 from tests.truth import recompute_retail
 from transforms.backfill import BackfillRetail
-from transforms.kafka import KafkaRecord
+from transforms.kafka import KafkaBatch, KafkaRecord
 from transforms.sinks import WriteToWarehouse
 
 
@@ -35,11 +35,26 @@ def _log(topic: str, values: list[tuple[int, bytes | None]]) -> list[KafkaRecord
     return records
 
 
-def _run(tmp_path: Path, shipments: list[KafkaRecord], sales: list[KafkaRecord], buckets: int) -> dict[str, object]:
-    warehouse = str(tmp_path / f"warehouse-{buckets}")
+def _batches(records: list[KafkaRecord], size: int) -> list[KafkaBatch]:
+    """The records as a batched read hands them over: runs of one partition, in offset order."""
+    by_partition: dict[int, list[KafkaRecord]] = {}
+    for record in records:
+        by_partition.setdefault(record.partition, []).append(record)
+    return [
+        KafkaBatch(run[0].topic, partition, tuple(run))
+        for partition, ordered in by_partition.items()
+        for run in (ordered[i : i + size] for i in range(0, len(ordered), size))
+    ]
+
+
+def _run(
+    tmp_path: Path, shipments: list[KafkaRecord], sales: list[KafkaRecord], buckets: int, batch: int = 0
+) -> dict[str, object]:
+    """The views BackfillRetail writes; ``batch`` > 0 feeds KafkaBatch elements of that many records."""
+    warehouse = str(tmp_path / f"warehouse-{buckets}-{batch}")
     with beam.Pipeline(runner=FnApiRunner()) as pipeline:
-        ships = pipeline | "Ships" >> beam.Create(shipments)
-        sold = pipeline | "Sales" >> beam.Create(sales)
+        ships = pipeline | "Ships" >> beam.Create(_batches(shipments, batch) if batch else shipments)
+        sold = pipeline | "Sales" >> beam.Create(_batches(sales, batch) if batch else sales)
         out = (ships, sold) | BackfillRetail(window_size=timedelta(hours=1), buckets=buckets)
         _ = out.inventory | "WriteInventory" >> WriteToWarehouse(warehouse, "inventory")
         _ = out.windows | "WriteWindows" >> WriteToWarehouse(warehouse, "sales_by_window")
@@ -57,8 +72,8 @@ def _as_truth_input(records: list[KafkaRecord]) -> list[tuple[str, int, int, byt
     return sorted((r.topic, r.partition, r.offset, r.value) for r in records)
 
 
-@pytest.mark.parametrize("buckets", [1, 16])
-def test_backfill_equals_the_recompute_on_a_tricky_log(tmp_path: Path, buckets: int) -> None:
+@pytest.mark.parametrize(("buckets", "batch"), [(1, 0), (16, 0), (16, 2), (1, 100)])
+def test_backfill_equals_the_recompute_on_a_tricky_log(tmp_path: Path, buckets: int, batch: int) -> None:
     shipments = _log(
         "ships",
         [
@@ -83,7 +98,7 @@ def test_backfill_equals_the_recompute_on_a_tricky_log(tmp_path: Path, buckets: 
         ],
     )  # fmt: skip
     truth = recompute_retail(_as_truth_input(shipments), _as_truth_input(sales))
-    got = _run(tmp_path, shipments, sales, buckets)
+    got = _run(tmp_path, shipments, sales, buckets, batch)
     want = expected_views(truth)
     for name in want:
         assert got[name] == want[name], f"view {name}: {describe_diff(got[name], want[name])}"
@@ -92,7 +107,8 @@ def test_backfill_equals_the_recompute_on_a_tricky_log(tmp_path: Path, buckets: 
     assert got["inventory"][("a", "x")][2] == 8  # t1 counted once, for item x
 
 
-def test_backfill_equals_the_recompute_on_a_random_log(tmp_path: Path) -> None:
+@pytest.mark.parametrize("batch", [0, 37])
+def test_backfill_equals_the_recompute_on_a_random_log(tmp_path: Path, batch: int) -> None:
     rng = random.Random(11)
     stores, items = ["a", "b", "c"], ["x", "y"]
 
@@ -106,7 +122,7 @@ def test_backfill_equals_the_recompute_on_a_random_log(tmp_path: Path) -> None:
 
     shipments, sales = _log("ships", values("s", 400)), _log("sales", values("t", 1200))
     truth = recompute_retail(_as_truth_input(shipments), _as_truth_input(sales))
-    got = _run(tmp_path, shipments, sales, buckets=16)
+    got = _run(tmp_path, shipments, sales, buckets=16, batch=batch)
     for name, want in expected_views(truth).items():
         assert got[name] == want, f"view {name}: {describe_diff(got[name], want)}"
     assert truth.duplicates > 100

@@ -33,6 +33,7 @@ from transforms.errors import ConfigError, KafkaUnavailable
 from transforms.kafka import (
     KAFKA_CLIENTS,
     METRICS_NAMESPACE,
+    KafkaBatch,
     KafkaRecord,
     ReadFromKafka,
     WriteToKafka,
@@ -148,6 +149,39 @@ def test_bounded_read_returns_exactly_the_log_on_fnapi(
     topic, expected = backfill_topic
     assert len(expected) == 20_000 and any(e[4] is None for e in expected) and any(e[6] for e in expected)
     _read_all(_fn_api(), bootstrap_servers, topic, expected, client=client)
+
+
+class _UnpackBatch(beam.DoFn):
+    """A batch's records as fingerprints, after checking the batch's own promises."""
+
+    def process(self, batch: KafkaBatch, ts: Any = beam.DoFn.TimestampParam) -> Iterator[tuple[Any, ...]]:
+        records = batch.records
+        assert records, "an empty batch"
+        assert all(r.topic == batch.topic and r.partition == batch.partition for r in records)
+        offsets = [r.offset for r in records]
+        assert offsets == sorted(set(offsets)), "a batch's offsets must rise"
+        assert ts.micros == max(r.timestamp for r in records) * 1000, "stamped with its newest record"
+        for rec in records:
+            yield _fingerprint(rec)
+
+
+def _fewer_than(limit: int) -> Callable[[list[int]], None]:
+    def check(counts: list[int]) -> None:
+        assert counts and counts[0] < limit, f"{counts} elements, expected fewer than {limit}"
+
+    return check
+
+
+def test_batched_bounded_read_returns_exactly_the_log_in_batches(
+    bootstrap_servers: str, backfill_topic: Any, client: str
+) -> None:
+    topic, expected = backfill_topic
+    with _fn_api() as p:
+        batches = p | ReadFromKafka(bootstrap_servers, topic, stop="end", client=client, batched=True)
+        got = batches | beam.ParDo(_UnpackBatch())
+        assert_that(got, equal_to(expected), label="Records")
+        # Batching is the point: far fewer elements than records.
+        assert_that(batches | "Batches" >> beam.combiners.Count.Globally(), _fewer_than(len(expected) // 10))
 
 
 def test_bounded_read_returns_exactly_the_log_with_two_worker_processes(

@@ -5,13 +5,15 @@ are exactly "drop invalid records, keep each event_id once per topic, sum". The
 streaming DoFns would pay a state read and write per event, and grouping the
 raw events would push every event through a shuffle. Instead:
 
-1. each record is decoded straight to a small tuple (an invalid one becomes a
-   dead letter) and keyed by (kind, a bucket of its event_id);
-2. a CombinePerKey keeps, per event_id, the occurrence first in the log (lowest
-   partition, then offset), as the recompute does. Beam runs the combine on
-   each worker before the shuffle, so a worker ships one dict per bucket rather
-   than one element per event. Dedupe is per topic whatever store or item a
-   repeated event_id names;
+1. the read hands over whole polls (``ReadFromKafka(batched=True)``), and each
+   record is decoded straight to a small tuple (an invalid one becomes a dead
+   letter) into a dict per (kind, bucket of its event_id): one element per
+   poll and bucket, not per event, crosses Beam's machinery;
+2. a CombinePerKey merges those dicts, keeping per event_id the occurrence
+   first in the log (lowest partition, then offset), as the recompute does.
+   Beam runs the combine on each worker before the shuffle, so a worker ships
+   one dict per bucket. Dedupe is per topic whatever store or item a repeated
+   event_id names;
 3. each bucket's survivors are summed per (store_id, item_id): totals, events,
    last event time, and units and sales per event-time window;
 4. a second CombinePerKey merges the buckets' sums per (store_id, item_id);
@@ -36,7 +38,7 @@ from apache_beam.metrics import Metrics
 from transforms.counts import DEFAULT_WINDOW_SIZE, window_row
 from transforms.events import DEAD_LETTERS_TAG, DeadLetter, EventKind, decode_fields
 from transforms.inventory import inventory_row
-from transforms.kafka import KafkaRecord
+from transforms.kafka import KafkaBatch, KafkaRecord
 
 __all__ = ["BUCKETS", "BackfillResult", "BackfillRetail"]
 
@@ -56,7 +58,13 @@ _Sums = list[Any]
 
 
 class _DecodeCompact(beam.DoFn):
-    """KafkaRecord -> ((kind, bucket), compact event), or a dead letter."""
+    """Records -> ((kind, bucket), [{event_id: compact event}, occurrences]), or dead letters.
+
+    Takes a :class:`KafkaBatch` (the backfill reads batched) or a single
+    :class:`KafkaRecord`. A batch is one partition's records in offset order,
+    so within it the first occurrence of an event_id is the one to keep; each
+    bucket's part leaves as one element, ready for ``_FirstInLog`` to merge.
+    """
 
     def __init__(self, kind: EventKind, buckets: int) -> None:
         self._kind = kind
@@ -69,51 +77,75 @@ class _DecodeCompact(beam.DoFn):
         # it: the dedupe dicts hold every event until the shuffle.
         self._names = {}
 
-    def process(self, record: KafkaRecord) -> Iterator[Any]:  # type: ignore[override]
-        fields = decode_fields(record.value)
-        if isinstance(fields, str):
-            self._dead.inc()
-            yield beam.pvalue.TaggedOutput(
-                DEAD_LETTERS_TAG,
-                DeadLetter(record.topic, record.partition, record.offset, fields, record.value or b""),
-            )
-            return
-        event_id, store_id, item_id, quantity, event_time = fields
+    def process(self, element: KafkaBatch | KafkaRecord) -> Iterator[Any]:  # type: ignore[override]
+        records = element.records if type(element) is KafkaBatch else (element,)
         names = self._names
-        store_id = names.setdefault(store_id, store_id)
-        item_id = names.setdefault(item_id, item_id)
-        bucket = zlib.crc32(event_id.encode("utf-8")) % self._buckets
-        yield (
-            (self._kind, bucket),
-            (event_id, record.partition, record.offset, store_id, item_id, quantity, event_time),
-        )
+        buckets = self._buckets
+        kind = self._kind
+        parts: dict[int, list[Any]] = {}
+        dead = 0
+        for record in records:
+            fields = decode_fields(record.value)
+            if isinstance(fields, str):
+                dead += 1
+                yield beam.pvalue.TaggedOutput(
+                    DEAD_LETTERS_TAG,
+                    DeadLetter(record.topic, record.partition, record.offset, fields, record.value or b""),
+                )
+                continue
+            event_id, store_id, item_id, quantity, event_time = fields
+            bucket = zlib.crc32(event_id.encode("utf-8")) % buckets
+            part = parts.get(bucket)
+            if part is None:
+                part = parts[bucket] = [{}, 0]
+            part[1] += 1
+            first = part[0]
+            if event_id not in first:
+                first[event_id] = (
+                    event_id,
+                    record.partition,
+                    record.offset,
+                    names.setdefault(store_id, store_id),
+                    names.setdefault(item_id, item_id),
+                    quantity,
+                    event_time,
+                )
+        if dead:
+            self._dead.inc(dead)
+        for bucket, part in parts.items():
+            yield (kind, bucket), part
+
+
+def _keep_first(first: dict[str, _Compact], events: Iterable[_Compact]) -> None:
+    """Add ``events`` to ``first``, keeping per event_id the lowest (partition, offset)."""
+    for event in events:
+        kept = first.setdefault(event[0], event)
+        if kept is not event and event[1:3] < kept[1:3]:
+            first[event[0]] = event
 
 
 class _FirstInLog(beam.CombineFn):
-    """Per event_id, the occurrence first in the log; also counts every occurrence.
+    """Merges decoded parts: per event_id the occurrence first in the log, and every occurrence counted.
 
-    Accumulator: ``[{event_id: compact event}, occurrences]``.
+    Input and accumulator alike: ``[{event_id: compact event}, occurrences]``.
     """
 
     def create_accumulator(self) -> list[Any]:
         return [{}, 0]
 
-    def add_input(self, acc: list[Any], event: _Compact) -> list[Any]:
-        kept = acc[0].setdefault(event[0], event)
-        if kept is not event and event[1:3] < kept[1:3]:
-            acc[0][event[0]] = event
-        acc[1] += 1
+    def add_input(self, acc: list[Any], part: list[Any]) -> list[Any]:
+        if not acc[0]:
+            # The first part of a bucket becomes its accumulator (parts are never reused).
+            return [part[0], acc[1] + part[1]]
+        _keep_first(acc[0], part[0].values())
+        acc[1] += part[1]
         return acc
 
     def merge_accumulators(self, accumulators: Iterable[list[Any]]) -> list[Any]:
         accs = sorted(accumulators, key=lambda a: len(a[0]), reverse=True)
         merged = accs[0]
-        first = merged[0]
         for other in accs[1:]:
-            for event_id, event in other[0].items():
-                kept = first.setdefault(event_id, event)
-                if kept is not event and event[1:3] < kept[1:3]:
-                    first[event_id] = event
+            _keep_first(merged[0], other[0].values())
             merged[1] += other[1]
         return merged
 
@@ -217,6 +249,9 @@ class BackfillResult(NamedTuple):
 
 class BackfillRetail(beam.PTransform):
     """(shipment records, sale records) -> inventory rows, sales_by_window rows, dead letters.
+
+    Records come as :class:`KafkaBatch` elements (fastest) or one
+    :class:`KafkaRecord` each.
 
     The batch equivalent of DecodeEvents + ComputeInventory + SalesByWindow,
     with the same rows; bounded input only (a backfill).
