@@ -14,12 +14,20 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from infra.paths import state_dir
 from transforms import topics
 from transforms.kafka import KAFKA_CLIENTS
+from transforms.retail import DEFAULT_SHARDS
 
 __all__ = ["BeamlineOptions", "KafkaOptions", "WarehouseOptions", "bootstrap_servers", "default_warehouse"]
 
 
 def default_warehouse() -> str:
     return os.environ.get("BEAMLINE_WAREHOUSE", str(state_dir() / "warehouse"))
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"must be at least 1, got {value}")
+    return value
 
 
 def _both(name: str) -> tuple[str, str]:
@@ -113,4 +121,12 @@ class BeamlineOptions(PipelineOptions):
             type=int,
             default=7 * 24 * 3600,
             help="seconds of event time an event_id is remembered behind the watermark (streaming)",
+        )
+        parser.add_argument(
+            *_both("state_shards"),
+            dest="state_shards",
+            type=_positive_int,
+            default=DEFAULT_SHARDS,
+            help="stateful keys of the streaming inventory step (its most parallel workers); "
+            "fewer means fewer state round trips per bundle",
         )

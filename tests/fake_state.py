@@ -1,13 +1,20 @@
 """Fake Beam state cells and timers for unit tests of stateful DoFn logic (pure logic only).
 
 They behave as the SDK's runtime state does on a runner without cache tokens:
-writes stay pending until the bundle commits, and a read of a cell not yet
-written in the bundle is a round trip to the runner (counted).
+writes stay pending until the bundle commits, where they are encoded (later
+changes to a committed object do not reach the committed state), and a read of
+a cell not yet written in the bundle is a round trip to the runner (counted).
 """
 
 from __future__ import annotations
 
+import pickle
 from typing import Any
+
+
+def _encoded(value: Any) -> Any:
+    """What the runner holds after a commit: a copy, as a coder round trip makes."""
+    return pickle.loads(pickle.dumps(value))
 
 
 class FakeCell:
@@ -22,7 +29,7 @@ class FakeCell:
     def read(self) -> Any:
         if not self._written:
             self.round_trips += 1
-            return self.committed
+            return _encoded(self.committed)
         return self._pending
 
     def write(self, value: Any) -> None:
@@ -30,7 +37,12 @@ class FakeCell:
 
     def commit(self) -> None:
         if self._written:
-            self.committed = self._pending
+            self.committed = _encoded(self._pending)
+        self._written = False
+
+    def abandon(self) -> None:
+        """The bundle failed: its write is dropped."""
+        self._written = False
 
 
 class FakeBag:
@@ -44,7 +56,7 @@ class FakeBag:
 
     def read(self) -> list[Any]:
         self.reads += 1
-        return ([] if self._cleared else list(self.committed)) + self._added
+        return ([] if self._cleared else _encoded(self.committed)) + self._added
 
     def add(self, value: Any) -> None:
         self._added.append(value)
@@ -53,9 +65,19 @@ class FakeBag:
         self._cleared, self._added = True, []
 
     def commit(self) -> None:
-        self.committed = ([] if self._cleared else self.committed) + self._added
+        self.committed = ([] if self._cleared else self.committed) + _encoded(self._added)
+        self._added, self._cleared = [], False
+
+    def abandon(self) -> None:
+        """The bundle failed: its adds and clears are dropped."""
+        self._added, self._cleared = [], False
 
 
 class FakeTimer:
-    def set(self, _when: Any) -> None:
-        pass
+    """Records the last time set."""
+
+    def __init__(self) -> None:
+        self.at: Any = None
+
+    def set(self, when: Any) -> None:
+        self.at = when

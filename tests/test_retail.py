@@ -1,35 +1,132 @@
-"""StreamRetail's shared cell: one state round trip per key and bundle.
+"""StreamRetail's sharded state: few round trips, and nothing uncommitted taken as committed.
 
 Without cache tokens (Prism), every read of a state not yet written in the
-bundle goes to the runner. Pure logic with a fake state cell that counts those
-reads; the end-to-end behaviour (same panes, same refusals as the separate
-steps) is pinned in tests/test_counts.py and tests/test_inventory.py.
+bundle goes to the runner. Pure logic with fake state that counts those reads
+and keeps only what a bundle commits; the end-to-end behaviour (same panes,
+same refusals as the separate steps) is pinned in tests/test_counts.py and
+tests/test_inventory.py.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from apache_beam.utils.timestamp import Timestamp
+
 from tests.fake_state import FakeBag, FakeCell, FakeTimer
 from transforms.events import Sale, Shipment
-from transforms.retail import StreamRetail
+from transforms.retail import StreamRetail, _KeyByShard, _replay, shard_of
 
 HOUR = 3_600 * 1_000_000
 T0 = 1_000 * 24 * HOUR
 
 
-def test_one_bundle_reads_the_key_cell_once() -> None:
-    fn = StreamRetail(early_delay=None)._fn
-    fn.setup()
-    fn.start_bundle()
-    cell, seen = FakeCell(), FakeBag()
+class _Runner:
+    """One shard's committed state, and bundles run against it."""
+
+    def __init__(self, retail: StreamRetail) -> None:
+        self.fn = retail._fn
+        self.fn.setup()
+        self.head, self.log = FakeCell(), FakeBag()
+        self.timers = {"expiry": FakeTimer(), "window": FakeTimer(), "early": FakeTimer()}
+
+    def bundle(self, events: list[Any], *, commit: bool = True, fire: tuple[str, int] | None = None) -> list[Any]:
+        """Process ``events`` (and fire one timer) in one bundle; outputs as (tag, value)."""
+        self.fn.start_bundle()
+        out: list[Any] = []
+        timers = self.timers
+        for event in events:
+            out += self.fn.process((0, event), self.head, self.log, timers["expiry"], timers["window"], timers["early"])
+        if fire is not None and fire[0] == "expiry":
+            out += self.fn._expire(0, Timestamp(micros=fire[1]), self.head, self.log, timers["expiry"])
+        for state in (self.head, self.log):
+            state.commit() if commit else state.abandon()
+        return [(getattr(o, "tag", "inventory"), getattr(o, "value", o)) for o in out]
+
+
+def _rows(outputs: list[Any]) -> list[tuple[str, str, int, int, int]]:
+    rows = [r for tag, r in outputs if tag == "inventory"]
+    return [(r["store_id"], r["item_id"], r["shipped"], r["sold"], r["events"]) for r in rows]
+
+
+def test_a_bundle_reads_its_shard_once_and_the_log_only_when_another_version_committed() -> None:
+    run = _Runner(StreamRetail(early_delay=None))
     events = [
         Sale("dup", "s", "i", 1, T0),
         Sale("dup", "s", "i", 1, T0),  # a duplicate writes nothing itself
-        Shipment("a", "s", "i", 5, T0),
+        Shipment("a", "s", "j", 5, T0),  # another key of the same shard
         Sale("b", "s", "i", 2, T0 + 2 * HOUR),
     ]
-    outputs = [out for e in events for out in fn.process((e.key, e), cell, seen, FakeTimer(), FakeTimer(), FakeTimer())]
-    assert cell.round_trips == 1
-    rows = [o for o in outputs if not hasattr(o, "tag")]
-    windows = [o.value for o in outputs if getattr(o, "tag", None) == "windows"]
-    assert (rows[-1]["shipped"], rows[-1]["sold"], rows[-1]["events"]) == (5, 3, 3)
-    assert cell.read().sales.windows and not windows  # no pane before the watermark passes
+    out = run.bundle(events)
+    assert run.head.round_trips == 1 and run.log.reads == 0  # a new shard: nothing to read
+    assert _rows(out)[-2:] == [("s", "j", 5, 0, 1), ("s", "i", 0, 3, 2)]
+    assert not [v for tag, v in out if tag == "windows"]  # no pane before the watermark passes
+
+    out = run.bundle([Sale("dup", "s", "i", 1, T0), Sale("c", "s", "i", 1, T0)])
+    assert run.head.round_trips == 2 and run.log.reads == 0  # this process holds the committed version
+    assert _rows(out) == [("s", "i", 0, 4, 3)]
+
+
+def test_a_failed_bundle_is_never_taken_as_committed() -> None:
+    run = _Runner(StreamRetail(early_delay=None))
+    a, b = Shipment("a", "s", "i", 1, T0), Shipment("b", "s", "i", 2, T0)
+    assert _rows(run.bundle([a])) == [("s", "i", 1, 0, 1)]
+    # This bundle fails: b must not be remembered or counted by anyone.
+    assert _rows(run.bundle([b], commit=False)) == [("s", "i", 3, 0, 2)]
+    # The retry finds an older version in the head, replays the log once,
+    # applies b again and still drops a re-sent a.
+    assert _rows(run.bundle([b, a])) == [("s", "i", 3, 0, 2)]
+    assert run.log.reads == 1
+    assert _rows(run.bundle([a, b, Sale("a", "s", "i", 1, T0)])) == [("s", "i", 3, 1, 3)]
+    assert run.log.reads == 1
+
+
+def test_the_log_replays_to_what_the_bundles_left_and_forgets_expired_ids() -> None:
+    run = _Runner(StreamRetail(horizon=timedelta(hours=2), early_delay=None))
+    for n in range(30):
+        run.bundle([Sale(f"s{n}", "s", f"i{n % 3}", 1, T0 + n * HOUR // 10), Shipment(f"p{n}", "t", "i", 2, T0)])
+    fresh = _replay(run.log.committed)
+    want = {key: (st.inventory.shipped, st.inventory.sold, st.inventory.events) for key, st in fresh.keys.items()}
+    sales = {("s", f"i{n}"): (0, 10, 10) for n in range(3)}
+    assert want == {**sales, ("t", "i"): (60, 0, 30)}
+    assert fresh.ids == 60
+    # The expiry timer was asked for; firing it far ahead forgets every id and rewrites the log.
+    assert run.timers["expiry"].at is not None
+    run.bundle([], fire=("expiry", T0 + 100 * HOUR))
+    assert _replay(run.log.committed).ids == 0
+    assert len(run.log.committed) == 4  # one snapshot per key, no ids
+    # An id older than what was forgotten is refused, with a dead letter.
+    out = run.bundle([Sale("s0", "s", "i0", 1, T0)])
+    assert [tag for tag, _ in out] == ["dead_letters"]
+
+
+@pytest.mark.parametrize("shards", [1, 7, 16])
+def test_shards_are_stable_and_spread(shards: int) -> None:
+    keys = [(f"store-{s}", f"item-{i}") for s in range(20) for i in range(20)]
+    assigned = [shard_of(key, shards) for key in keys]
+    assert assigned == [shard_of(key, shards) for key in keys]
+    assert set(assigned) == set(range(shards))
+    assert shard_of(("a", "bc"), 1 << 20) != shard_of(("ab", "c"), 1 << 20)  # the separator counts
+
+
+def test_shards_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="shards"):
+        StreamRetail(shards=0)
+
+
+def test_late_events_are_stamped_near_the_newest_event_time_for_the_state_step() -> None:
+    keyer = _KeyByShard(shards=4, slack=timedelta(seconds=5))
+    on_time = Sale("a", "s", "i", 1, T0)
+    an_hour_late = Sale("b", "s", "i", 1, T0 - HOUR)
+    slightly_late = Sale("c", "s", "j", 1, T0 - 2_000_000)
+    stamped = [next(iter(keyer.process(e))) for e in (on_time, an_hour_late, slightly_late)]
+    assert [v.timestamp.micros for v in stamped] == [T0, T0 - 5_000_000, T0 - 2_000_000]
+    # The event itself, and so every row built from it, is untouched.
+    assert [v.value for v in stamped] == [(shard_of(e.key, 4), e) for e in (on_time, an_hour_late, slightly_late)]
+
+
+def test_late_slack_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="late_slack"):
+        StreamRetail(late_slack=timedelta(seconds=-1))

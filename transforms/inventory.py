@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
@@ -69,6 +69,7 @@ __all__ = [
     "GroupedInventoryFn",
     "InventoryDoFn",
     "Mode",
+    "VersionedCache",
     "inventory_row",
 ]
 
@@ -142,37 +143,39 @@ def inventory_row(key: tuple[str, str], shipped: int, sold: int, events: int, la
     }
 
 
-class _SeenCache:
-    """Remembered ids per (step, key) in this worker process, each under a version.
+class VersionedCache:
+    """Per-key values a stateful step keeps in its worker process, each under a version.
 
     Only a bundle that holds the key reads or replaces its entry (a runner never
-    runs one key in two bundles at once), so entries need no lock; the size
-    count is approximate, and only decides when to start over.
+    runs one key in two bundles at once), so entries need no lock. ``size``
+    measures an entry; the total is approximate and only decides when to start
+    over (entries are then rebuilt from state).
     """
 
-    max_ids = 4_000_000
+    max_size = 4_000_000
     check_every = 256  # bundles between two size checks
 
-    def __init__(self) -> None:
-        self._entries: dict[Any, tuple[int, dict[tuple[str, str], int]]] = {}
+    def __init__(self, size: Callable[[Any], int] = len) -> None:
+        self._entries: dict[Any, tuple[int, Any]] = {}
+        self._size = size
         self._bundles = 0
 
-    def get(self, cache_key: Any, version: int) -> dict[tuple[str, str], int] | None:
+    def get(self, cache_key: Any, version: int) -> Any:
         entry = self._entries.get(cache_key)
         return entry[1] if entry is not None and entry[0] == version else None
 
-    def put(self, cache_key: Any, version: int, seen: dict[tuple[str, str], int]) -> None:
-        self._entries[cache_key] = (version, seen)
+    def put(self, cache_key: Any, version: int, value: Any) -> None:
+        self._entries[cache_key] = (version, value)
 
     def trim(self) -> None:
-        """Start over when the ids held pass ``max_ids`` (they are reloaded from state)."""
+        """Start over when the entries held pass ``max_size``."""
         self._bundles += 1
         if self._bundles % self.check_every == 0:
-            if sum(len(seen) for _, seen in list(self._entries.values())) > self.max_ids:
+            if sum(self._size(value) for _, value in list(self._entries.values())) > self.max_size:
                 self._entries.clear()
 
 
-_SEEN_CACHE = _SeenCache()
+_SEEN_CACHE = VersionedCache()
 
 
 class InventoryDoFn(beam.DoFn):
@@ -238,27 +241,20 @@ class InventoryDoFn(beam.DoFn):
     ) -> Iterator[Any]:
         key, event = element
         st: KeyState = key_state.read() or KeyState()
-        et = event.event_time
-        if et < st.expired_before:
-            self._too_old.inc()
-            yield beam.pvalue.TaggedOutput(DEAD_LETTERS_TAG, self._too_old_letter(event, st))
+        if event.event_time < st.expired_before:
+            yield beam.pvalue.TaggedOutput(DEAD_LETTERS_TAG, self.too_old(event, st))
             return
         seen = self._seen(key, st, seen_state)
-        ident = (event.kind, event.event_id)
-        if ident in seen:
-            self._duplicates.inc()
+        if not self.remember(seen, event):
             return
-        seen[ident] = et
-        seen_state.add((event.kind, event.event_id, et))
+        seen_state.add((event.kind, event.event_id, event.event_time))
         self._changed(key, st, seen)
-        _apply(st, event)
-        self._applied.inc()
+        self.apply(st, event)
 
         if self._mode == "streaming":
-            due = self._expiry_time(et)
-            if st.expiry_at is None or due < st.expiry_at:
+            due = self.expiry_due(st, event.event_time)
+            if due is not None:
                 expiry.set(Timestamp(micros=due))
-                st.expiry_at = due
         elif not st.final_set:
             final.set(GlobalWindow().max_timestamp())
             st.final_set = True
@@ -267,6 +263,45 @@ class InventoryDoFn(beam.DoFn):
         yield beam.pvalue.TaggedOutput(APPLIED_TAG, event)
         if self._mode == "streaming":
             yield from self._flush(key, st)
+
+    # The steps of process and expire, also run by the sharded streaming step
+    # (transforms/retail.py) over its own state.
+
+    def too_old(self, event: Shipment | Sale, st: KeyState) -> DeadLetter:
+        """The dead letter of an event older than what the key forgot (counted)."""
+        self._too_old.inc()
+        return self._too_old_letter(event, st)
+
+    def remember(self, seen: dict[tuple[str, str], int], event: Shipment | Sale) -> bool:
+        """Remember the event's id; False (and counted) if it was already seen."""
+        ident = (event.kind, event.event_id)
+        if ident in seen:
+            self._duplicates.inc()
+            return False
+        seen[ident] = event.event_time
+        return True
+
+    def apply(self, st: KeyState, event: Shipment | Sale) -> None:
+        """Add a first-seen event to the key's totals."""
+        _apply(st, event)
+        self._applied.inc()
+
+    def expiry_due(self, st: KeyState, event_time: int) -> int | None:
+        """The earlier expiry time an id of ``event_time`` needs, if any (recorded in ``st``)."""
+        due = self._expiry_time(event_time)
+        if st.expiry_at is None or due < st.expiry_at:
+            st.expiry_at = due
+            return due
+        return None
+
+    def forget(self, st: KeyState, seen: dict[tuple[str, str], int], fired: int) -> dict[tuple[str, str], int]:
+        """The ids still remembered once the watermark passed ``fired``; sets the next expiry in ``st``."""
+        # The watermark has passed `fired`, so nothing older than the cutoff can
+        # be checked any more by anyone: forget it, and remember that we did.
+        st.expired_before = max(st.expired_before, fired - self._horizon)
+        kept = {ident: t for ident, t in seen.items() if t >= st.expired_before}
+        st.expiry_at = self._expiry_time(min(kept.values())) if kept else None  # always > fired
+        return kept
 
     @on_timer(EXPIRY_TIMER)
     def expire(
@@ -277,22 +312,14 @@ class InventoryDoFn(beam.DoFn):
         key_state: Any = _KEY,
         expiry: Any = _EXPIRY,
     ) -> Iterable[Any]:
-        # The watermark has passed `fired`, so nothing older than the cutoff can
-        # be checked any more by anyone: forget it, and remember that we did.
         st: KeyState = key_state.read() or KeyState()
-        cutoff = fired.micros - self._horizon
-        st.expired_before = max(st.expired_before, cutoff)
-        old = self._seen(key, st, seen_state)
-        seen = {ident: t for ident, t in old.items() if t >= st.expired_before}
+        seen = self.forget(st, self._seen(key, st, seen_state), fired.micros)
         seen_state.clear()
         for (kind, event_id), t in seen.items():
             seen_state.add((kind, event_id, t))
         self._changed(key, st, seen)
-        if seen:
-            st.expiry_at = self._expiry_time(min(seen.values()))  # always > fired
+        if st.expiry_at is not None:
             expiry.set(Timestamp(micros=st.expiry_at))
-        else:
-            st.expiry_at = None
         key_state.write(st)
         return ()
 

@@ -1,28 +1,50 @@
 """Streaming retail views in one stateful step: inventory and sales per window.
 
 :class:`StreamRetail` is ``ComputeInventory`` followed by ``SalesByWindow``,
-run as one DoFn keyed by (store_id, item_id), because both steps key by the
-same thing. Fused, an applied sale goes straight to its window instead of
-through a second shuffle and a second stateful stage, and a bundle reads one
-state cell per key instead of two (on Prism every state read is a round trip
-to the runner, each bundle: that, not the per-event work, set the streaming
-latency). The logic is the two DoFns' own (:class:`InventoryDoFn`,
-:class:`SalesWindowDoFn`); each sees its part of the shared cell, read once
-per call, so the rows, dead letters and metrics are the same as when the
-steps run apart. Streaming only: a backfill uses :mod:`transforms.backfill`.
+run as one DoFn, because both key by (store_id, item_id): an applied sale goes
+straight to its window instead of through a second shuffle and stage. The
+logic is the two DoFns' own (:class:`InventoryDoFn`, :class:`SalesWindowDoFn`),
+per (store_id, item_id), so the rows, dead letters and metrics are theirs.
+
+Why shards. On a runner that gives the SDK no state cache tokens (Prism),
+every state read is a round trip to the runner, and so is every state commit,
+one key after another. Keyed by (store_id, item_id), a bundle of a few hundred
+keys spent seconds on round trips, whatever the work per event: that set the
+streaming latency. So the step is keyed by a *shard* of (store_id, item_id)
+(``shards``, a stable hash) and keeps the state of the shard's keys together:
+
+- a small head cell per shard: a version, a sequence number, and what the
+  shard's three timers are set for;
+- a log bag per shard: a snapshot of a key's state whenever a bundle changed
+  it, and each remembered id (appends only; rewritten whole now and then, and
+  after expiry has forgotten ids);
+- in each worker process, the shard's keys and ids as of a version. A bundle
+  tags the head with a version of its own; the log is read only when the
+  committed head names a version this process does not hold (another worker,
+  a retried bundle, a restart), so a failed bundle's changes are never taken
+  as committed. A bundle thus costs about three round trips per shard touched.
+
+Each key's timers (dedupe expiry, window deadlines, early panes) are kept in
+its state; the shard's timer of each kind is set for the earliest of its keys,
+and when it fires, every key that is due runs its own timer logic with its own
+time. Streaming only: a backfill uses :mod:`transforms.backfill`.
 """
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable, Iterator
+import uuid
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
-from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
 from transforms.counts import (
@@ -33,154 +55,340 @@ from transforms.counts import (
     EarlySalesWindowDoFn,
     SalesKeyState,
 )
-from transforms.events import Sale
-from transforms.inventory import (
-    APPLIED_TAG,
-    DEAD_LETTERS_TAG,
-    DEFAULT_HORIZON,
-    SEEN_STATE,
-    InventoryDoFn,
-    KeyState,
-)
+from transforms.events import Sale, Shipment
+from transforms.inventory import DEAD_LETTERS_TAG, DEFAULT_HORIZON, InventoryDoFn, KeyState, VersionedCache
 
-__all__ = ["RETAIL_STATE", "StreamRetail", "StreamRetailResult"]
+__all__ = ["DEFAULT_SHARDS", "SHARD_HEAD", "SHARD_LOG", "StreamRetail", "StreamRetailResult", "shard_of"]
 
 WINDOWS_TAG = "windows"
 TOO_LATE_TAG = "too_late"
 
+# Few enough that a bundle touches few shards on one machine; raise it for more
+# parallel workers (each shard is one key: it runs on one worker at a time).
+DEFAULT_SHARDS = 16
+
+# How far behind the newest event time a late event is stamped for the state
+# step: the source's own watermark lag (ReadFromKafka's allowed_skew_s).
+DEFAULT_LATE_SLACK = timedelta(seconds=5)
+
+Key = tuple[str, str]
+
 
 @dataclass
 class _RetailState:
+    """One (store_id, item_id): its totals, its windows, and when its early pane is due."""
+
     inventory: KeyState = field(default_factory=KeyState)
     sales: SalesKeyState = field(default_factory=SalesKeyState)
+    early_at: int | None = None  # processing time, epoch micros
 
 
-# Everything a key keeps except its remembered ids (a bag: see InventoryDoFn).
-RETAIL_STATE = ReadModifyWriteStateSpec("retail", PickleCoder())
+@dataclass
+class _Head:
+    version: int = 0
+    seq: int = 0  # orders the key snapshots in the log
+    timers: dict[str, int] = field(default_factory=dict)  # timer name -> micros it is set for
 
-_CELL = beam.DoFn.StateParam(RETAIL_STATE)
-_SEEN = beam.DoFn.StateParam(SEEN_STATE)
-# The two steps' timers, as this step's own specs (a spec has one callback).
+
+@dataclass
+class _Shard:
+    """A shard's keys and remembered ids, as of one version."""
+
+    keys: dict[Key, _RetailState] = field(default_factory=dict)
+    seen: dict[Key, dict[tuple[str, str], int]] = field(default_factory=dict)
+    ids: int = 0  # remembered ids, all keys
+    entries: int = 0  # entries in the log (committed and this bundle's)
+    rewrite: bool = False  # the log holds forgotten ids: rewrite it
+
+
+SHARD_HEAD = ReadModifyWriteStateSpec("shard_head", PickleCoder())
+# ("k", seq, key, _RetailState) or ("i", key, kind, event_id, event_time micros).
+SHARD_LOG = BagStateSpec("shard_log", PickleCoder())
 EXPIRY_TIMER = TimerSpec("expiry", beam.TimeDomain.WATERMARK)
 WINDOW_TIMER = TimerSpec("window", beam.TimeDomain.WATERMARK)
 EARLY_TIMER = TimerSpec("early", beam.TimeDomain.REAL_TIME)
+
+_HEAD = beam.DoFn.StateParam(SHARD_HEAD)
+_LOG = beam.DoFn.StateParam(SHARD_LOG)
 _EXPIRY = beam.DoFn.TimerParam(EXPIRY_TIMER)
 _WINDOW = beam.DoFn.TimerParam(WINDOW_TIMER)
 _EARLY = beam.DoFn.TimerParam(EARLY_TIMER)
 
+# Keys' pending times per timer kind, as each key's own logic keeps them.
+_PENDING: dict[str, Callable[[_RetailState], int | None]] = {
+    "expiry": lambda st: st.inventory.expiry_at,
+    "window": lambda st: st.sales.timer_at,
+    "early": lambda st: st.early_at,
+}
 
-class _Cell:
-    """The key's shared cell, read once per call and written back whole.
-
-    Without cache tokens every ``read()`` of a state not yet written in the
-    bundle is a round trip, so the two steps must not each read it: they see
-    their parts of one value through :meth:`part`. ``close`` writes the value
-    back even when nothing changed, so later calls in the bundle read it from
-    memory.
-    """
-
-    def __init__(self, state: Any) -> None:
-        self._state = state
-        self.value: _RetailState = state.read() or _RetailState()
-        self._written = False
-
-    def part(self, name: str) -> _Part:
-        return _Part(self, name)
-
-    def write(self) -> None:
-        self._state.write(self.value)
-        self._written = True
-
-    def close(self) -> None:
-        if not self._written:
-            self.write()
+_SHARD_CACHE = VersionedCache(size=lambda shard: shard.ids + len(shard.keys))
 
 
-class _Part:
-    """One step's state within the shared cell (``read``/``write`` like a state)."""
-
-    def __init__(self, cell: _Cell, name: str) -> None:
-        self._cell = cell
-        self._name = name
-
-    def read(self) -> Any:
-        return getattr(self._cell.value, self._name)
-
-    def write(self, part: Any) -> None:
-        setattr(self._cell.value, self._name, part)
-        self._cell.write()
+def shard_of(key: Key, shards: int) -> int:
+    """The shard of a (store_id, item_id): the same in every process and run."""
+    return zlib.crc32(f"{key[0]}\x00{key[1]}".encode()) % shards
 
 
-class _NoTimer:
-    def set(self, _when: Any) -> None:
-        raise AssertionError("a streaming step never sets the batch timer")
+def _replay(entries: Iterable[tuple[Any, ...]]) -> _Shard:
+    """A shard's committed log -> its keys and ids (latest snapshot of each key wins)."""
+    shard = _Shard()
+    latest: dict[Key, int] = {}
+    ids = []
+    for entry in entries:
+        shard.entries += 1
+        if entry[0] == "k":
+            _, seq, key, st = entry
+            if seq > latest.get(key, -1):
+                latest[key] = seq
+                shard.keys[key] = st
+        else:
+            ids.append(entry)
+    for _, key, kind, event_id, t in ids:
+        st = shard.keys.get(key)
+        if st is not None and t >= st.inventory.expired_before:
+            shard.seen.setdefault(key, {})[(kind, event_id)] = t
+            shard.ids += 1
+    return shard
 
 
-_NO_TIMER = _NoTimer()
+class _Sales:
+    """A key's window state, as SalesWindowDoFn reads and writes its state cell."""
+
+    def __init__(self, st: _RetailState) -> None:
+        self._st = st
+
+    def read(self) -> SalesKeyState:
+        return self._st.sales
+
+    def write(self, sales: SalesKeyState) -> None:
+        self._st.sales = sales
 
 
-class _StreamRetailFn(beam.DoFn):
-    """((store_id, item_id), event) -> inventory rows; window rows and dead letters tagged."""
+class _Wanted:
+    """Stands for a key's timer: records the time the key's logic asks for."""
 
-    def __init__(self, inventory: InventoryDoFn, windows: EarlySalesWindowDoFn) -> None:
+    def __init__(self) -> None:
+        self.micros: int | None = None
+
+    def set(self, when: Timestamp) -> None:
+        self.micros = when.micros
+
+
+class _ShardedRetailFn(beam.DoFn):
+    """(shard, event) -> inventory rows; window rows, too-late sales and dead letters tagged."""
+
+    def __init__(self, inventory: InventoryDoFn, windows: EarlySalesWindowDoFn, clock: Callable[[], float]) -> None:
         self._inventory = inventory
         self._windows = windows
+        self._clock = clock
+        # Every copy of this DoFn in a worker process shares the cache; the id
+        # keeps two pipeline steps apart.
+        self._step = uuid.uuid4().hex
+        self._version = 0
+        self._open: dict[int, tuple[_Head, _Shard]] = {}
+        self._logged: set[tuple[int, Key]] = set()
 
     def start_bundle(self) -> None:
-        self._inventory.start_bundle()
+        self._version = int.from_bytes(os.urandom(8), "big") | 1  # never 0 (a new shard's head)
+        self._open = {}
+        self._logged = set()
+        _SHARD_CACHE.trim()
+
+    def _load(self, shard: int, head_state: Any, log_state: Any) -> tuple[_Head, _Shard]:
+        """The shard as of its committed head, read once per bundle, re-tagged with this bundle's version."""
+        opened = self._open.get(shard)
+        if opened is not None:
+            return opened
+        head: _Head = head_state.read() or _Head()
+        data = _SHARD_CACHE.get((self._step, shard), head.version)
+        if data is None:
+            data = _replay(log_state.read()) if head.version else _Shard()
+        # Re-tagged before any change: if this bundle fails, the committed head
+        # still names the old version, and the next bundle replays the log.
+        head.version = self._version
+        _SHARD_CACHE.put((self._step, shard), self._version, data)
+        # The SDK encodes written state when the bundle commits, so the head
+        # (and each key snapshot added to the log) goes out as the bundle left it.
+        head_state.write(head)
+        self._open[shard] = (head, data)
+        return head, data
+
+    def _log_key(self, shard: int, head: _Head, data: _Shard, log_state: Any, key: Key) -> None:
+        """Log the key's state once per bundle: the entry is encoded with its final value at commit."""
+        if (shard, key) in self._logged:
+            return
+        self._logged.add((shard, key))
+        head.seq += 1
+        log_state.add(("k", head.seq, key, data.keys[key]))
+        data.entries += 1
+
+    def _tidy(self, shard: int, head: _Head, data: _Shard, log_state: Any) -> None:
+        """Rewrite the log as one snapshot per key plus the live ids, when it has grown or holds forgotten ids."""
+        if not data.rewrite and data.entries <= 2 * (len(data.keys) + data.ids) + 1_024:
+            return
+        log_state.clear()
+        data.entries = 0
+        for key in data.keys:
+            self._logged.discard((shard, key))
+            self._log_key(shard, head, data, log_state, key)
+        for key, seen in data.seen.items():
+            for (kind, event_id), t in seen.items():
+                log_state.add(("i", key, kind, event_id, t))
+        data.entries += data.ids
+        data.rewrite = False
+
+    @staticmethod
+    def _want(head: _Head, name: str, micros: int, timer: Any) -> None:
+        """Make sure the shard's timer fires by ``micros`` (a key of the shard needs it then)."""
+        current = head.timers.get(name)
+        if current is None or micros < current:
+            timer.set(Timestamp(micros=micros))
+            head.timers[name] = micros
+
+    @staticmethod
+    def _rearm(head: _Head, data: _Shard, name: str, timer: Any) -> None:
+        """After the shard's timer fired: set it for the earliest key still waiting."""
+        head.timers.pop(name, None)
+        pending = [t for t in map(_PENDING[name], data.keys.values()) if t is not None]
+        if pending:
+            _ShardedRetailFn._want(head, name, min(pending), timer)
 
     def process(  # type: ignore[override]
         self,
-        element: tuple[tuple[str, str], Any],
-        cell: Any = _CELL,
-        seen: Any = _SEEN,
+        element: tuple[int, Shipment | Sale],
+        head_state: Any = _HEAD,
+        log_state: Any = _LOG,
         expiry: Any = _EXPIRY,
         window: Any = _WINDOW,
         early: Any = _EARLY,
     ) -> Iterator[Any]:
-        key = element[0]
-        shared = _Cell(cell)
-        for out in self._inventory.process(element, seen, shared.part("inventory"), expiry, _NO_TIMER):
-            tag = getattr(out, "tag", None)
-            if tag != APPLIED_TAG:
-                yield out
-            elif isinstance(out.value, Sale):
-                yield from self._windowed(self._windows.add((key, out.value), shared.part("sales"), window, early))
-        shared.close()
+        shard, event = element
+        head, data = self._load(shard, head_state, log_state)
+        key = event.key
+        st = data.keys.get(key)
+        if st is None:
+            st = data.keys[key] = _RetailState()
+        inventory = self._inventory
+        if event.event_time < st.inventory.expired_before:
+            yield beam.pvalue.TaggedOutput(DEAD_LETTERS_TAG, inventory.too_old(event, st.inventory))
+            return
+        if not inventory.remember(data.seen.setdefault(key, {}), event):
+            return
+        data.ids += 1
+        log_state.add(("i", key, event.kind, event.event_id, event.event_time))
+        data.entries += 1
+        inventory.apply(st.inventory, event)
+        due = inventory.expiry_due(st.inventory, event.event_time)
+        if due is not None:
+            self._want(head, "expiry", due, expiry)
+        if isinstance(event, Sale):
+            at, soon = _Wanted(), _Wanted()
+            yield from self._tagged(self._windows.add((key, event), _Sales(st), at, soon))
+            if at.micros is not None:
+                self._want(head, "window", at.micros, window)
+            if soon.micros is not None:
+                st.early_at = soon.micros
+                self._want(head, "early", soon.micros, early)
+        self._log_key(shard, head, data, log_state, key)
+        self._tidy(shard, head, data, log_state)
+        yield from InventoryDoFn._flush(key, st.inventory)
 
     @on_timer(EXPIRY_TIMER)
     def _expire(
         self,
-        key: tuple[str, str] = beam.DoFn.KeyParam,
+        shard: int = beam.DoFn.KeyParam,
         fired: Timestamp = beam.DoFn.TimestampParam,
-        cell: Any = _CELL,
-        seen: Any = _SEEN,
+        head_state: Any = _HEAD,
+        log_state: Any = _LOG,
         expiry: Any = _EXPIRY,
     ) -> Iterator[Any]:
-        return iter(self._inventory.expire(key, fired, seen, _Cell(cell).part("inventory"), expiry))
+        head, data = self._load(shard, head_state, log_state)
+        for key, st in data.keys.items():
+            # The watermark passed `fired`: each of the key's own timers up to
+            # there fires in turn, with its own time.
+            while st.inventory.expiry_at is not None and st.inventory.expiry_at <= fired.micros:
+                kept = self._inventory.forget(st.inventory, data.seen.pop(key, {}), st.inventory.expiry_at)
+                if kept:
+                    data.seen[key] = kept
+                self._log_key(shard, head, data, log_state, key)
+                data.rewrite = True
+        data.ids = sum(len(seen) for seen in data.seen.values())
+        self._rearm(head, data, "expiry", expiry)
+        self._tidy(shard, head, data, log_state)
+        return iter(())
 
     @on_timer(WINDOW_TIMER)
     def _on_watermark(
         self,
-        key: tuple[str, str] = beam.DoFn.KeyParam,
+        shard: int = beam.DoFn.KeyParam,
         fired: Timestamp = beam.DoFn.TimestampParam,
-        cell: Any = _CELL,
+        head_state: Any = _HEAD,
+        log_state: Any = _LOG,
         window: Any = _WINDOW,
     ) -> Iterator[Any]:
-        return self._windowed(self._windows.on_watermark(key, fired, _Cell(cell).part("sales"), window))
+        head, data = self._load(shard, head_state, log_state)
+        for key, st in data.keys.items():
+            # As _expire: the key's own timers up to `fired`, in turn, each with its own time.
+            while st.sales.timer_at is not None and st.sales.timer_at <= fired.micros:
+                at = Timestamp(micros=st.sales.timer_at)
+                yield from self._tagged(self._windows.on_watermark(key, at, _Sales(st), _Wanted()))
+                self._log_key(shard, head, data, log_state, key)
+        self._rearm(head, data, "window", window)
 
     @on_timer(EARLY_TIMER)
-    def _on_early(self, key: tuple[str, str] = beam.DoFn.KeyParam, cell: Any = _CELL) -> Iterator[Any]:
-        return self._windowed(self._windows.on_early(key, _Cell(cell).part("sales")))
+    def _on_early(
+        self,
+        shard: int = beam.DoFn.KeyParam,
+        head_state: Any = _HEAD,
+        log_state: Any = _LOG,
+        early: Any = _EARLY,
+    ) -> Iterator[Any]:
+        head, data = self._load(shard, head_state, log_state)
+        pending = [st.early_at for st in data.keys.values() if st.early_at is not None]
+        # Every key due by now; at least the earliest (the runner's clock said so).
+        due_by = int(self._clock() * 1_000_000)
+        if pending:
+            due_by = max(due_by, min(pending))
+        for key, st in data.keys.items():
+            if st.early_at is not None and st.early_at <= due_by:
+                st.early_at = None
+                yield from self._tagged(self._windows.on_early(key, _Sales(st)))
+                self._log_key(shard, head, data, log_state, key)
+        self._rearm(head, data, "early", early)
 
     @staticmethod
-    def _windowed(outputs: Iterator[Any]) -> Iterator[Any]:
-        """The window step's rows and too-late letters, under this step's tags."""
+    def _tagged(outputs: Iterator[Any]) -> Iterator[Any]:
+        """The window logic's rows and too-late letters, under this step's tags."""
         for out in outputs:
             if isinstance(out, beam.pvalue.TaggedOutput):
                 yield beam.pvalue.TaggedOutput(TOO_LATE_TAG, out.value)
             else:
                 yield beam.pvalue.TaggedOutput(WINDOWS_TAG, out)
+
+
+class _KeyByShard(beam.DoFn):
+    """event -> (shard, event), stamped no earlier than the newest event time seen, less ``slack``.
+
+    Prism holds a stateful stage's input watermark at its oldest pending
+    element, and queues a key's elements behind its timers in timestamp order.
+    A steady trickle of events an hour late (a shop's offline till) thus kept
+    the watermark below the last hour's window end, and every shard with that
+    window's timer pending stopped taking data until the trickle paused. Moved
+    up to about where the source's watermark is, a late event holds nothing
+    back. The logic reads event times from the events, never from element
+    timestamps, so no row changes; only a late event's pane may come later.
+    """
+
+    def __init__(self, shards: int, slack: timedelta) -> None:
+        self._shards = shards
+        self._slack = slack // timedelta(microseconds=1)
+        self._newest = -(2**63)
+
+    def process(self, event: Shipment | Sale) -> Iterator[Any]:  # type: ignore[override]
+        if event.event_time > self._newest:
+            self._newest = event.event_time
+        stamp = max(event.event_time, self._newest - self._slack)
+        yield TimestampedValue((shard_of(event.key, self._shards), event), Timestamp(micros=stamp))
 
 
 class StreamRetailResult(NamedTuple):
@@ -193,7 +401,8 @@ class StreamRetail(beam.PTransform):
     """(shipment events, sale events) -> inventory rows, sales_by_window rows, dead letters.
 
     The streaming equivalent of ``ComputeInventory(mode="streaming")`` followed by
-    ``SalesByWindow(mode="streaming")`` on its applied sales, with the same rows.
+    ``SalesByWindow(mode="streaming")`` on its applied sales, with the same rows;
+    ``shards`` bounds how many stateful keys (and parallel workers) the step has.
     """
 
     def __init__(
@@ -203,19 +412,28 @@ class StreamRetail(beam.PTransform):
         allowed_lateness: timedelta = DEFAULT_ALLOWED_LATENESS,
         early_delay: timedelta | None = DEFAULT_EARLY_DELAY,
         clock: Callable[[], float] = time.time,
+        shards: int = DEFAULT_SHARDS,
+        late_slack: timedelta = DEFAULT_LATE_SLACK,
     ) -> None:
         super().__init__()
-        self._fn = _StreamRetailFn(
+        if shards < 1:
+            raise ValueError("shards must be at least 1")
+        if late_slack < timedelta(0):
+            raise ValueError("late_slack must not be negative")
+        self._shards = shards
+        self._slack = late_slack
+        self._fn = _ShardedRetailFn(
             InventoryDoFn("streaming", horizon),
             # The early-firing variant for its on_early logic; no early_delay, no early panes.
             EarlySalesWindowDoFn("streaming", window_size, allowed_lateness, early_delay, clock),
+            clock,
         )
 
     def expand(self, events: Any) -> StreamRetailResult:
         if isinstance(events, (tuple, list)):
             events = events | "FlattenKinds" >> beam.Flatten()
-        keyed = events | "KeyByStoreItem" >> beam.Map(lambda e: (e.key, e)).with_output_types(
-            tuple[tuple[str, str], Any]
+        keyed = events | "KeyByShard" >> beam.ParDo(_KeyByShard(self._shards, self._slack)).with_output_types(
+            tuple[int, Any]
         )
         out = keyed | "ApplyOnce" >> beam.ParDo(self._fn).with_outputs(
             WINDOWS_TAG, TOO_LATE_TAG, DEAD_LETTERS_TAG, main="inventory"
