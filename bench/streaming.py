@@ -1311,6 +1311,12 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help=f"Beam option for the memory stream, repeatable; replaces {' '.join(MEMORY_OPTIONS)}",
     )
+    parser.add_argument(
+        "--beam-arg",
+        action="append",
+        default=[],
+        help="extra Beam option for Beamline's rate phases (1k, 5k, max), repeatable; default none",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--keep", type=Path, help="work in this new folder and keep it (logs, warehouses, broker)")
     args = parser.parse_args(raw)
@@ -1351,7 +1357,7 @@ def main(argv: list[str] | None = None) -> int:
                 topics = Topics.fresh(name)
                 system: System
                 if name == "beamline":
-                    system = Beamline(bootstrap, topics, work)
+                    system = Beamline(bootstrap, topics, work, tuple(args.beam_arg))
                 elif name == "plain":
                     system = Plain(bootstrap, topics, work)
                 elif name == "quix":
