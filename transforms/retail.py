@@ -44,8 +44,9 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
-from apache_beam.transforms.window import TimestampedValue
+from apache_beam.transforms.window import GlobalWindow, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.counts import (
     DEFAULT_ALLOWED_LATENESS,
@@ -56,7 +57,14 @@ from transforms.counts import (
     SalesKeyState,
 )
 from transforms.events import Sale, Shipment
-from transforms.inventory import DEAD_LETTERS_TAG, DEFAULT_HORIZON, InventoryDoFn, KeyState, VersionedCache
+from transforms.inventory import (
+    DEAD_LETTERS_TAG,
+    DEFAULT_HORIZON,
+    InventoryDoFn,
+    KeyState,
+    VersionedCache,
+    inventory_row,
+)
 
 __all__ = ["DEFAULT_SHARDS", "SHARD_HEAD", "SHARD_LOG", "StreamRetail", "StreamRetailResult", "shard_of"]
 
@@ -65,7 +73,7 @@ TOO_LATE_TAG = "too_late"
 
 # Few enough that a bundle touches few shards on one machine; raise it for more
 # parallel workers (each shard is one key: it runs on one worker at a time).
-DEFAULT_SHARDS = 16
+DEFAULT_SHARDS = 4
 
 # How far behind the newest event time a late event is stamped for the state
 # step: the source's own watermark lag (ReadFromKafka's allowed_skew_s).
@@ -120,6 +128,8 @@ _PENDING: dict[str, Callable[[_RetailState], int | None]] = {
     "window": lambda st: st.sales.timer_at,
     "early": lambda st: st.early_at,
 }
+
+_GLOBAL_WINDOWS = (GlobalWindow(),)
 
 _SHARD_CACHE = VersionedCache(size=lambda shard: shard.ids + len(shard.keys))
 
@@ -187,11 +197,13 @@ class _ShardedRetailFn(beam.DoFn):
         self._version = 0
         self._open: dict[int, tuple[_Head, _Shard]] = {}
         self._logged: set[tuple[int, Key]] = set()
+        self._changed: dict[Key, tuple[KeyState, Timestamp]] = {}
 
     def start_bundle(self) -> None:
         self._version = int.from_bytes(os.urandom(8), "big") | 1  # never 0 (a new shard's head)
         self._open = {}
         self._logged = set()
+        self._changed = {}
         _SHARD_CACHE.trim()
 
     def _load(self, shard: int, head_state: Any, log_state: Any) -> tuple[_Head, _Shard]:
@@ -256,6 +268,7 @@ class _ShardedRetailFn(beam.DoFn):
     def process(  # type: ignore[override]
         self,
         element: tuple[int, Shipment | Sale],
+        stamp: Timestamp = beam.DoFn.TimestampParam,
         head_state: Any = _HEAD,
         log_state: Any = _LOG,
         expiry: Any = _EXPIRY,
@@ -291,7 +304,17 @@ class _ShardedRetailFn(beam.DoFn):
                 self._want(head, "early", soon.micros, early)
         self._log_key(shard, head, data, log_state, key)
         self._tidy(shard, head, data, log_state)
-        yield from InventoryDoFn._flush(key, st.inventory)
+        self._changed[key] = (st.inventory, stamp)
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        # One inventory row per key changed in the bundle, its latest: the view
+        # keeps a key's newest row anyway, and the sink commits a few hundred
+        # rows instead of one per event.
+        for key, (st, stamp) in self._changed.items():
+            yield WindowedValue(
+                inventory_row(key, st.shipped, st.sold, st.events, st.last_event_time), stamp, _GLOBAL_WINDOWS
+            )
+        self._changed = {}
 
     @on_timer(EXPIRY_TIMER)
     def _expire(
@@ -430,11 +453,16 @@ class StreamRetail(beam.PTransform):
         )
 
     def expand(self, events: Any) -> StreamRetailResult:
-        if isinstance(events, (tuple, list)):
-            events = events | "FlattenKinds" >> beam.Flatten()
-        keyed = events | "KeyByShard" >> beam.ParDo(_KeyByShard(self._shards, self._slack)).with_output_types(
-            tuple[int, Any]
-        )
+        # Keyed before the flatten: on Prism a Flatten ends a fused stage, so a
+        # keying step after it would be a stage (a bundle hop) of its own.
+        inputs = list(events) if isinstance(events, (tuple, list)) else [events]
+        keyed_inputs = [
+            pcoll
+            | f"KeyByShard{n if n else ''}"
+            >> beam.ParDo(_KeyByShard(self._shards, self._slack)).with_output_types(tuple[int, Any])
+            for n, pcoll in enumerate(inputs)
+        ]
+        keyed = keyed_inputs[0] if len(keyed_inputs) == 1 else keyed_inputs | "FlattenKinds" >> beam.Flatten()
         out = keyed | "ApplyOnce" >> beam.ParDo(self._fn).with_outputs(
             WINDOWS_TAG, TOO_LATE_TAG, DEAD_LETTERS_TAG, main="inventory"
         )
