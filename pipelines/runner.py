@@ -46,6 +46,8 @@ FN_API_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 # sales), and a key's timer can fire twice. Split timers are apache/beam#35771.
 # Beamline's sources self-checkpoint, so no step needs a runner split.
 PRISM_NO_SPLITS = "prism_disable_sdf_split"
+# A streaming job runs until stopped: ten years stands for "no deadline".
+STREAM_JOB_TIMEOUT_S = 10 * 365 * 24 * 3600
 METRICS_NAMESPACE = "beamline"
 
 _LOG = logging.getLogger(__name__)
@@ -75,6 +77,11 @@ def resolve_argv(argv: Sequence[str]) -> list[str]:
     mode = options.view_as(BeamlineOptions).mode
     if mode == "streaming" and not _has_flag(args, "--streaming"):
         args.append("--streaming")
+    if mode == "streaming" and not (_has_flag(args, "--job_server_timeout") or _has_flag(args, "--job-server-timeout")):
+        # Beam's portable runner opens the job's state stream with this as its
+        # gRPC deadline (300 s by default): when it passed, waiting for the job
+        # failed and took a healthy streaming pipeline down after five minutes.
+        args.append(f"--job_server_timeout={STREAM_JOB_TIMEOUT_S}")
     if not _has_flag(args, "--runner"):
         args.append("--runner=" + ("PrismRunner" if mode == "streaming" else FN_API_RUNNER))
     runner = options.view_as(StandardOptions).runner or ""
