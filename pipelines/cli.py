@@ -96,7 +96,8 @@ def _produce_file(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
@@ -143,8 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     sources = produce.add_subparsers(dest="source", required=True, metavar="SOURCE")
     retail = sources.add_parser("retail", help="shipments and sales for the inventory pipeline")
     retail.add_argument("--events", type=int, required=True, help="how many records to produce")
-    retail.add_argument("--stores", type=_positive_int, default=5)
-    retail.add_argument("--items", type=_positive_int, default=50)
+    retail.add_argument("--stores", type=positive_int, default=5)
+    retail.add_argument("--items", type=positive_int, default=50)
     retail.add_argument("--seed", type=int, default=42, help="same seed, same records")
     retail.add_argument("--rate", type=float, default=None, help="records per second (default: as fast as possible)")
     retail.add_argument("--invalid-rate", type=_rate, default=0.0, help="share of invalid records (0..1)")
@@ -161,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="mean seconds of event time between records (default 1/rate, else 20)",
     )
-    retail.add_argument("--partitions", type=_positive_int, default=4, help="partitions for new topics")
+    retail.add_argument("--partitions", type=positive_int, default=4, help="partitions for new topics")
     retail.add_argument("--shipments-topic", default=topics.SHIPMENTS)
     retail.add_argument("--sales-topic", default=topics.SALES)
     retail.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -172,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     from_file.add_argument("path")
     from_file.add_argument("--topic", required=True)
     from_file.add_argument("--rate", type=float, default=None)
-    from_file.add_argument("--partitions", type=_positive_int, default=4)
+    from_file.add_argument("--partitions", type=positive_int, default=4)
     _add_bootstrap(from_file)
     from_file.set_defaults(func=_produce_file)
 

@@ -12,6 +12,7 @@ import os
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from infra.paths import state_dir
+from pipelines.cli import positive_int
 from transforms import topics
 from transforms.kafka import KAFKA_CLIENTS
 from transforms.retail import DEFAULT_SHARDS
@@ -21,13 +22,6 @@ __all__ = ["BeamlineOptions", "KafkaOptions", "WarehouseOptions", "bootstrap_ser
 
 def default_warehouse() -> str:
     return os.environ.get("BEAMLINE_WAREHOUSE", str(state_dir() / "warehouse"))
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(f"must be at least 1, got {value}")
-    return value
 
 
 def _both(name: str) -> tuple[str, str]:
@@ -125,7 +119,7 @@ class BeamlineOptions(PipelineOptions):
         parser.add_argument(
             *_both("state_shards"),
             dest="state_shards",
-            type=_positive_int,
+            type=positive_int,
             default=DEFAULT_SHARDS,
             help="stateful keys of the streaming inventory step (its most parallel workers); "
             "fewer means fewer state round trips per bundle",

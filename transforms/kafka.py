@@ -1080,33 +1080,24 @@ class _ReadPartitionFn(beam.DoFn):
                     stop = tracker.current_restriction().stop
                     batch = [rec for rec in batch if rec.offset < stop]
                     self._next_offset.pop(tp, None)
-                if spec.batched:
+                if batch:
                     size, newest = _batch_size_and_newest(batch)
-                    if batch:
+                    if spec.batched:
                         yield WindowedValue(
                             KafkaBatch(tp.topic, tp.partition, tuple(batch)),
                             Timestamp(micros=newest * 1000),
                             _GLOBAL_WINDOWS,
                         )
-                else:
-                    size = 0
-                    newest = -1
-                    last_millis: int | None = None
-                    stamp = MIN_TIMESTAMP
-                    for rec in batch:
-                        millis = rec.timestamp
-                        if millis != last_millis:
-                            # Neighbouring records often share a millisecond: reuse the
-                            # (immutable) Timestamp, which is costly to build.
-                            stamp, last_millis = Timestamp(micros=millis * 1000), millis
-                            if millis > newest:
-                                newest = millis
-                        if rec.value:
-                            size += len(rec.value)
-                        if rec.key:
-                            size += len(rec.key)
-                        yield WindowedValue(rec, stamp, _GLOBAL_WINDOWS)
-                if batch:
+                    else:
+                        last_millis: int | None = None
+                        stamp = MIN_TIMESTAMP
+                        for rec in batch:
+                            if rec.timestamp != last_millis:
+                                # Neighbouring records often share a millisecond: reuse the
+                                # (immutable) Timestamp, which is costly to build.
+                                last_millis = rec.timestamp
+                                stamp = Timestamp(micros=last_millis * 1000)
+                            yield WindowedValue(rec, stamp, _GLOBAL_WINDOWS)
                     next_offset = batch[-1].offset + 1  # the next offset to read
                     watermark.advance_to(Timestamp(micros=newest * 1000) - skew)
                     records_counter.inc(len(batch))

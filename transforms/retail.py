@@ -314,7 +314,30 @@ class _ShardedRetailFn(beam.DoFn):
             yield WindowedValue(
                 inventory_row(key, st.shipped, st.sold, st.events, st.last_event_time), stamp, _GLOBAL_WINDOWS
             )
-        self._changed = {}
+
+    def _fire_due(
+        self,
+        shard: int,
+        head: _Head,
+        data: _Shard,
+        log_state: Any,
+        name: str,
+        upto: int,
+        fire: Callable[[Key, _RetailState, int], Iterable[Any]],
+        timer: Any,
+    ) -> Iterator[Any]:
+        """After the shard's ``name`` timer fired: each key's own timers of that kind up to ``upto``.
+
+        A key's logic runs once per time it asked for, in turn and with that
+        time, as if it had a timer of its own; then the shard's timer is set
+        for the earliest key still waiting.
+        """
+        pending = _PENDING[name]
+        for key, st in data.keys.items():
+            while (at := pending(st)) is not None and at <= upto:
+                yield from fire(key, st, at)
+                self._log_key(shard, head, data, log_state, key)
+        self._rearm(head, data, name, timer)
 
     @on_timer(EXPIRY_TIMER)
     def _expire(
@@ -326,19 +349,17 @@ class _ShardedRetailFn(beam.DoFn):
         expiry: Any = _EXPIRY,
     ) -> Iterator[Any]:
         head, data = self._load(shard, head_state, log_state)
-        for key, st in data.keys.items():
-            # The watermark passed `fired`: each of the key's own timers up to
-            # there fires in turn, with its own time.
-            while st.inventory.expiry_at is not None and st.inventory.expiry_at <= fired.micros:
-                kept = self._inventory.forget(st.inventory, data.seen.pop(key, {}), st.inventory.expiry_at)
-                if kept:
-                    data.seen[key] = kept
-                self._log_key(shard, head, data, log_state, key)
-                data.rewrite = True
+
+        def forget(key: Key, st: _RetailState, at: int) -> Iterable[Any]:
+            kept = self._inventory.forget(st.inventory, data.seen.pop(key, {}), at)
+            if kept:
+                data.seen[key] = kept
+            data.rewrite = True  # the log still holds the forgotten ids
+            return ()
+
+        yield from self._fire_due(shard, head, data, log_state, "expiry", fired.micros, forget, expiry)
         data.ids = sum(len(seen) for seen in data.seen.values())
-        self._rearm(head, data, "expiry", expiry)
         self._tidy(shard, head, data, log_state)
-        return iter(())
 
     @on_timer(WINDOW_TIMER)
     def _on_watermark(
@@ -350,13 +371,11 @@ class _ShardedRetailFn(beam.DoFn):
         window: Any = _WINDOW,
     ) -> Iterator[Any]:
         head, data = self._load(shard, head_state, log_state)
-        for key, st in data.keys.items():
-            # As _expire: the key's own timers up to `fired`, in turn, each with its own time.
-            while st.sales.timer_at is not None and st.sales.timer_at <= fired.micros:
-                at = Timestamp(micros=st.sales.timer_at)
-                yield from self._tagged(self._windows.on_watermark(key, at, _Sales(st), _Wanted()))
-                self._log_key(shard, head, data, log_state, key)
-        self._rearm(head, data, "window", window)
+
+        def close(key: Key, st: _RetailState, at: int) -> Iterator[Any]:
+            return self._tagged(self._windows.on_watermark(key, Timestamp(micros=at), _Sales(st), _Wanted()))
+
+        yield from self._fire_due(shard, head, data, log_state, "window", fired.micros, close, window)
 
     @on_timer(EARLY_TIMER)
     def _on_early(
@@ -369,15 +388,13 @@ class _ShardedRetailFn(beam.DoFn):
         head, data = self._load(shard, head_state, log_state)
         pending = [st.early_at for st in data.keys.values() if st.early_at is not None]
         # Every key due by now; at least the earliest (the runner's clock said so).
-        due_by = int(self._clock() * 1_000_000)
-        if pending:
-            due_by = max(due_by, min(pending))
-        for key, st in data.keys.items():
-            if st.early_at is not None and st.early_at <= due_by:
-                st.early_at = None
-                yield from self._tagged(self._windows.on_early(key, _Sales(st)))
-                self._log_key(shard, head, data, log_state, key)
-        self._rearm(head, data, "early", early)
+        due_by = max(int(self._clock() * 1_000_000), min(pending, default=0))
+
+        def early_pane(key: Key, st: _RetailState, at: int) -> Iterator[Any]:
+            st.early_at = None
+            return self._tagged(self._windows.on_early(key, _Sales(st)))
+
+        yield from self._fire_due(shard, head, data, log_state, "early", due_by, early_pane, early)
 
     @staticmethod
     def _tagged(outputs: Iterator[Any]) -> Iterator[Any]:
