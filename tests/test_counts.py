@@ -74,7 +74,8 @@ def window_stream(processing_time: bool = True) -> BeamTestStream:
 
     def tick() -> None:
         if processing_time:
-            stream.advance_processing_time(11)  # past the 10 s early delay: early pane
+            # Past the 10 s early delay, and past StreamRetail's timer half a delay later.
+            stream.advance_processing_time(16)
 
     stream.advance_watermark_to(T0 / 1e6)
     stream.add_elements([sale("a", 2, T0 + 10 * MINUTE), sale("b", 3, T0 + 20 * MINUTE)])

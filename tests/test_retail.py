@@ -43,10 +43,17 @@ class _Runner:
             out += self.fn.process((0, event), stamp, self.head, self.log, *kinds)
         if fire is not None and fire[0] == "expiry":
             out += self.fn._expire(0, Timestamp(micros=fire[1]), self.head, self.log, timers["expiry"])
+        if fire is not None and fire[0] == "early":
+            out += self.fn._on_early(0, self.head, self.log)
         out += self.fn.finish_bundle()
         for state in (self.head, self.log):
             state.commit() if commit else state.abandon()
         return [(getattr(o, "tag", "inventory"), getattr(o, "value", o)) for o in out]
+
+
+def _panes(outputs: list[Any]) -> list[tuple[str, int, int, int, str]]:
+    rows = [r for tag, r in outputs if tag == "windows"]
+    return sorted((r["item_id"], r["units"], r["sales"], r["pane"], r["timing"]) for r in rows)
 
 
 def _rows(outputs: list[Any]) -> list[tuple[str, str, int, int, int]]:
@@ -104,6 +111,30 @@ def test_the_log_replays_to_what_the_bundles_left_and_forgets_expired_ids() -> N
     # An id older than what was forgotten is refused, with a dead letter.
     out = run.bundle([Sale("s0", "s", "i0", 1, T0)])
     assert [tag for tag, _ in out] == ["dead_letters"]
+
+
+def test_early_panes_come_per_shard_from_the_data_path_when_busy_and_the_timer_when_quiet() -> None:
+    now = [100.0]
+    run = _Runner(StreamRetail(early_delay=timedelta(seconds=10), clock=lambda: now[0]))
+    assert not _panes(run.bundle([Sale("a", "s", "i", 2, T0)]))
+    # The shard is due 10 s after its first owed pane; its timer is only the
+    # backstop for a quiet shard, half a delay later.
+    assert run.timers["early"].at == Timestamp(seconds=115)
+    now[0] = 105.0
+    assert not _panes(run.bundle([Sale("b", "s", "j", 3, T0)]))
+    assert run.timers["early"].at == Timestamp(seconds=115)  # already due at 110
+    now[0] = 110.0
+    # The shard's first event at the due time, of any key or kind, brings every owed pane.
+    out = run.bundle([Shipment("c", "t", "k", 1, T0)])
+    assert _panes(out) == [("i", 2, 1, 0, "early"), ("j", 3, 1, 0, "early")]
+    # Owed again from here: due at 120, timer at 125; the shard goes quiet and the timer fires.
+    assert not _panes(run.bundle([Sale("d", "s", "i", 1, T0)]))
+    assert run.timers["early"].at == Timestamp(seconds=125)
+    assert _panes(run.bundle([], fire=("early", 125))) == [("i", 3, 2, 1, "early")]
+    # Nothing is owed: a stale firing adds nothing, and a new pane is owed only after a new sale.
+    assert not _panes(run.bundle([], fire=("early", 125)))
+    now[0] = 200.0
+    assert not _panes(run.bundle([Shipment("e", "t", "k", 1, T0)]))
 
 
 @pytest.mark.parametrize("shards", [1, 7, 16])

@@ -24,10 +24,21 @@ streaming latency. So the step is keyed by a *shard* of (store_id, item_id)
   a retried bundle, a restart), so a failed bundle's changes are never taken
   as committed. A bundle thus costs about three round trips per shard touched.
 
-Each key's timers (dedupe expiry, window deadlines, early panes) are kept in
-its state; the shard's timer of each kind is set for the earliest of its keys,
-and when it fires, every key that is due runs its own timer logic with its own
-time. Streaming only: a backfill uses :mod:`transforms.backfill`.
+Each key's event-time timers (dedupe expiry, window deadlines) are kept in its
+state; the shard's timer of each kind is set for the earliest of its keys, and
+when it fires, every key that is due runs its own timer logic with its own
+time.
+
+Early panes are per shard, as a record cache's flush is: the first sale that
+leaves a window without a pane makes the shard due ``early_delay`` later, and
+then every such window of the shard gets its early pane, so none waits longer
+than the delay. A busy shard fires them from its data path (the first event
+after the due time); the processing-time timer, set half a delay after the due
+time, fires them only when the shard has gone quiet. Why not the timer alone:
+Prism re-examines a due processing-time timer in a tight loop while its key has
+a bundle in flight, and a busy shard always has one; with per-key early times
+the shard's timer was due nearly all the time, and the loop took most of a
+core. Streaming only: a backfill uses :mod:`transforms.backfill`.
 """
 
 from __future__ import annotations
@@ -84,18 +95,20 @@ Key = tuple[str, str]
 
 @dataclass
 class _RetailState:
-    """One (store_id, item_id): its totals, its windows, and when its early pane is due."""
+    """One (store_id, item_id): its totals, its windows, and whether an early pane is owed."""
 
     inventory: KeyState = field(default_factory=KeyState)
     sales: SalesKeyState = field(default_factory=SalesKeyState)
-    early_at: int | None = None  # processing time, epoch micros
+    early_at: int | None = None  # processing time (epoch micros) of the sale that owes a pane
 
 
 @dataclass
 class _Head:
     version: int = 0
     seq: int = 0  # orders the key snapshots in the log
-    timers: dict[str, int] = field(default_factory=dict)  # timer name -> micros it is set for
+    # "expiry"/"window": the event time the shard's timer is set for;
+    # "early": the processing time the shard's early panes are due.
+    timers: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -122,11 +135,10 @@ _EXPIRY = beam.DoFn.TimerParam(EXPIRY_TIMER)
 _WINDOW = beam.DoFn.TimerParam(WINDOW_TIMER)
 _EARLY = beam.DoFn.TimerParam(EARLY_TIMER)
 
-# Keys' pending times per timer kind, as each key's own logic keeps them.
+# Keys' pending times per event-time timer kind, as each key's own logic keeps them.
 _PENDING: dict[str, Callable[[_RetailState], int | None]] = {
     "expiry": lambda st: st.inventory.expiry_at,
     "window": lambda st: st.sales.timer_at,
-    "early": lambda st: st.early_at,
 }
 
 _GLOBAL_WINDOWS = (GlobalWindow(),)
@@ -187,10 +199,17 @@ class _Wanted:
 class _ShardedRetailFn(beam.DoFn):
     """(shard, event) -> inventory rows; window rows, too-late sales and dead letters tagged."""
 
-    def __init__(self, inventory: InventoryDoFn, windows: EarlySalesWindowDoFn, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        inventory: InventoryDoFn,
+        windows: EarlySalesWindowDoFn,
+        clock: Callable[[], float],
+        early_backstop: timedelta,
+    ) -> None:
         self._inventory = inventory
         self._windows = windows
         self._clock = clock
+        self._backstop = early_backstop // timedelta(microseconds=1)
         # Every copy of this DoFn in a worker process shares the cache; the id
         # keeps two pipeline steps apart.
         self._step = uuid.uuid4().hex
@@ -277,6 +296,9 @@ class _ShardedRetailFn(beam.DoFn):
     ) -> Iterator[Any]:
         shard, event = element
         head, data = self._load(shard, head_state, log_state)
+        due = head.timers.get("early")
+        if due is not None and self._clock() * 1_000_000 >= due:
+            yield from self._fire_early(shard, head, data, log_state)
         key = event.key
         st = data.keys.get(key)
         if st is None:
@@ -301,7 +323,9 @@ class _ShardedRetailFn(beam.DoFn):
                 self._want(head, "window", at.micros, window)
             if soon.micros is not None:
                 st.early_at = soon.micros
-                self._want(head, "early", soon.micros, early)
+                if "early" not in head.timers:
+                    head.timers["early"] = soon.micros
+                    early.set(Timestamp(micros=soon.micros + self._backstop))
         self._log_key(shard, head, data, log_state, key)
         self._tidy(shard, head, data, log_state)
         self._changed[key] = (st.inventory, stamp)
@@ -383,18 +407,19 @@ class _ShardedRetailFn(beam.DoFn):
         shard: int = beam.DoFn.KeyParam,
         head_state: Any = _HEAD,
         log_state: Any = _LOG,
-        early: Any = _EARLY,
     ) -> Iterator[Any]:
+        # Set past the due time: every owed pane is due (none if the data path fired them).
         head, data = self._load(shard, head_state, log_state)
-        pending = [st.early_at for st in data.keys.values() if st.early_at is not None]
-        # Every key due by now; at least the earliest (the runner's clock said so).
-        due_by = max(int(self._clock() * 1_000_000), min(pending, default=0))
+        yield from self._fire_early(shard, head, data, log_state)
 
-        def early_pane(key: Key, st: _RetailState, at: int) -> Iterator[Any]:
-            st.early_at = None
-            return self._tagged(self._windows.on_early(key, _Sales(st)))
-
-        yield from self._fire_due(shard, head, data, log_state, "early", due_by, early_pane, early)
+    def _fire_early(self, shard: int, head: _Head, data: _Shard, log_state: Any) -> Iterator[Any]:
+        """Every window of the shard still owed an early pane gets it now."""
+        head.timers.pop("early", None)
+        for key, st in data.keys.items():
+            if st.early_at is not None:
+                st.early_at = None
+                yield from self._tagged(self._windows.on_early(key, _Sales(st)))
+                self._log_key(shard, head, data, log_state, key)
 
     @staticmethod
     def _tagged(outputs: Iterator[Any]) -> Iterator[Any]:
@@ -467,6 +492,7 @@ class StreamRetail(beam.PTransform):
             # The early-firing variant for its on_early logic; no early_delay, no early panes.
             EarlySalesWindowDoFn("streaming", window_size, allowed_lateness, early_delay, clock),
             clock,
+            (early_delay or timedelta(0)) / 2,
         )
 
     def expand(self, events: Any) -> StreamRetailResult:
