@@ -5,7 +5,7 @@ Wiring only; the work is in ``transforms/``. Streaming::
     shipments ─ ReadShipments ─ DecodeShipments ─┐           ┌─ WriteInventory      (view inventory)
                                                  ├─ Retail ──┤
     sales ───── ReadSales ───── DecodeSales ─────┘           └─ WriteSalesByWindow  (view sales_by_window)
-    dead letters of every step ─ WriteDeadLetters (view dead_letters) + DeadLettersToKafka
+    dead letters, in each step that makes them ─ WriteDeadLetters (view dead_letters) + DeadLettersToKafka
 
 ``Retail`` (``StreamRetail``) is ComputeInventory and SalesByWindow as one
 stateful step, keyed by a shard of (store_id, item_id) (``--state_shards``):
@@ -65,22 +65,30 @@ def read_log(
 
 
 def write_dead_letters(dead_letters: Sequence[beam.PCollection], options: PipelineOptions) -> None:
-    """Every dead letter goes to the dead_letters view and the dead-letters topic."""
+    """Every dead letter goes to the dead_letters view and the dead-letters topic.
+
+    Each collection is written in the step that makes it, not flattened first:
+    on Prism a Flatten and the steps after it form stages of their own, and
+    while a stage without outputs runs a bundle, Prism polls it without pause
+    (a runner thread busy for the bundle's whole length: here a warehouse
+    commit or a broker round trip, many times a second).
+    """
     kafka = options.view_as(KafkaOptions)
     warehouse = options.view_as(WarehouseOptions).warehouse
     ensure_topics(bootstrap_servers(options), [kafka.dead_letter_topic])
-    merged = tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten()
-    _ = (
-        merged
-        | "DeadLetterRows" >> beam.Map(dead_letter_to_row)
-        | "WriteDeadLetters" >> WriteToWarehouse(warehouse, "dead_letters")
-    )
-    _ = (
-        merged
-        | "DeadLetterRecords" >> beam.Map(dead_letter_to_kafka)
-        | "DeadLettersToKafka"
-        >> WriteToKafka(bootstrap_servers(options), kafka.dead_letter_topic, client=kafka.kafka_client)
-    )
+    for n, letters in enumerate(dead_letters):
+        suffix = str(n) if n else ""
+        _ = (
+            letters
+            | f"DeadLetterRows{suffix}" >> beam.Map(dead_letter_to_row)
+            | f"WriteDeadLetters{suffix}" >> WriteToWarehouse(warehouse, "dead_letters")
+        )
+        _ = (
+            letters
+            | f"DeadLetterRecords{suffix}" >> beam.Map(dead_letter_to_kafka)
+            | f"DeadLettersToKafka{suffix}"
+            >> WriteToKafka(bootstrap_servers(options), kafka.dead_letter_topic, client=kafka.kafka_client)
+        )
 
 
 def build(pipeline: beam.Pipeline, options: PipelineOptions) -> None:
@@ -115,7 +123,7 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions) -> None:
     )
     _ = views.inventory | "WriteInventory" >> WriteToWarehouse(warehouse, "inventory")
     _ = views.windows | "WriteSalesByWindow" >> WriteToWarehouse(warehouse, "sales_by_window")
-    write_dead_letters([shipments.dead_letters, sales.dead_letters, views.dead_letters], options)
+    write_dead_letters([shipments.dead_letters, sales.dead_letters, *views.dead_letter_parts], options)
 
 
 def topics_read(options: PipelineOptions) -> list[str]:

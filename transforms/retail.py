@@ -460,6 +460,9 @@ class StreamRetailResult(NamedTuple):
     inventory: beam.PCollection
     windows: beam.PCollection
     dead_letters: beam.PCollection
+    # The same dead letters unflattened (refused events; too-late sales), for a
+    # sink to write in the step that makes them: on Prism a Flatten starts a stage.
+    dead_letter_parts: tuple[beam.PCollection, ...]
 
 
 class StreamRetail(beam.PTransform):
@@ -510,5 +513,6 @@ class StreamRetail(beam.PTransform):
             WINDOWS_TAG, TOO_LATE_TAG, DEAD_LETTERS_TAG, main="inventory"
         )
         too_late = out[TOO_LATE_TAG] | "CountTooLate" >> beam.ParDo(CountTooLate())
-        dead = (out[DEAD_LETTERS_TAG], too_late) | "AllDeadLetters" >> beam.Flatten()
-        return StreamRetailResult(out.inventory, out[WINDOWS_TAG], dead)
+        parts = (out[DEAD_LETTERS_TAG], too_late)
+        dead = parts | "AllDeadLetters" >> beam.Flatten()
+        return StreamRetailResult(out.inventory, out[WINDOWS_TAG], dead, parts)
