@@ -20,7 +20,7 @@ import pytest
 from readside.query import Reader, run_query
 from readside.snapshots import list_snapshots
 from transforms.errors import BeamlineError
-from transforms.sinks import Warehouse
+from transforms.sinks import Warehouse, _CommitBatchesFn
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
@@ -329,6 +329,32 @@ def test_write_to_warehouse_in_a_pipeline_is_idempotent_on_rerun(tmp_path: Path)
     run_once()  # a replay of the same input: no new snapshot, same answer
     assert list_snapshots(root) == snapshots_after_first
     assert run_query("SELECT item_id, events FROM inventory ORDER BY item_id", root).to_pylist() == answer
+
+
+def test_sink_steps_of_one_process_share_one_writer_per_warehouse(tmp_path: Path) -> None:
+    # Each writer holds an in-memory DuckDB: one per folder and process, however many sink steps.
+    steps = [
+        _CommitBatchesFn(str(tmp_path / name), view, 100, None, 1)
+        for name, view in (("wh", "inventory"), ("wh", "dead_letters"), ("other", "inventory"))
+    ]
+    for step in steps:
+        step.setup()
+    inventory, dead, elsewhere = steps
+    assert inventory._warehouse is dead._warehouse is not elsewhere._warehouse
+    inventory.teardown()
+    # The other step still commits through the shared writer after one step went away.
+    dead.start_bundle()
+    dead.process({"source_topic": "s", "partition": 0, "offset": 1, "error": "bad", "payload": b"x"})
+    dead.finish_bundle()
+    assert run_query("SELECT count(*) AS n FROM dead_letters", tmp_path / "wh").to_pylist() == [{"n": 1}]
+    shared = dead._warehouse
+    dead.teardown()
+    elsewhere.teardown()
+    assert shared is not None and shared._con is None  # closed with its last user
+    again = _CommitBatchesFn(str(tmp_path / "wh"), "inventory", 100, None, 1)
+    again.setup()
+    assert again._warehouse is not shared  # a fresh writer after the last one closed
+    again.teardown()
 
 
 def test_warehouse_accepts_an_arrow_table(warehouse: Warehouse) -> None:

@@ -321,6 +321,31 @@ class Warehouse:
 # -- the Beam sink -----------------------------------------------------------------
 DEFAULT_RETENTION = dt.timedelta(days=7)
 
+# One writer per warehouse folder and worker process, shared by every sink step
+# in it: each writer holds an in-memory DuckDB for its merges, and a pipeline
+# has a sink step per view and per source of dead letters. Commits serialise on
+# the writer's lock anyway.
+_SHARED_WRITERS: dict[Path, tuple[Warehouse, int]] = {}
+_SHARED_WRITERS_LOCK = threading.Lock()
+
+
+def _acquire_writer(root: str) -> Warehouse:
+    with _SHARED_WRITERS_LOCK:
+        key = Path(root).absolute()
+        writer, users = _SHARED_WRITERS.get(key) or (Warehouse(key), 0)
+        _SHARED_WRITERS[key] = (writer, users + 1)
+        return writer
+
+
+def _release_writer(writer: Warehouse) -> None:
+    with _SHARED_WRITERS_LOCK:
+        _, users = _SHARED_WRITERS[writer.root]
+        if users > 1:
+            _SHARED_WRITERS[writer.root] = (writer, users - 1)
+            return
+        del _SHARED_WRITERS[writer.root]
+    writer.close()
+
 
 class _CommitBatchesFn(beam.DoFn):
     """Buffers a bundle's rows and commits them as one snapshot (or several if large)."""
@@ -338,7 +363,7 @@ class _CommitBatchesFn(beam.DoFn):
         self._warehouse: Warehouse | None = None
 
     def setup(self) -> None:
-        self._warehouse = Warehouse(self._dir)
+        self._warehouse = _acquire_writer(self._dir)
 
     def start_bundle(self) -> None:
         self._rows = []
@@ -365,7 +390,8 @@ class _CommitBatchesFn(beam.DoFn):
 
     def teardown(self) -> None:
         if self._warehouse is not None:
-            self._warehouse.close()
+            _release_writer(self._warehouse)
+            self._warehouse = None
 
 
 class WriteToWarehouse(beam.PTransform):
