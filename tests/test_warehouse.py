@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import multiprocessing as mp
 import os
+import random
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import pytest
 
 from readside.query import Reader, run_query
 from readside.snapshots import list_snapshots
+from transforms import sinks
 from transforms.errors import BeamlineError
 from transforms.sinks import Warehouse, _CommitBatchesFn
 
@@ -329,6 +331,45 @@ def test_write_to_warehouse_in_a_pipeline_is_idempotent_on_rerun(tmp_path: Path)
     run_once()  # a replay of the same input: no new snapshot, same answer
     assert list_snapshots(root) == snapshots_after_first
     assert run_query("SELECT item_id, events FROM inventory ORDER BY item_id", root).to_pylist() == answer
+
+
+@pytest.mark.parametrize("max_known_rows", [50_000, 25], ids=["remembered", "too-large-to-remember"])
+def test_writers_that_remember_versions_give_the_answers_the_files_give(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_known_rows: int
+) -> None:
+    """Random replays, reorders and duplicates from two writers (two processes): every view is the truth."""
+    monkeypatch.setattr(sinks, "KNOWN_VERSIONS_MAX_ROWS", max_known_rows)
+    rng = random.Random(11)
+    first, second = Warehouse(tmp_path / "wh", max_files_per_view=4), Warehouse(tmp_path / "wh")
+    newest: dict[str, int] = {}
+    letters: set[int] = set()
+    for n in range(80):
+        writer = second if n % 9 == 4 else first  # the other writer's commits change the files under the first
+        versions = [(f"i{rng.randrange(40):03d}", rng.randrange(1, 500)) for _ in range(rng.randint(0, 25))]
+        rows = [
+            {**inventory_rows(v, keys=1)[0], "item_id": item, "on_hand": v - 1}
+            for item, v in versions + versions[: rng.randint(0, 3)]  # some rows twice in one batch
+        ]
+        writer.commit("inventory", rows)
+        for item, v in versions:
+            newest[item] = max(newest.get(item, 0), v)
+        offsets = rng.sample(range(300), rng.randint(0, 6))  # a record is one dead letter in its batch
+        writer.commit(
+            "dead_letters",
+            [{"source_topic": "t", "partition": 0, "offset": o, "error": "e", "payload": b"x"} for o in offsets],
+        )
+        letters.update(offsets)
+    rows = run_query("SELECT item_id, events, on_hand FROM inventory", tmp_path / "wh").to_pylist()
+    assert {r["item_id"]: r["events"] for r in rows} == newest
+    assert all(r["on_hand"] == r["events"] - 1 for r in rows)  # the newest row, whole
+    dead = run_query('SELECT "offset" FROM dead_letters', tmp_path / "wh").to_pylist()
+    assert sorted(r["offset"] for r in dead) == sorted(letters)  # each once
+    # Nothing older or equal is written again, whichever way the writer decides.
+    stale = [{**inventory_rows(v, keys=1)[0], "item_id": item} for item, v in newest.items()]
+    assert first.commit("inventory", stale).rows_written == 0
+    assert ("inventory" in first._known) == (len(newest) <= max_known_rows)
+    first.close()
+    second.close()
 
 
 def test_sink_steps_of_one_process_share_one_writer_per_warehouse(tmp_path: Path) -> None:
