@@ -99,7 +99,7 @@ class _RetailState:
 
     inventory: KeyState = field(default_factory=KeyState)
     sales: SalesKeyState = field(default_factory=SalesKeyState)
-    early_at: int | None = None  # processing time (epoch micros) of the sale that owes a pane
+    early_at: int | None = None  # set while an early pane is owed: when the key's own logic asked for it
 
 
 @dataclass
