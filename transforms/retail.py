@@ -95,11 +95,10 @@ Key = tuple[str, str]
 
 @dataclass
 class _RetailState:
-    """One (store_id, item_id): its totals, its windows, and whether an early pane is owed."""
+    """One (store_id, item_id): its totals and its windows (``sales.early_pending``: an early pane is owed)."""
 
     inventory: KeyState = field(default_factory=KeyState)
     sales: SalesKeyState = field(default_factory=SalesKeyState)
-    early_at: int | None = None  # set while an early pane is owed: when the key's own logic asked for it
 
 
 @dataclass
@@ -321,11 +320,9 @@ class _ShardedRetailFn(beam.DoFn):
             yield from self._tagged(self._windows.add((key, event), _Sales(st), at, soon))
             if at.micros is not None:
                 self._want(head, "window", at.micros, window)
-            if soon.micros is not None:
-                st.early_at = soon.micros
-                if "early" not in head.timers:
-                    head.timers["early"] = soon.micros
-                    early.set(Timestamp(micros=soon.micros + self._backstop))
+            if soon.micros is not None and "early" not in head.timers:
+                head.timers["early"] = soon.micros
+                early.set(Timestamp(micros=soon.micros + self._backstop))
         self._log_key(shard, head, data, log_state, key)
         self._tidy(shard, head, data, log_state)
         self._changed[key] = (st.inventory, stamp)
@@ -416,8 +413,7 @@ class _ShardedRetailFn(beam.DoFn):
         """Every window of the shard still owed an early pane gets it now."""
         head.timers.pop("early", None)
         for key, st in data.keys.items():
-            if st.early_at is not None:
-                st.early_at = None
+            if st.sales.early_pending:  # on_early clears it
                 yield from self._tagged(self._windows.on_early(key, _Sales(st)))
                 self._log_key(shard, head, data, log_state, key)
 
