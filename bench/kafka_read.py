@@ -2,17 +2,21 @@
 
 Run with ``python -m bench.kafka_read``. It starts its own broker in a temp
 folder, produces small records to a 4-partition topic, then reads them all
-in the same run with four readers, alternated round by round: a plain
-kafka-python consumer loop, ``ReadFromKafka(stop="end")`` plus a count on the
-FnApiRunner with the kafka-python client, the same with
-``client="confluent"``, and a plain confluent-kafka consumer loop (each plain
-loop is the ceiling for its client). The confluent readers are skipped when
-confluent-kafka is not installed. The figures go to ``bench/results/kafka_read.md``.
+in the same run with each reader, alternated round by round: a plain
+kafka-python consumer loop (Python's default garbage-collector settings, as a
+user's script runs), the same loop with the GC threshold ReadFromKafka sets in
+its worker (to show what that setting alone is worth), ``ReadFromKafka(stop="end")``
+plus a count on the FnApiRunner with the kafka-python client (in this process
+and with two worker processes), the same with ``client="confluent"``, and a
+plain confluent-kafka consumer loop (each plain loop is the ceiling for its
+client). The confluent readers are skipped when confluent-kafka is not
+installed. The figures go to ``bench/results/kafka_read.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import platform
 import tempfile
@@ -27,6 +31,7 @@ from bench.consumers import plain_consumer
 from bench.machine import cpu_model
 from infra.kafka_broker import KafkaBroker, free_port
 from transforms.kafka import ReadFromKafka
+from transforms.worker_gc import WORKER_GC_THRESHOLD
 
 __all__ = ["main"]
 
@@ -68,6 +73,16 @@ def _plain_loop(bootstrap: str, topic: str, count: int) -> tuple[float, float]:
     return elapsed, cpu
 
 
+def _plain_loop_tuned_gc(bootstrap: str, topic: str, count: int) -> tuple[float, float]:
+    """The plain loop with the garbage-collector threshold ReadFromKafka sets in its worker."""
+    saved = gc.get_threshold()
+    gc.set_threshold(WORKER_GC_THRESHOLD, *saved[1:])
+    try:
+        return _plain_loop(bootstrap, topic, count)
+    finally:
+        gc.set_threshold(*saved)
+
+
 def _plain_confluent_loop(bootstrap: str, topic: str, count: int) -> tuple[float, float]:
     """The confluent baseline: one consumer, all partitions, consume batches until every record is seen."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
@@ -94,7 +109,13 @@ def _plain_confluent_loop(bootstrap: str, topic: str, count: int) -> tuple[float
 
 
 def _beam_read(bootstrap: str, topic: str, count: int, workers: int, client: str) -> tuple[float, float]:
-    """Wall and CPU seconds of ReadFromKafka + Count; CPU covers this process only (1 worker)."""
+    """Wall and CPU seconds of ReadFromKafka + Count; CPU covers this process only (1 worker).
+
+    With one worker the read runs in this process and raises its GC threshold;
+    it is put back afterwards, so the plain loops measured next run with
+    Python's default, as a user's script would.
+    """
+    saved_gc = gc.get_threshold()
     options = PipelineOptions(
         direct_num_workers=workers, direct_running_mode="multi_processing" if workers > 1 else "in_memory"
     )
@@ -107,6 +128,7 @@ def _beam_read(bootstrap: str, topic: str, count: int, workers: int, client: str
             total | beam.Map(lambda n: out.write_text(str(n)))
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
         counted = out.read_text() if out.exists() else "nothing"
+    gc.set_threshold(*saved_gc)
     if counted != str(count):
         raise SystemExit(f"ReadFromKafka(client={client!r}) counted {counted}, expected {count}")
     return elapsed, cpu
@@ -134,6 +156,7 @@ def _confluent_version() -> str | None:
 # The readers, in the order each round runs them: (label, results key).
 _READERS = (
     ("plain kafka-python loop", "plain"),
+    (f"plain kafka-python loop, GC threshold {WORKER_GC_THRESHOLD:,} (as ReadFromKafka's worker)", "plain_gc"),
     ("ReadFromKafka(client='kafka-python') + Count", "beam"),
     ("ReadFromKafka(client='kafka-python') + Count, 2 worker processes", "beam_2w"),
     ("ReadFromKafka(client='confluent') + Count", "beam_confluent"),
@@ -159,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     ]
     measure = {
         "plain": lambda b, t: _plain_loop(b, t, args.records),
+        "plain_gc": lambda b, t: _plain_loop_tuned_gc(b, t, args.records),
         "beam": lambda b, t: _beam_read(b, t, args.records, args.workers, "kafka-python"),
         "beam_2w": lambda b, t: _beam_read(b, t, args.records, args.parallel_workers, "kafka-python"),
         "beam_confluent": lambda b, t: _beam_read(b, t, args.records, args.workers, "confluent"),
@@ -203,6 +227,9 @@ def main(argv: list[str] | None = None) -> None:
         return f"| {what} | **{by_wall:.2f}** | {per_round(num, den)} | {by_cpu:.2f} | {goal} |\n"
 
     ratios = ratio_line("beam", "plain", "ReadFromKafka(kafka-python) / plain kafka-python loop", "goal >= 0.80")
+    ratios += ratio_line(
+        "beam", "plain_gc", "ReadFromKafka(kafka-python) / plain loop with the same GC threshold", "no goal"
+    )
     if "beam_2w" in runs:
         # The partitions spread over worker processes, as a backfill on every core runs;
         # the plain loop has one process by nature. CPU time covers the parent only, so none.

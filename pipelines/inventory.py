@@ -61,6 +61,7 @@ def read_log(
         commit_offsets=bool(kafka.consumer_group),
         client=kafka.kafka_client,
         batched=batched,
+        gc_threshold=options.view_as(BeamlineOptions).gc_threshold or None,
     )
 
 

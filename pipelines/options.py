@@ -12,10 +12,11 @@ import os
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from infra.paths import state_dir
-from pipelines.cli import positive_int
+from pipelines.cli import non_negative_int, positive_int
 from transforms import topics
 from transforms.kafka import KAFKA_CLIENTS
 from transforms.retail import DEFAULT_SHARDS
+from transforms.worker_gc import gc_threshold_from_env
 
 __all__ = ["BeamlineOptions", "KafkaOptions", "WarehouseOptions", "bootstrap_servers", "default_warehouse"]
 
@@ -123,4 +124,12 @@ class BeamlineOptions(PipelineOptions):
             default=DEFAULT_SHARDS,
             help="stateful keys of the streaming inventory step (its most parallel workers); "
             "fewer means fewer state round trips per bundle",
+        )
+        parser.add_argument(
+            *_both("gc_threshold"),
+            dest="gc_threshold",
+            type=non_negative_int,
+            default=gc_threshold_from_env() or 0,
+            help="young-generation threshold of CPython's garbage collector in worker processes "
+            "(env BEAMLINE_GC_THRESHOLD; 0 leaves the interpreter's own)",
         )

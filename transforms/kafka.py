@@ -40,6 +40,7 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.errors import BeamlineError, ConfigError, KafkaUnavailable
+from transforms.worker_gc import WORKER_GC_THRESHOLD, tune_worker_gc
 
 __all__ = [
     "KAFKA_CLIENTS",
@@ -268,6 +269,7 @@ class _ReadSpec:
     timeout_s: float
     client: str = "kafka-python"
     batched: bool = False
+    gc_threshold: int | None = WORKER_GC_THRESHOLD
 
     @property
     def bounded(self) -> bool:
@@ -949,6 +951,7 @@ class _ReadPartitionFn(beam.DoFn):
         self.__init__(state["_spec"])
 
     def setup(self) -> None:
+        tune_worker_gc(self._spec.gc_threshold)
         self._connect(not self._spec.bounded)
 
     def _connect(self, tolerate_outage: bool) -> bool:
@@ -1210,6 +1213,11 @@ class ReadFromKafka(beam.PTransform):
     ``batched=True`` emits :class:`KafkaBatch` elements, one per poll of a
     partition, instead of one :class:`KafkaRecord` per record: for a step that
     loops over records itself (a backfill), at a fraction of the per-record cost.
+
+    ``gc_threshold`` is the young-generation threshold of CPython's garbage
+    collector that the read sets in its worker process, unless the process
+    already runs with a threshold of its own (see :mod:`transforms.worker_gc`);
+    ``None`` leaves the collector alone.
     """
 
     def __init__(
@@ -1230,6 +1238,7 @@ class ReadFromKafka(beam.PTransform):
         validate: bool = True,
         client: str = "kafka-python",
         batched: bool = False,
+        gc_threshold: int | None = WORKER_GC_THRESHOLD,
     ) -> None:
         super().__init__()
         servers = bootstrap_servers if isinstance(bootstrap_servers, str) else ",".join(bootstrap_servers)
@@ -1276,6 +1285,10 @@ class ReadFromKafka(beam.PTransform):
         ):
             if seconds < 0 or (name != "allowed_skew_s" and seconds == 0):
                 raise ConfigError(f"{name} must be positive; got {seconds!r}")
+        if gc_threshold is not None and (
+            isinstance(gc_threshold, bool) or not isinstance(gc_threshold, int) or gc_threshold < 1
+        ):
+            raise ConfigError(f"gc_threshold must be a positive whole number or None; got {gc_threshold!r}")
         self._spec = _ReadSpec(
             bootstrap_servers=servers,
             topics=topic_list,
@@ -1291,6 +1304,7 @@ class ReadFromKafka(beam.PTransform):
             timeout_s=float(timeout_s),
             client=client,
             batched=batched,
+            gc_threshold=gc_threshold,
         )
         if validate:
             consumer = _new_consumer(self._spec)
