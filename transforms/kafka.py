@@ -291,6 +291,11 @@ class _ReadSpec:
             "fetch_max_bytes": 64 * 1024 * 1024,
             "max_partition_fetch_bytes": 8 * 1024 * 1024,
             "fetch_max_wait_ms": 100,
+            # kafka-python waits this long before a fresh consumer's first metadata
+            # request and again before its first fetch: 100 ms (its default) twice
+            # for every consumer a pipeline opens. Reconnects back off on their own
+            # (reconnect_backoff_ms, exponential).
+            "retry_backoff_ms": 20,
             # Records of aborted transactions (a failed bundle of an exactly-once
             # writer) are never read, and a transaction is read once committed.
             # kafka-python's own default is read_uncommitted.
