@@ -319,6 +319,10 @@ class _ReadSpec:
             "fetch.max.bytes": 64 * 1024 * 1024,
             "max.partition.fetch.bytes": 8 * 1024 * 1024,
             "fetch.wait.max.ms": 100,
+            # Once a partition's local queue holds queued.min.messages (100k), librdkafka
+            # waits this long before fetching it again; its default of 1 s left a
+            # fast reader idle half of the time.
+            "fetch.queue.backoff.ms": 10,
             "isolation.level": "read_committed",  # librdkafka's default too; see consumer_settings
             "logger": _LOG,  # librdkafka's log lines go to this module's logger
         }
