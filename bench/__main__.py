@@ -61,6 +61,12 @@ BENCHMARKS: tuple[Benchmark, ...] = (
                 "x >= 0.8",
             ),
             Headline(
+                "the same, against the plain loop run with the reader's GC threshold",
+                r"ReadFromKafka\(kafka-python\) / plain loop with the same GC threshold \| \*\*([\d.]+)\*\*",
+                "(figure)",
+                "True",
+            ),
+            Headline(
                 "bounded ReadFromKafka(kafka-python), 2 worker processes / plain kafka-python loop",
                 r"ReadFromKafka\(kafka-python\), 2 worker processes / plain kafka-python loop \| \*\*([\d.]+)\*\*",
                 ">= 0.80x",
