@@ -291,9 +291,9 @@ class _ReadSpec:
             "fetch_max_bytes": 64 * 1024 * 1024,
             "max_partition_fetch_bytes": 8 * 1024 * 1024,
             "fetch_max_wait_ms": 100,
-            # kafka-python waits this long before a fresh consumer's first metadata
-            # request and again before its first fetch: 100 ms (its default) twice
-            # for every consumer a pipeline opens. Reconnects back off on their own
+            # kafka-python sleeps this long in a fresh consumer's poll while the
+            # partition's leader is not known yet: 100 ms (its default) for every
+            # read a pipeline starts. Reconnects back off on their own
             # (reconnect_backoff_ms, exponential).
             "retry_backoff_ms": 20,
             # Records of aborted transactions (a failed bundle of an exactly-once
