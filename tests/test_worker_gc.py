@@ -85,7 +85,7 @@ def test_read_refuses_a_bad_threshold(bad: object) -> None:
         ReadFromKafka("127.0.0.1:9", "any", gc_threshold=bad, validate=False)  # type: ignore[arg-type]
 
 
-def test_pipeline_option_zero_leaves_the_collector_alone() -> None:
+def test_pipeline_option_takes_zero_or_more() -> None:
     assert BeamlineOptions(["--gc_threshold=0"]).gc_threshold == 0
     assert BeamlineOptions(["--gc-threshold=9000"]).gc_threshold == 9000
     with pytest.raises(SystemExit):
