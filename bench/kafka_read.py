@@ -16,11 +16,13 @@ installed. The figures go to ``bench/results/kafka_read.md``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import platform
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -73,14 +75,21 @@ def _plain_loop(bootstrap: str, topic: str, count: int) -> tuple[float, float]:
     return elapsed, cpu
 
 
-def _plain_loop_tuned_gc(bootstrap: str, topic: str, count: int) -> tuple[float, float]:
-    """The plain loop with the garbage-collector threshold ReadFromKafka sets in its worker."""
+@contextlib.contextmanager
+def _gc_thresholds_restored() -> Iterator[None]:
+    """Whatever the block does to the GC thresholds, the next reader starts from the same ones."""
     saved = gc.get_threshold()
-    gc.set_threshold(WORKER_GC_THRESHOLD, *saved[1:])
     try:
-        return _plain_loop(bootstrap, topic, count)
+        yield
     finally:
         gc.set_threshold(*saved)
+
+
+def _plain_loop_tuned_gc(bootstrap: str, topic: str, count: int) -> tuple[float, float]:
+    """The plain loop with the garbage-collector threshold ReadFromKafka sets in its worker."""
+    with _gc_thresholds_restored():
+        gc.set_threshold(WORKER_GC_THRESHOLD, *gc.get_threshold()[1:])
+        return _plain_loop(bootstrap, topic, count)
 
 
 def _plain_confluent_loop(bootstrap: str, topic: str, count: int) -> tuple[float, float]:
@@ -116,11 +125,10 @@ def _beam_read(bootstrap: str, topic: str, count: int, workers: int, client: str
     it is put back afterwards, so the plain loops measured next run with
     Python's default, as a user's script would.
     """
-    saved_gc = gc.get_threshold()
     options = PipelineOptions(
         direct_num_workers=workers, direct_running_mode="multi_processing" if workers > 1 else "in_memory"
     )
-    with tempfile.TemporaryDirectory(prefix="kafka-bench-count-") as out_dir:
+    with _gc_thresholds_restored(), tempfile.TemporaryDirectory(prefix="kafka-bench-count-") as out_dir:
         out = Path(out_dir) / "count.txt"
         started, cpu_started = time.perf_counter(), time.process_time()
         with beam.Pipeline("FnApiRunner", options=options) as pipeline:
@@ -129,7 +137,6 @@ def _beam_read(bootstrap: str, topic: str, count: int, workers: int, client: str
             total | beam.Map(lambda n: out.write_text(str(n)))
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
         counted = out.read_text() if out.exists() else "nothing"
-    gc.set_threshold(*saved_gc)
     if counted != str(count):
         raise SystemExit(f"ReadFromKafka(client={client!r}) counted {counted}, expected {count}")
     return elapsed, cpu

@@ -129,7 +129,7 @@ class BeamlineOptions(PipelineOptions):
             *_both("gc_threshold"),
             dest="gc_threshold",
             type=non_negative_int,
-            default=gc_threshold_from_env() or 0,
+            default=gc_threshold_from_env(),
             help="young-generation threshold of CPython's garbage collector in worker processes "
             "(env BEAMLINE_GC_THRESHOLD; 0 leaves the interpreter's own)",
         )

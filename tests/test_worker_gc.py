@@ -65,9 +65,9 @@ def test_never_lowers_the_threshold_and_none_means_hands_off(default_gc: None, t
 
 @pytest.mark.parametrize(
     ("env", "want"),
-    [("", WORKER_GC_THRESHOLD), (" 12000 ", 12_000), ("0", None)],
+    [("", WORKER_GC_THRESHOLD), (" 12000 ", 12_000), ("0", 0)],
 )
-def test_threshold_from_the_environment(monkeypatch: pytest.MonkeyPatch, env: str, want: int | None) -> None:
+def test_threshold_from_the_environment(monkeypatch: pytest.MonkeyPatch, env: str, want: int) -> None:
     monkeypatch.setenv("BEAMLINE_GC_THRESHOLD", env)
     assert gc_threshold_from_env() == want
 

@@ -34,7 +34,7 @@ CPYTHON_DEFAULT_THRESHOLD = 700
 _ENV = "BEAMLINE_GC_THRESHOLD"
 
 
-def gc_threshold_from_env() -> int | None:
+def gc_threshold_from_env() -> int:
     """The threshold to use: env ``BEAMLINE_GC_THRESHOLD`` (0: leave the GC alone), else the default."""
     text = os.environ.get(_ENV, "").strip()
     if not text:
@@ -45,7 +45,7 @@ def gc_threshold_from_env() -> int | None:
         raise ConfigError(f"{_ENV} must be a whole number (0 leaves the GC alone); got {text!r}") from None
     if value < 0:
         raise ConfigError(f"{_ENV} must be 0 or more; got {value}")
-    return value or None
+    return value
 
 
 def tune_worker_gc(threshold: int | None) -> bool:
