@@ -16,8 +16,10 @@ from transforms.events import (
     DecodeEvents,
     Sale,
     Shipment,
+    _checked_fields,
     dead_letter_to_kafka,
     dead_letter_to_row,
+    decode_fields,
     event_payload,
     micros_to_datetime,
     parse_event,
@@ -147,6 +149,46 @@ def test_string_fields_must_be_present_non_empty_strings(name: str) -> None:
 def test_colons_in_names_and_values_are_not_taken_for_repeated_names() -> None:
     value = encode({**GOOD, "a:b": "c:d:e", "note": "x"})
     assert isinstance(parse_event(record(value), "sale"), Sale)
+
+
+_USUAL = b'"store_id":"s","item_id":"i","quantity":1,"event_time":"2026-11-26T10:00:00Z"'
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        # A repeated name the colon count would miss if escapes were trusted: the
+        # escaped colon decodes to one more colon than the text holds.
+        (b'{"event_id":"a\\u003ab","store_id":"x",' + _USUAL + b"}", "duplicate field 'store_id'"),
+        (b'{"event_id":"a:b","event_id":"c",' + _USUAL + b"}", "duplicate field 'event_id'"),
+        (b'{"event_id":"e",' + _USUAL.replace(b":1,", b":18446744073709551616,") + b"}", "quantity out of range"),
+        (b'{"event_id":"e",' + _USUAL.replace(b":1,", b":9223372036854775808,") + b"}", "quantity out of range"),
+        (b'\xef\xbb\xbf{"event_id":"e",' + _USUAL + b"}", "byte order mark"),
+        (b'{"event_id":"e",' + _USUAL.replace(b"Z", b"+00:60") + b"}", "offset out of range"),
+        (b'{"event_id":"e",' + _USUAL.replace(b"10:00:00", b"23:59:60") + b"}", "leap seconds"),
+        (b'{"event_id":"e",' + _USUAL.replace(b"11-26", b"02-30") + b"}", "day is out of range"),
+    ],
+)
+def test_usual_looking_events_that_break_a_rule_are_refused(value: bytes, fragment: str) -> None:
+    assert fragment in error_of(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b'{"event_id":"e",' + _USUAL + b"}",
+        b'{"event_id":"a:b",' + _USUAL + b"}",
+        b'{"event_id":"e\\u00e9",' + _USUAL + b"}",
+        '{"event_id":"\u00e9\u4e2d",'.encode() + _USUAL + b"}",
+        b'{"event_id":"e",' + _USUAL.replace(b"Z", b".1234567-05:30").replace(b"T", b"t") + b"}",
+        b' {"event_id":"e",' + _USUAL + b', "note": null}\n',
+        b'{"event_id":"e",' + _USUAL.replace(b":1,", b":9223372036854775807,") + b"}",
+    ],
+)
+def test_usual_event_shortcut_returns_what_the_full_check_returns(value: bytes) -> None:
+    fields = decode_fields(value)
+    assert not isinstance(fields, str), fields
+    assert fields == _checked_fields(value)
 
 
 def test_lone_surrogate_escape_is_refused() -> None:
