@@ -13,7 +13,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from tests.e2e_helpers import describe_diff, expected_views, views
 from tests.truth import recompute_retail
-from transforms.backfill import BackfillRetail
+from transforms.backfill import BackfillRetail, _FirstInLog, _MergeSums
 from transforms.kafka import KafkaBatch, KafkaRecord
 from transforms.sinks import WriteToWarehouse
 
@@ -133,3 +133,16 @@ def test_backfill_refuses_nonsense_settings() -> None:
         BackfillRetail(window_size=timedelta(0))
     with pytest.raises(ValueError, match="buckets"):
         BackfillRetail(buckets=0)
+
+
+def test_accumulator_coders_round_trip_and_size_without_pickling(monkeypatch: pytest.MonkeyPatch) -> None:
+    first_coder, sums_coder = _FirstInLog().get_accumulator_coder(), _MergeSums().get_accumulator_coder()
+    assert first_coder != sums_coder  # Beam shares equal coders between steps: each keeps its own estimate
+    first = [{"e1": ("e1", 0, 5, "s", "i", 2, 7)}, 3]
+    sums = [4, 1, 2, 7, {0: [1, 1], 3_600_000_000: [2, 1]}]
+    for coder, acc in ((first_coder, first), (sums_coder, sums)):
+        assert coder.decode(coder.encode(acc)) == acc
+    # Beam sizes sampled elements for its counters: that must not pickle a whole bucket again.
+    monkeypatch.setattr("transforms.backfill._pickle_whole", lambda value: pytest.fail("pickled to size"))
+    for coder, acc in ((_FirstInLog().get_accumulator_coder(), first), (_MergeSums().get_accumulator_coder(), sums)):
+        assert coder.get_impl().estimate_size(acc) > 0

@@ -23,8 +23,16 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
 from pipelines.runner import PRISM_NO_SPLITS
-from transforms.counts import CountTooLate, CountWords, SalesByWindow, tokenize, word_count_to_kafka
-from transforms.events import DeadLetter, Sale, Shipment
+from transforms.counts import (
+    CountTooLate,
+    CountWords,
+    SalesByWindow,
+    tokenize,
+    window_row,
+    window_table,
+    word_count_to_kafka,
+)
+from transforms.events import MAX_MICROS, DeadLetter, Sale, Shipment
 from transforms.inventory import ComputeInventory
 from transforms.kafka import KafkaRecord
 from transforms.retail import StreamRetail
@@ -311,3 +319,14 @@ def test_sales_by_window_rejects_bad_sizes() -> None:
         SalesByWindow(window_size=timedelta(0))
     with pytest.raises(ValueError):
         SalesByWindow(allowed_lateness=timedelta(seconds=-1))
+
+
+def test_window_table_holds_the_rows_window_row_builds() -> None:
+    hour = 3_600_000_000
+    windows = {0: [3, 1], 2 * hour: [5, 2], -hour: [2, 2], MAX_MICROS - 10: [1, 1]}  # the last one's end is clamped
+    table = window_table(("s1", "i1"), windows, hour)
+    assert table.column_names == ["window_start", "window_end", "store_id", "item_id", "units", "sales"]
+    want = [window_row(("s1", "i1"), start, hour, units, sales) for start, (units, sales) in windows.items()]
+    columns = table.column_names
+    assert table.to_pylist() == [{name: row[name] for name in columns} for row in want]
+    assert window_table(("s1", "i1"), {}, hour).num_rows == 0

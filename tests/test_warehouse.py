@@ -402,3 +402,20 @@ def test_warehouse_accepts_an_arrow_table(warehouse: Warehouse) -> None:
     table = pa.Table.from_pylist(inventory_rows(2, keys=4))
     assert warehouse.commit("inventory", table).rows_written == 4
     assert run_query("SELECT sum(on_hand) AS s FROM inventory", warehouse.root).to_pylist() == [{"s": 8}]
+
+
+def test_sink_step_commits_tables_and_rows_of_one_bundle_together(tmp_path: Path) -> None:
+    step = _CommitBatchesFn(str(tmp_path / "wh"), "inventory", 10, None, 1)
+    step.setup()
+    step.start_bundle()
+    step.process(pa.Table.from_pylist(inventory_rows(1, keys=4)))
+    step.process(inventory_rows(2, keys=5)[4])
+    step.process(pa.Table.from_pylist(inventory_rows(3, keys=12)[5:]))  # 12 rows pending: flushed here
+    step.process(inventory_rows(4, keys=13)[12])
+    step.finish_bundle()
+    step.teardown()
+    # The empty first snapshot, one commit at the row limit, one at the bundle's end.
+    assert [s[0] for s in list_snapshots(tmp_path / "wh")] == [0, 1, 2]
+    got = run_query("SELECT item_id, on_hand FROM inventory ORDER BY item_id", tmp_path / "wh").to_pylist()
+    version = [1] * 4 + [2] + [3] * 7 + [4]
+    assert got == [{"item_id": f"i{k:03d}", "on_hand": version[k]} for k in range(13)]

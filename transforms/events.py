@@ -31,6 +31,7 @@ from transforms.kafka import KafkaRecord
 __all__ = [
     "DEAD_LETTERS_TAG",
     "EVENTS_TAG",
+    "MAX_MICROS",
     "MAX_QUANTITY",
     "DeadLetter",
     "DecodeEvents",
@@ -61,7 +62,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _EPOCH_NAIVE = datetime(1970, 1, 1)
 # The range of an aware UTC datetime, in epoch micros.
 _MIN_MICROS = -62_135_596_800_000_000
-_MAX_MICROS = 253_402_300_799_999_999
+MAX_MICROS = 253_402_300_799_999_999
 
 EventKind: TypeAlias = Literal["shipment", "sale"]
 
@@ -186,7 +187,7 @@ def parse_rfc3339(text: str) -> int:
             pass
         else:
             micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-            if _MIN_MICROS <= micros <= _MAX_MICROS:
+            if _MIN_MICROS <= micros <= MAX_MICROS:
                 return micros
     return _parse_rfc3339_exact(text)
 
@@ -212,7 +213,7 @@ def _parse_rfc3339_exact(text: str) -> int:
         return micros
     shift = (int(off_h) * 3600 + int(off_m) * 60) * 1_000_000
     micros += -shift if sign == "+" else shift
-    if not _MIN_MICROS <= micros <= _MAX_MICROS:
+    if not _MIN_MICROS <= micros <= MAX_MICROS:
         raise ValueError(f"event_time {text!r}: date value out of range in UTC")
     return micros
 
@@ -223,7 +224,7 @@ def micros_to_datetime(micros: int) -> datetime:
     Only a window's end can lie past the last representable instant (the hour
     after 9999-12-31T23:00Z); it is clamped to that instant rather than failing.
     """
-    return _EPOCH + timedelta(microseconds=min(micros, _MAX_MICROS))
+    return _EPOCH + timedelta(microseconds=min(micros, MAX_MICROS))
 
 
 def _string_field(obj: dict[str, Any], name: str) -> str:

@@ -440,6 +440,8 @@ class _CommitBatchesFn(beam.DoFn):
         self._expire_every = expire_every
         self._commits = 0
         self._rows: list[Mapping[str, Any]] = []
+        self._tables: list[pa.Table] = []
+        self._pending = 0
         self._warehouse: Warehouse | None = None
 
     def setup(self) -> None:
@@ -447,11 +449,18 @@ class _CommitBatchesFn(beam.DoFn):
 
     def start_bundle(self) -> None:
         self._rows = []
+        self._tables = []
+        self._pending = 0
 
-    def process(self, row: Mapping[str, Any]) -> None:
-        # beam.Row and NamedTuples arrive as objects; the writer wants mappings.
-        self._rows.append(row if isinstance(row, Mapping) else row._asdict())
-        if len(self._rows) >= self._max:
+    def process(self, row: Mapping[str, Any] | pa.Table) -> None:
+        if isinstance(row, pa.Table):
+            self._tables.append(row)
+            self._pending += row.num_rows
+        else:
+            # beam.Row and NamedTuples arrive as objects; the writer wants mappings.
+            self._rows.append(row if isinstance(row, Mapping) else row._asdict())
+            self._pending += 1
+        if self._pending >= self._max:
             self._flush()
 
     def finish_bundle(self) -> None:
@@ -459,14 +468,22 @@ class _CommitBatchesFn(beam.DoFn):
         self._flush()
 
     def _flush(self) -> None:
-        if self._rows and self._warehouse is not None:
-            self._warehouse.commit(self._view, self._rows)
+        if self._pending and self._warehouse is not None:
+            batch: pa.Table | list[Mapping[str, Any]] = self._rows
+            if self._tables:
+                parts = [self._warehouse.to_arrow(self._view, t) for t in self._tables]
+                if self._rows:
+                    parts.append(self._warehouse.to_arrow(self._view, self._rows))
+                batch = pa.concat_tables(parts)
+            self._warehouse.commit(self._view, batch)
             self._commits += 1
             # A stream commits every bundle; without expiry, manifests and
             # superseded files would pile up forever.
             if self._retain is not None and self._commits % self._expire_every == 0:
                 self._warehouse.expire_snapshots(self._retain)
         self._rows = []
+        self._tables = []
+        self._pending = 0
 
     def teardown(self) -> None:
         if self._warehouse is not None:
@@ -475,7 +492,7 @@ class _CommitBatchesFn(beam.DoFn):
 
 
 class WriteToWarehouse(beam.PTransform):
-    """Upsert dict rows of one view into a warehouse folder, one snapshot per bundle.
+    """Upsert rows of one view (dicts, or Arrow tables of them) into a warehouse folder, one snapshot per bundle.
 
     ``retain`` bounds time travel: every ``expire_every`` commits a worker
     deletes snapshots older than that (None keeps every snapshot).
