@@ -34,6 +34,7 @@ from transforms.kafka import (
     KAFKA_CLIENTS,
     METRICS_NAMESPACE,
     KafkaBatch,
+    KafkaBatchCoder,
     KafkaRecord,
     ReadFromKafka,
     WriteToKafka,
@@ -163,6 +164,24 @@ class _UnpackBatch(beam.DoFn):
         assert ts.micros == max(r.timestamp for r in records) * 1000, "stamped with its newest record"
         for rec in records:
             yield _fingerprint(rec)
+
+
+def test_batch_coder_round_trips_and_sizes_a_batch_without_pickling_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    headers = (("h", b"x"),)
+    records = tuple(
+        KafkaRecord("t", 1, n, 1_000 + n, None if n % 3 else b"k%d" % n, b"v" * (n % 200), headers if n % 7 else ())
+        for n in range(5_000)
+    )
+    batch = KafkaBatch("t", 1, records)
+    coder = beam.coders.registry.get_coder(KafkaBatch)
+    assert isinstance(coder, KafkaBatchCoder)
+    encoded = coder.encode(batch)
+    assert coder.decode(encoded) == batch
+    # Beam sizes sampled elements for its byte counters; for a batch that must not pickle it again.
+    monkeypatch.setattr("transforms.kafka._pickle_batch", lambda value: pytest.fail("pickled to size"))
+    estimate = KafkaBatchCoder().get_impl().estimate_size(batch)
+    assert len(encoded) / 2 < estimate < len(encoded) * 2
+    assert KafkaBatchCoder().get_impl().estimate_size(KafkaBatch("t", 1, ())) > 0
 
 
 def _fewer_than(limit: int) -> Callable[[list[int]], None]:
