@@ -11,9 +11,10 @@ Wiring only; the work is in ``transforms/``. Streaming::
 stateful step, keyed by a shard of (store_id, item_id) (``--state_shards``):
 the same rows, with a few state round trips per shard and bundle.
 
-Batch (a backfill) reads both topics to the end offsets seen at start and
-computes the same views with ``BackfillRetail``, the plain recompute of the log
-as two combines (no per-event state, no shuffle of raw events).
+Batch (a backfill) reads both topics in one read (``ReadLog``) to the end
+offsets seen at start and computes the same views with ``BackfillRetail``, the
+plain recompute of the log as two combines (no per-event state; each poll is
+decoded and deduped on the worker that read it).
 
 Run it with ``python -m pipelines.inventory --mode batch|streaming [Beam options]``
 or ``beamline run inventory ...``.
@@ -41,9 +42,14 @@ __all__ = ["build", "main", "run"]
 
 
 def read_log(
-    pipeline: beam.Pipeline, label: str, topic: str, options: PipelineOptions, *, batched: bool = False
+    pipeline: beam.Pipeline,
+    label: str,
+    topic: str | list[str],
+    options: PipelineOptions,
+    *,
+    batched: bool = False,
 ) -> beam.PCollection:
-    """One topic from its earliest offset: to the end offsets seen at start (batch) or forever.
+    """A topic (or several) from its earliest offset: to the end offsets seen at start (batch) or forever.
 
     ``batched`` hands over whole polls (``KafkaBatch``) for a step that loops
     over their records itself, as the backfill does.
@@ -101,11 +107,12 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions) -> None:
 
     if mode == "batch":
         # The whole log is here: the views are its plain recompute (transforms/backfill.py).
-        records = (
-            read_log(pipeline, "ReadShipments", kafka.shipments_topic, options, batched=True),
-            read_log(pipeline, "ReadSales", kafka.sales_topic, options, batched=True),
+        # One read of both topics: each poll is decoded and deduped where it was read.
+        records = read_log(pipeline, "ReadLog", [kafka.shipments_topic, kafka.sales_topic], options, batched=True)
+        views = records | "Backfill" >> BackfillRetail(
+            window_size=timedelta(seconds=settings.window_size),
+            topics={kafka.shipments_topic: "shipment", kafka.sales_topic: "sale"},
         )
-        views = records | "Backfill" >> BackfillRetail(window_size=timedelta(seconds=settings.window_size))
         _ = views.inventory | "WriteInventory" >> WriteToWarehouse(warehouse, "inventory")
         _ = views.windows | "WriteSalesByWindow" >> WriteToWarehouse(warehouse, "sales_by_window")
         write_dead_letters([views.dead_letters], options)

@@ -48,14 +48,28 @@ def _batches(records: list[KafkaRecord], size: int) -> list[KafkaBatch]:
 
 
 def _run(
-    tmp_path: Path, shipments: list[KafkaRecord], sales: list[KafkaRecord], buckets: int, batch: int = 0
+    tmp_path: Path,
+    shipments: list[KafkaRecord],
+    sales: list[KafkaRecord],
+    buckets: int,
+    batch: int = 0,
+    one_input: bool = False,
 ) -> dict[str, object]:
-    """The views BackfillRetail writes; ``batch`` > 0 feeds KafkaBatch elements of that many records."""
-    warehouse = str(tmp_path / f"warehouse-{buckets}-{batch}")
+    """The views BackfillRetail writes; ``batch`` > 0 feeds KafkaBatch elements of that many records.
+
+    ``one_input`` feeds both topics as one collection, as one read of both does.
+    """
+    warehouse = str(tmp_path / f"warehouse-{buckets}-{batch}-{one_input}")
     with beam.Pipeline(runner=FnApiRunner()) as pipeline:
-        ships = pipeline | "Ships" >> beam.Create(_batches(shipments, batch) if batch else shipments)
-        sold = pipeline | "Sales" >> beam.Create(_batches(sales, batch) if batch else sales)
-        out = (ships, sold) | BackfillRetail(window_size=timedelta(hours=1), buckets=buckets)
+        elements = [_batches(records, batch) if batch else records for records in (shipments, sales)]
+        if one_input:
+            both = pipeline | "Both" >> beam.Create([*elements[0], *elements[1]])
+            topics = {shipments[0].topic: "shipment", sales[0].topic: "sale"}
+            out = both | BackfillRetail(window_size=timedelta(hours=1), buckets=buckets, topics=topics)
+        else:
+            ships = pipeline | "Ships" >> beam.Create(elements[0])
+            sold = pipeline | "Sales" >> beam.Create(elements[1])
+            out = (ships, sold) | BackfillRetail(window_size=timedelta(hours=1), buckets=buckets)
         _ = out.inventory | "WriteInventory" >> WriteToWarehouse(warehouse, "inventory")
         _ = out.windows | "WriteWindows" >> WriteToWarehouse(warehouse, "sales_by_window")
         _ = (
@@ -72,8 +86,12 @@ def _as_truth_input(records: list[KafkaRecord]) -> list[tuple[str, int, int, byt
     return sorted((r.topic, r.partition, r.offset, r.value) for r in records)
 
 
-@pytest.mark.parametrize(("buckets", "batch"), [(1, 0), (16, 0), (16, 2), (1, 100)])
-def test_backfill_equals_the_recompute_on_a_tricky_log(tmp_path: Path, buckets: int, batch: int) -> None:
+@pytest.mark.parametrize(
+    ("buckets", "batch", "one_input"), [(1, 0, False), (16, 0, False), (16, 2, False), (1, 100, False), (16, 2, True)]
+)
+def test_backfill_equals_the_recompute_on_a_tricky_log(
+    tmp_path: Path, buckets: int, batch: int, one_input: bool
+) -> None:
     shipments = _log(
         "ships",
         [
@@ -98,7 +116,7 @@ def test_backfill_equals_the_recompute_on_a_tricky_log(tmp_path: Path, buckets: 
         ],
     )  # fmt: skip
     truth = recompute_retail(_as_truth_input(shipments), _as_truth_input(sales))
-    got = _run(tmp_path, shipments, sales, buckets, batch)
+    got = _run(tmp_path, shipments, sales, buckets, batch, one_input)
     want = expected_views(truth)
     for name in want:
         assert got[name] == want[name], f"view {name}: {describe_diff(got[name], want[name])}"
@@ -107,8 +125,8 @@ def test_backfill_equals_the_recompute_on_a_tricky_log(tmp_path: Path, buckets: 
     assert got["inventory"][("a", "x")][2] == 8  # t1 counted once, for item x
 
 
-@pytest.mark.parametrize("batch", [0, 37])
-def test_backfill_equals_the_recompute_on_a_random_log(tmp_path: Path, batch: int) -> None:
+@pytest.mark.parametrize(("batch", "one_input"), [(0, False), (37, False), (37, True)])
+def test_backfill_equals_the_recompute_on_a_random_log(tmp_path: Path, batch: int, one_input: bool) -> None:
     rng = random.Random(11)
     stores, items = ["a", "b", "c"], ["x", "y"]
 
@@ -122,7 +140,7 @@ def test_backfill_equals_the_recompute_on_a_random_log(tmp_path: Path, batch: in
 
     shipments, sales = _log("ships", values("s", 400)), _log("sales", values("t", 1200))
     truth = recompute_retail(_as_truth_input(shipments), _as_truth_input(sales))
-    got = _run(tmp_path, shipments, sales, buckets=16, batch=batch)
+    got = _run(tmp_path, shipments, sales, buckets=16, batch=batch, one_input=one_input)
     for name, want in expected_views(truth).items():
         assert got[name] == want, f"view {name}: {describe_diff(got[name], want)}"
     assert truth.duplicates > 100
@@ -133,6 +151,10 @@ def test_backfill_refuses_nonsense_settings() -> None:
         BackfillRetail(window_size=timedelta(0))
     with pytest.raises(ValueError, match="buckets"):
         BackfillRetail(buckets=0)
+    with pytest.raises(ValueError, match="a shipment topic and a sale topic"):
+        BackfillRetail(topics={"a": "sale", "b": "sale"})
+    with pytest.raises(ValueError, match="needs topics"), beam.Pipeline(runner=FnApiRunner()) as pipeline:
+        _ = pipeline | beam.Create([b""]) | BackfillRetail()
 
 
 def test_accumulator_coders_round_trip_and_size_without_pickling(monkeypatch: pytest.MonkeyPatch) -> None:

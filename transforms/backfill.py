@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import pickle
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any, NamedTuple
 
@@ -99,15 +99,17 @@ class _DecodeCompact(beam.DoFn):
     """Records -> ((kind, bucket), [{event_id: compact event}, occurrences]), or dead letters.
 
     Takes a :class:`KafkaBatch` (the backfill reads batched) or a single
-    :class:`KafkaRecord`. A batch is one partition's records in offset order,
-    so within it the first occurrence of an event_id is the one to keep; each
-    bucket's part leaves as one element, ready for ``_FirstInLog`` to merge.
+    :class:`KafkaRecord`, of one kind or of several (``kinds``: topic -> kind).
+    A batch is one partition's records in offset order, so within it the
+    first occurrence of an event_id is the one to keep; each bucket's part
+    leaves as one element, ready for ``_FirstInLog`` to merge.
     """
 
-    def __init__(self, kind: EventKind, buckets: int) -> None:
-        self._kind = kind
+    def __init__(self, kinds: EventKind | Mapping[str, EventKind], buckets: int) -> None:
+        self._kinds = kinds
         self._buckets = buckets
-        self._dead = Metrics.counter("beamline", f"{kind}_dead_letters")
+        kind_names = {kinds} if isinstance(kinds, str) else set(kinds.values())
+        self._dead_counters = {kind: Metrics.counter("beamline", f"{kind}_dead_letters") for kind in kind_names}
         self._names: dict[str, str] = {}
 
     def setup(self) -> None:
@@ -119,7 +121,8 @@ class _DecodeCompact(beam.DoFn):
         records = element.records if type(element) is KafkaBatch else (element,)
         names = self._names
         buckets = self._buckets
-        kind = self._kind
+        kinds = self._kinds
+        kind = kinds if isinstance(kinds, str) else kinds[element.topic]
         parts: dict[int, list[Any]] = {}
         dead = 0
         for record in records:
@@ -149,17 +152,23 @@ class _DecodeCompact(beam.DoFn):
                     event_time,
                 )
         if dead:
-            self._dead.inc(dead)
+            self._dead_counters[kind].inc(dead)
         for bucket, part in parts.items():
             yield (kind, bucket), part
 
 
-def _keep_first(first: dict[str, _Compact], events: Iterable[_Compact]) -> None:
-    """Add ``events`` to ``first``, keeping per event_id the lowest (partition, offset)."""
-    for event in events:
-        kept = first.setdefault(event[0], event)
-        if kept is not event and event[1:3] < kept[1:3]:
-            first[event[0]] = event
+def _keep_first(first: dict[str, _Compact], other: dict[str, _Compact]) -> None:
+    """Add ``other``'s events to ``first``, keeping per event_id the lowest (partition, offset).
+
+    Most event_ids are new: the dicts merge in C, and only the few ids both
+    hold are compared one by one.
+    """
+    both = other.keys() & first.keys()  # iterates the smaller of the two
+    earlier = {event_id: first[event_id] for event_id in both}
+    first.update(other)
+    for event_id, event in earlier.items():
+        if event[1:3] < first[event_id][1:3]:
+            first[event_id] = event
 
 
 class _FirstInLog(beam.CombineFn):
@@ -175,7 +184,7 @@ class _FirstInLog(beam.CombineFn):
         if not acc[0]:
             # The first part of a bucket becomes its accumulator (parts are never reused).
             return [part[0], acc[1] + part[1]]
-        _keep_first(acc[0], part[0].values())
+        _keep_first(acc[0], part[0])
         acc[1] += part[1]
         return acc
 
@@ -183,7 +192,7 @@ class _FirstInLog(beam.CombineFn):
         accs = sorted(accumulators, key=lambda a: len(a[0]), reverse=True)
         merged = accs[0]
         for other in accs[1:]:
-            _keep_first(merged[0], other[0].values())
+            _keep_first(merged[0], other[0])
             merged[1] += other[1]
         return merged
 
@@ -286,8 +295,12 @@ class BackfillResult(NamedTuple):
 
 
 class BackfillRetail(beam.PTransform):
-    """(shipment records, sale records) -> inventory rows, sales_by_window tables, dead letters.
+    """Shipment and sale records -> inventory rows, sales_by_window tables, dead letters.
 
+    Takes ``(shipment records, sale records)``, or one collection read from
+    both topics with ``topics`` naming each topic's kind: the faster form, as
+    the events then meet the dedupe on the worker that decoded them (two
+    inputs first pass through a Flatten, which the FnApiRunner materializes).
     Records come as :class:`KafkaBatch` elements (fastest) or one
     :class:`KafkaRecord` each. The windows come as one Arrow table per
     (store_id, item_id), which ``WriteToWarehouse`` takes as it takes rows.
@@ -296,30 +309,53 @@ class BackfillRetail(beam.PTransform):
     with the same rows; bounded input only (a backfill).
     """
 
-    def __init__(self, window_size: timedelta = DEFAULT_WINDOW_SIZE, buckets: int = BUCKETS) -> None:
+    def __init__(
+        self,
+        window_size: timedelta = DEFAULT_WINDOW_SIZE,
+        buckets: int = BUCKETS,
+        *,
+        topics: Mapping[str, EventKind] | None = None,
+    ) -> None:
         super().__init__()
         if window_size <= timedelta(0):
             raise ValueError("window_size must be positive")
         if buckets < 1:
             raise ValueError("buckets must be at least 1")
+        if topics is not None and sorted(set(topics.values())) != ["sale", "shipment"]:
+            raise ValueError(f"topics must name a shipment topic and a sale topic, got {dict(topics)}")
         self._size = window_size // timedelta(microseconds=1)
         self._buckets = buckets
+        self._topics = dict(topics) if topics is not None else None
 
-    def expand(self, records: tuple[beam.PCollection, beam.PCollection]) -> BackfillResult:
-        shipments, sales = records
-        decoded = [
-            pcoll
-            | f"Decode{kind.title()}s"
-            >> beam.ParDo(_DecodeCompact(kind, self._buckets)).with_outputs(DEAD_LETTERS_TAG, main="events")
-            for kind, pcoll in (("shipment", shipments), ("sale", sales))
-        ]
+    def expand(self, records: beam.PCollection | tuple[beam.PCollection, beam.PCollection]) -> BackfillResult:
+        if isinstance(records, beam.PCollection):
+            if self._topics is None:
+                raise ValueError("one input collection needs topics={topic: kind} to tell shipments from sales")
+            decoded = [
+                records
+                | "Decode"
+                >> beam.ParDo(_DecodeCompact(self._topics, self._buckets)).with_outputs(DEAD_LETTERS_TAG, main="events")
+            ]
+            events = decoded[0].events
+        else:
+            shipments, sales = records
+            decoded = [
+                pcoll
+                | f"Decode{kind.title()}s"
+                >> beam.ParDo(_DecodeCompact(kind, self._buckets)).with_outputs(DEAD_LETTERS_TAG, main="events")
+                for kind, pcoll in (("shipment", shipments), ("sale", sales))
+            ]
+            events = [d.events for d in decoded] | "AllEvents" >> beam.Flatten()
         sums = (
-            [d.events for d in decoded]
-            | "AllEvents" >> beam.Flatten()
+            events
             | "FirstInLog" >> beam.CombinePerKey(_FirstInLog())
             | "SumBuckets" >> beam.ParDo(_SumBucket(self._size))
             | "MergeSums" >> beam.CombinePerKey(_MergeSums())
         )
         rows = sums | "Rows" >> beam.ParDo(_Rows(self._size)).with_outputs(_WINDOWS_TAG, main="inventory")
-        dead = [d[DEAD_LETTERS_TAG] for d in decoded] | "AllDeadLetters" >> beam.Flatten()
+        dead = (
+            decoded[0][DEAD_LETTERS_TAG]
+            if len(decoded) == 1
+            else [d[DEAD_LETTERS_TAG] for d in decoded] | "AllDeadLetters" >> beam.Flatten()
+        )
         return BackfillResult(rows.inventory, rows[_WINDOWS_TAG], dead)
