@@ -107,6 +107,24 @@ BENCHMARKS: tuple[Benchmark, ...] = (
             ),
             Headline("backfill: Beamline / DuckDB SQL", r"Beamline / \(b\): \*\*([\d.]+)x", ">= 0.2x", "x >= 0.2"),
             Headline(
+                "backfill, 2 worker processes / plain kafka-python loop",
+                r"with `--direct_num_workers=2 --direct_running_mode=multi_processing`: Beamline / \(a\) \*\*([\d.]+)x",
+                "(figure)",
+                "True",
+            ),
+            Headline(
+                "backfill, confluent client / plain kafka-python loop",
+                r"with `--kafka_client=confluent`: Beamline / \(a\) \*\*([\d.]+)x",
+                "(figure)",
+                "True",
+            ),
+            Headline(
+                "backfill, confluent client, 2 worker processes / plain kafka-python loop",
+                r"with `--kafka_client=confluent --direct_num_workers=2 [^`]*`: Beamline / \(a\) \*\*([\d.]+)x",
+                "(figure)",
+                "True",
+            ),
+            Headline(
                 "backfill: Beamline events/s",
                 r"\| Beamline batch backfill [^|]*\| [\d.]+ \| ([\d,]+) \|",
                 "(figure)",

@@ -47,6 +47,13 @@ INVALID_RATE, DUPLICATE_RATE = 0.01, 0.03
 GOAL_PLAIN, GOAL_DUCKDB = 1.0, 0.2
 # The FnApiRunner's other mode, measured as a second Beamline row: one SDK worker process per core.
 PARALLEL_ARGS = ("--direct_num_workers=2", "--direct_running_mode=multi_processing")
+CONFLUENT_ARGS = ("--kafka_client=confluent",)
+# Beamline runs besides the default one: key, what the row says, extra Beam options.
+VARIANTS = (
+    ("beamline_mp", f"`{' '.join(PARALLEL_ARGS)}`", PARALLEL_ARGS),
+    ("beamline_confluent", f"`{' '.join(CONFLUENT_ARGS)}`", CONFLUENT_ARGS),
+    ("beamline_confluent_mp", f"`{' '.join(CONFLUENT_ARGS + PARALLEL_ARGS)}`", CONFLUENT_ARGS + PARALLEL_ARGS),
+)
 WINDOW_S = 3600
 
 # Inventory rows compared across the three answers: key -> (shipped, sold, on_hand, events, last_event_time us).
@@ -286,6 +293,22 @@ def _worker(argv: list[str]) -> int:
     return 0
 
 
+def _variants(args: argparse.Namespace) -> list[tuple[str, str, tuple[str, ...]]]:
+    """The extra Beamline runs this invocation makes (confluent ones only where it is installed)."""
+    try:
+        import confluent_kafka  # noqa: F401
+    except ImportError:
+        confluent = False
+    else:
+        confluent = not args.no_confluent
+    parallel = not args.no_parallel
+    return [
+        (key, what, extra_args)
+        for key, what, extra_args in VARIANTS
+        if (confluent or CONFLUENT_ARGS[0] not in extra_args) and (parallel or PARALLEL_ARGS[0] not in extra_args)
+    ]
+
+
 def _run_worker(job: str, args: list[str], profile_to: Path | None = None) -> dict[str, Any]:
     """Run one job in a fresh interpreter; wall time includes start-up and imports."""
     command = [sys.executable, "-m", "bench.backfill", "--worker", job, *args]
@@ -444,7 +467,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--beam-arg", action="append", default=[], help="extra Beam option for the Beamline run")
     parser.add_argument("--profile", action="store_true", help="after the timed runs, profile one Beamline run")
     parser.add_argument(
-        "--no-parallel", action="store_true", help="skip the extra Beamline run with 2 worker processes"
+        "--no-parallel", action="store_true", help="skip the extra Beamline runs with 2 worker processes"
+    )
+    parser.add_argument(
+        "--no-confluent", action="store_true", help="skip the extra Beamline runs with the confluent-kafka client"
     )
     parser.add_argument("--profile-raw", type=Path, help="keep py-spy's raw profile at this path")
     parser.add_argument("--output", type=Path, default=RESULTS)
@@ -490,12 +516,12 @@ def main(argv: list[str] | None = None) -> int:
                 "beamline", ["--bootstrap", bootstrap, "--out", str(warehouse), *beam_args]
             )
             print(f"Beamline: {figures['beamline']['elapsed_s']:.1f}s", flush=True)
-            if not args.no_parallel:
-                parallel = [f"--beam-arg={a}" for a in PARALLEL_ARGS]
-                figures["beamline_mp"] = _run_worker(
-                    "beamline", ["--bootstrap", bootstrap, "--out", str(tmp / "warehouse-mp"), *beam_args, *parallel]
+            for key, what, extra_args in _variants(args):
+                variant_args = [f"--beam-arg={a}" for a in extra_args]
+                figures[key] = _run_worker(
+                    "beamline", ["--bootstrap", bootstrap, "--out", str(tmp / key), *beam_args, *variant_args]
                 )
-                print(f"Beamline, {' '.join(PARALLEL_ARGS)}: {figures['beamline_mp']['elapsed_s']:.1f}s", flush=True)
+                print(f"Beamline, {what}: {figures[key]['elapsed_s']:.1f}s", flush=True)
             figures["plain"] = _run_worker("plain", ["--bootstrap", bootstrap, "--out", str(tmp / "plain.parquet")])
             print(f"plain loop: {figures['plain']['elapsed_s']:.1f}s", flush=True)
             figures["duckdb"] = _run_worker("duckdb", ["--jsonl", str(jsonl), "--out", str(tmp / "duckdb.parquet")])
@@ -503,9 +529,9 @@ def main(argv: list[str] | None = None) -> int:
             load_after = _load()
 
             checks.append(_compare("Beamline inventory view", _warehouse_inventory(warehouse), truth, failures))
-            if "beamline_mp" in figures:
-                mp_inventory = _warehouse_inventory(tmp / "warehouse-mp")
-                checks.append(_compare("Beamline inventory view (2 worker processes)", mp_inventory, truth, failures))
+            for key, what, _ in _variants(args):
+                got = _warehouse_inventory(tmp / key)
+                checks.append(_compare(f"Beamline inventory view ({what})", got, truth, failures))
             checks.append(_compare("baseline (a) Parquet", _parquet_inventory(tmp / "plain.parquet"), truth, failures))
             checks.append(_compare("baseline (b) Parquet", _parquet_inventory(tmp / "duckdb.parquet"), truth, failures))
             if figures["plain"]["windows"] != len(truth_full.sales_by_window):
@@ -526,7 +552,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             broker.stop()
 
-    views = {"Beamline inventory view": "beamline", "Beamline inventory view (2 worker processes)": "beamline_mp"}
+    views = {"Beamline inventory view": "beamline"}
+    views.update({f"Beamline inventory view ({what})": key for key, what, _ in _variants(args)})
     for name in failures:
         if views.get(name) in figures:
             figures[views[name]]["wrong"] = True
@@ -584,36 +611,32 @@ def _report(
         "| reader | seconds | events/s | process wall s | peak RSS |",
         "|---|---:|---:|---:|---:|",
         row("Beamline batch backfill (`pipelines.inventory.run`, FnApiRunner, 3 views + dead letters)", "beamline"),
-        *(
-            [row(f"Beamline, same, with `{' '.join(PARALLEL_ARGS)}`", "beamline_mp")]
-            if "beamline_mp" in figures
-            else []
-        ),
+        *[row(f"Beamline, same, with {what}", key) for key, what, _ in VARIANTS if key in figures],
         row("(a) plain kafka-python loop, dicts, inventory to Parquet", "plain"),
         row("(b) DuckDB SQL over the JSON-lines export, inventory to Parquet", "duckdb"),
         "",
         f"- Beamline / (a): **{vs_plain:.2f}x** (goal >= {GOAL_PLAIN:.1f}x: {ok_plain})",
         f"- Beamline / (b): **{vs_duck:.2f}x** (goal >= {GOAL_DUCKDB:.1f}x: {ok_duck})",
         f"- Beamline peak RSS: **{beam['peak_rss_mib']:,.0f} MiB**",
+        *[
+            f"- with {what}: Beamline / (a) **{rate[key] / rate['plain']:.2f}x**, "
+            f"Beamline / (b) {rate[key] / rate['duckdb']:.2f}x"
+            for key, what, _ in VARIANTS
+            if key in figures
+        ],
         *(
-            [
-                f"- with 2 worker processes: Beamline / (a) {rate['beamline_mp'] / rate['plain']:.2f}x, "
-                f"Beamline / (b) {rate['beamline_mp'] / rate['duckdb']:.2f}x; peak RSS is the largest single "
-                f"process ({figures['beamline_mp']['peak_rss_mib']:,.0f} MiB), not the sum"
-            ]
-            if "beamline_mp" in figures
+            ["- with 2 worker processes, peak RSS is the largest single process, not the sum"]
+            if any(key in figures for key, _, extra_args in VARIANTS if PARALLEL_ARGS[0] in extra_args)
             else []
         ),
         f"- produce (once, not compared): {produced.describe()}",
         f"- Beamline counters: {counter_text}",
-        *(
-            [
-                "- Beamline counters with 2 worker processes: "
-                + (", ".join(f"{k}={v:,}" for k, v in sorted(figures["beamline_mp"].get("counters", {}).items())))
-            ]
-            if "beamline_mp" in figures
-            else []
-        ),
+        *[
+            f"- Beamline counters with {what}: "
+            + ", ".join(f"{k}={v:,}" for k, v in sorted(figures[key].get("counters", {}).items()))
+            for key, what, _ in VARIANTS
+            if key in figures
+        ],
         f"- baseline (a): read {plain['read']:,}, invalid {plain['invalid']:,}, duplicates {plain['duplicates']:,}, "
         f"{plain['rows']:,} inventory rows, {plain['windows']:,} hourly sales windows",
         "",
