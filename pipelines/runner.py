@@ -16,12 +16,16 @@ the views hold everything committed so far, and a restart replays the log
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import apache_beam as beam
@@ -32,7 +36,7 @@ from infra.kafka_broker import count_records
 from infra.paths import prism_binary
 from pipelines.options import BeamlineOptions, bootstrap_servers
 from transforms.errors import PipelineFailed, SetupMissing
-from transforms.kafka import LOCAL_PROGRESS
+from transforms.kafka import LOCAL_PROGRESS, PROGRESS_DIR_ENV
 
 __all__ = ["PRISM_NO_SPLITS", "RunSummary", "main_for", "run_pipeline"]
 
@@ -109,12 +113,27 @@ def _collect_counters(result: beam.runners.runner.PipelineResult) -> dict[str, i
     return totals
 
 
+@contextlib.contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    """``name=value`` in this process's environment (and its children's) for the block."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
 class _ProgressReporter(threading.Thread):
     """Prints "read X of Y records" of a backfill every few seconds, on stderr."""
 
-    def __init__(self, total: int, every_s: float = 5.0) -> None:
+    def __init__(self, total: int, shared_dir: str | None = None, every_s: float = 5.0) -> None:
         super().__init__(name="beamline-progress", daemon=True)
         self._total = total
+        self._shared_dir = shared_dir
         self._every_s = every_s
         self._done = threading.Event()
         self._base = LOCAL_PROGRESS.records
@@ -123,10 +142,12 @@ class _ProgressReporter(threading.Thread):
         started = time.monotonic()
         while not self._done.wait(self._every_s):
             read = LOCAL_PROGRESS.records - self._base
+            if self._shared_dir is not None:
+                read += LOCAL_PROGRESS.in_other_processes(self._shared_dir)
             elapsed = time.monotonic() - started
             if not read:
-                # Nothing read yet, or readers in worker processes (multi_processing):
-                # they report only when the run ends, so say what is known.
+                # Nothing read yet, or readers that cannot tell (workers elsewhere):
+                # say what is known.
                 print(f"  reading {self._total:,} records, {elapsed:,.0f}s elapsed", file=sys.stderr)
                 continue
             share = f" ({100 * read / self._total:.0f}%)" if self._total else ""
@@ -155,47 +176,45 @@ def run_pipeline(
     pipeline = beam.Pipeline(options=options)
     build(pipeline, options)
 
-    reporter = None
-    if not streaming and progress_topics is not None:
-        total = count_records(bootstrap_servers(options), progress_topics(options))
-        reporter = _ProgressReporter(total)
-        reporter.start()
-    started = time.monotonic()
-    try:
+    with contextlib.ExitStack() as stack:
+        if not streaming and progress_topics is not None:
+            total = count_records(bootstrap_servers(options), progress_topics(options))
+            # Worker processes inherit the environment: their readers report there.
+            shared_dir = tempfile.mkdtemp(prefix="beamline-progress-")
+            stack.callback(shutil.rmtree, shared_dir, ignore_errors=True)
+            stack.enter_context(_environment(PROGRESS_DIR_ENV, shared_dir))
+            reporter = _ProgressReporter(total, shared_dir)
+            reporter.start()
+            stack.callback(reporter.stop)
+        started = time.monotonic()
         result = pipeline.run()
-    except BaseException:
-        if reporter is not None:
-            reporter.stop()
-        raise
-    if on_started is not None:
-        on_started(result)
-    stop_requested = threading.Event()
+        if on_started is not None:
+            on_started(result)
+        stop_requested = threading.Event()
 
-    def _stop(signum: int, _frame: object) -> None:
-        if stop_requested.is_set():
-            return
-        stop_requested.set()
-        print(f"beamline: {signal.Signals(signum).name} received, stopping the pipeline", file=sys.stderr)
+        def _stop(signum: int, _frame: object) -> None:
+            if stop_requested.is_set():
+                return
+            stop_requested.set()
+            print(f"beamline: {signal.Signals(signum).name} received, stopping the pipeline", file=sys.stderr)
+            try:
+                result.cancel()
+            except Exception as exc:  # already finished, or the runner cannot cancel
+                _LOG.debug("cancel failed: %s", exc)
+
+        previous = {}
+        if streaming and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, _stop)
         try:
-            result.cancel()
-        except Exception as exc:  # already finished, or the runner cannot cancel
-            _LOG.debug("cancel failed: %s", exc)
-
-    previous = {}
-    if streaming and threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, _stop)
-    try:
-        state = result.wait_until_finish()
-    except Exception:
-        if not stop_requested.is_set():
-            raise
-        state = PipelineState.CANCELLED
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if reporter is not None:
-            reporter.stop()
+            state = result.wait_until_finish()
+        except Exception:
+            if not stop_requested.is_set():
+                raise
+            state = PipelineState.CANCELLED
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     state_name = str(state).split(".")[-1]
     if state_name not in ("DONE", "CANCELLED", "CANCELLING") or (state_name != "DONE" and not stop_requested.is_set()):
         raise PipelineFailed(f"the pipeline ended in state {state_name}; see the log above for the failing step")

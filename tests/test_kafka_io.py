@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
@@ -32,7 +33,9 @@ from pipelines.runner import PRISM_NO_SPLITS
 from transforms.errors import ConfigError, KafkaUnavailable
 from transforms.kafka import (
     KAFKA_CLIENTS,
+    LOCAL_PROGRESS,
     METRICS_NAMESPACE,
+    PROGRESS_DIR_ENV,
     KafkaBatch,
     KafkaBatchCoder,
     KafkaRecord,
@@ -204,16 +207,19 @@ def test_batched_bounded_read_returns_exactly_the_log_in_batches(
 
 
 def test_bounded_read_returns_exactly_the_log_with_two_worker_processes(
-    bootstrap_servers: str, backfill_topic: Any
+    bootstrap_servers: str, backfill_topic: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The FnApiRunner's multi-worker mode can drop an SDF's self-checkpoint residual
     # (apache/beam#19842), and a 2-worker backfill once read a third of a topic; a
     # bounded read must come out whole however small its polls and bundle deadline.
     topic, expected = backfill_topic
+    monkeypatch.setenv(PROGRESS_DIR_ENV, str(tmp_path))  # as a batch run's launcher does
     options = PipelineOptions(direct_num_workers=2, direct_running_mode="multi_processing")
     pipeline = beam.Pipeline("FnApiRunner", options=options)
     small_polls = {"max_poll_records": 500}
     _read_all(pipeline, bootstrap_servers, topic, expected, max_bundle_s=0.01, consumer_config=small_polls)
+    # The workers' readers told the launcher how many records they read, every one.
+    assert LOCAL_PROGRESS.in_other_processes(str(tmp_path)) == len(expected)
 
 
 def test_bounded_read_returns_exactly_the_log_on_prism(

@@ -1,10 +1,15 @@
-"""The Beam options Beamline adds to a run (pure argument logic)."""
+"""The Beam options Beamline adds to a run, and its progress lines (pure logic, no broker)."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import pytest
 from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions
 
-from pipelines.runner import STREAM_JOB_TIMEOUT_S, resolve_argv
+from pipelines.runner import STREAM_JOB_TIMEOUT_S, _ProgressReporter, resolve_argv
+from transforms.kafka import PROGRESS_DIR_ENV, _LocalProgress
 
 
 def _timeout(argv: list[str]) -> int:
@@ -25,3 +30,24 @@ def test_a_timeout_the_user_gives_is_kept() -> None:
 
 def test_a_batch_run_keeps_beams_default() -> None:
     assert _timeout(["--mode=batch"]) == PipelineOptions([]).view_as(PortableOptions).job_server_timeout
+
+
+def test_readers_in_other_processes_count_in_the_progress_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A worker process's reader writes its total where the launcher asked ...
+    monkeypatch.setenv(PROGRESS_DIR_ENV, str(tmp_path))
+    progress = _LocalProgress()
+    progress.add(30)
+    progress.add(10)
+    progress.share()
+    (tmp_path / str(os.getpid())).rename(tmp_path / "1")  # as if another process wrote it
+    (tmp_path / "2.tmp").write_text("999")  # a half-written report is not counted
+    assert _LocalProgress.in_other_processes(str(tmp_path)) == 40
+    # ... and the launcher's progress line counts it.
+    reporter = _ProgressReporter(100, str(tmp_path), every_s=0.01)
+    reporter.start()
+    while "read 40 of 100 records (40%)" not in capsys.readouterr().err:
+        assert reporter.is_alive()
+    reporter.stop()
+    reporter.join()
