@@ -33,6 +33,7 @@ from infra.kafka_broker import ensure_topics
 from pipelines.options import BeamlineOptions, KafkaOptions, WarehouseOptions, bootstrap_servers
 from pipelines.runner import RunSummary, main_for, run_pipeline
 from transforms.backfill import BackfillRetail
+from transforms.errors import ConfigError
 from transforms.events import DecodeEvents, dead_letter_to_kafka, dead_letter_to_row
 from transforms.kafka import ReadFromKafka, WriteToKafka
 from transforms.retail import StreamRetail
@@ -104,6 +105,11 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions) -> None:
     settings = options.view_as(BeamlineOptions)
     warehouse = options.view_as(WarehouseOptions).warehouse
     mode = settings.mode
+    if kafka.shipments_topic == kafka.sales_topic:
+        raise ConfigError(
+            f"--shipments_topic and --sales_topic both name {kafka.shipments_topic!r}; "
+            "shipments and sales need a topic each"
+        )
 
     if mode == "batch":
         # The whole log is here: the views are its plain recompute (transforms/backfill.py).

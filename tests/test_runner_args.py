@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions
 
+from pipelines import inventory
 from pipelines.runner import STREAM_JOB_TIMEOUT_S, _ProgressReporter, resolve_argv
+from transforms.errors import ConfigError
 from transforms.kafka import PROGRESS_DIR_ENV, _LocalProgress
 
 
@@ -51,3 +54,9 @@ def test_readers_in_other_processes_count_in_the_progress_lines(
         assert reporter.is_alive()
     reporter.stop()
     reporter.join()
+
+
+def test_one_topic_for_shipments_and_sales_is_refused_before_any_read() -> None:
+    options = PipelineOptions(["--shipments_topic=events", "--sales_topic=events", "--bootstrap_servers=127.0.0.1:1"])
+    with pytest.raises(ConfigError, match="shipments and sales need a topic each"):
+        inventory.build(beam.Pipeline(), options)
