@@ -17,8 +17,10 @@ raw events would push every event through a shuffle. Instead:
 3. each bucket's survivors are summed per (store_id, item_id): totals, events,
    last event time, and units and sales per event-time window;
 4. a second CombinePerKey merges the buckets' sums per (store_id, item_id);
-5. the ``inventory`` and ``sales_by_window`` rows are built from the merged sums
-   by the same functions the streaming path uses.
+5. the ``inventory`` rows are built from the merged sums by the function the
+   streaming path uses; the ``sales_by_window`` rows of a key come as one Arrow
+   table with the same columns (``window_table``, held equal to ``window_row``
+   by a test), as a backfill writes hundreds of thousands of them.
 
 Buckets (a CRC of the event_id, stable across processes) let the dedupe run on
 several workers at once; their count barely matters on one machine.
