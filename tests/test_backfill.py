@@ -165,6 +165,6 @@ def test_accumulator_coders_round_trip_and_size_without_pickling(monkeypatch: py
     for coder, acc in ((first_coder, first), (sums_coder, sums)):
         assert coder.decode(coder.encode(acc)) == acc
     # Beam sizes sampled elements for its counters: that must not pickle a whole bucket again.
-    monkeypatch.setattr("transforms.backfill._pickle_whole", lambda value: pytest.fail("pickled to size"))
+    monkeypatch.setattr("transforms.coders.pickle_whole", lambda value: pytest.fail("pickled to size"))
     for coder, acc in ((_FirstInLog().get_accumulator_coder(), first), (_MergeSums().get_accumulator_coder(), sums)):
         assert coder.get_impl().estimate_size(acc) > 0

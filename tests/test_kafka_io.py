@@ -181,7 +181,7 @@ def test_batch_coder_round_trips_and_sizes_a_batch_without_pickling_it(monkeypat
     encoded = coder.encode(batch)
     assert coder.decode(encoded) == batch
     # Beam sizes sampled elements for its byte counters; for a batch that must not pickle it again.
-    monkeypatch.setattr("transforms.kafka._pickle_batch", lambda value: pytest.fail("pickled to size"))
+    monkeypatch.setattr("transforms.coders.pickle_whole", lambda value: pytest.fail("pickled to size"))
     estimate = KafkaBatchCoder().get_impl().estimate_size(batch)
     assert len(encoded) / 2 < estimate < len(encoded) * 2
     assert KafkaBatchCoder().get_impl().estimate_size(KafkaBatch("t", 1, ())) > 0

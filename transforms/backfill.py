@@ -28,17 +28,15 @@ several workers at once; their count barely matters on one machine.
 
 from __future__ import annotations
 
-import pickle
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any, NamedTuple
 
 import apache_beam as beam
-from apache_beam.coders import PickleCoder
-from apache_beam.coders.coder_impl import CallbackCoderImpl
 from apache_beam.metrics import Metrics
 
+from transforms.coders import EstimatedPickleCoder
 from transforms.counts import DEFAULT_WINDOW_SIZE, window_table
 from transforms.events import DEAD_LETTERS_TAG, DeadLetter, EventKind, decode_fields
 from transforms.inventory import inventory_row
@@ -51,37 +49,10 @@ _WINDOWS_TAG = "windows"
 _NO_TIME = -(2**63)
 
 
-class _AccumulatorCoder(PickleCoder):
-    """Pickles an accumulator whole; tells Beam its size by a cheap estimate.
-
-    One pickle per bucket shares every repeated store and item name, where
-    Beam's default coder writes each string out again. Beam sizes sampled
-    elements for its byte counters by encoding them: for an accumulator that
-    holds a bucket's every event that was an extra full pickle, most of the
-    pickling in a backfill. ``estimate`` is a module-level function (so the
-    coder pickles by reference).
-    """
-
-    def __init__(self, estimate: Callable[[Any], int]) -> None:
-        self._estimate = estimate
-
-    def _create_impl(self) -> CallbackCoderImpl:
-        return CallbackCoderImpl(_pickle_whole, pickle.loads, size_estimator=self._estimate)
-
-    # PickleCoder compares by type alone, and Beam shares equal coders between steps.
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other._estimate is self._estimate
-
-    def __hash__(self) -> int:
-        return hash((type(self), self._estimate))
-
-
-def _pickle_whole(value: Any) -> bytes:
-    return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
-
-
-# Pickled bytes per item, measured on generated retail events: ~70 per kept
-# event in a dedupe accumulator, ~25 per window in a key's sums.
+# Accumulators cross the shuffle whole: one pickle per bucket shares every
+# repeated store and item name, where Beam's default coder writes each string
+# out again. Their sizes for Beam's counters, in pickled bytes per item measured
+# on generated retail events: ~70 per kept event, ~25 per window in a key's sums.
 def _first_in_log_size(acc: list[Any]) -> int:
     return 16 + 70 * len(acc[0])
 
@@ -202,7 +173,7 @@ class _FirstInLog(beam.CombineFn):
         return acc
 
     def get_accumulator_coder(self) -> beam.coders.Coder:
-        return _AccumulatorCoder(_first_in_log_size)
+        return EstimatedPickleCoder(_first_in_log_size)
 
 
 class _SumBucket(beam.DoFn):
@@ -274,7 +245,7 @@ class _MergeSums(beam.CombineFn):
         return acc
 
     def get_accumulator_coder(self) -> beam.coders.Coder:
-        return _AccumulatorCoder(_sums_size)
+        return EstimatedPickleCoder(_sums_size)
 
 
 class _Rows(beam.DoFn):

@@ -229,6 +229,8 @@ def micros_to_datetime(micros: int) -> datetime:
 
 def _string_field(obj: dict[str, Any], name: str) -> str:
     value = obj.get(name)
+    if type(value) is str and value and value.isascii():
+        return value  # the usual field: the checks below can only pass
     if name not in obj:
         raise _Invalid(f"missing field {name!r}")
     if not isinstance(value, str) or isinstance(value, _HugeInt):  # _HugeInt is a long JSON integer
@@ -263,6 +265,9 @@ def _json_type(value: Any) -> str:
 
 
 def _quantity(obj: dict[str, Any]) -> int:
+    value = obj.get("quantity")
+    if type(value) is int and 0 < value <= MAX_QUANTITY:
+        return value  # the usual quantity: the checks below can only pass
     if "quantity" not in obj:
         raise _Invalid("missing field 'quantity'")
     value = obj["quantity"]
@@ -281,59 +286,59 @@ def _quantity(obj: dict[str, Any]) -> int:
 _DECODER = json.JSONDecoder(parse_int=_parse_int, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
 
 
-_PLAIN_DECODER = json.JSONDecoder()
-_FLOAT_LIMIT = float("inf")
-_INT_LIMIT = 10**_MAX_INT_DIGITS
+# orjson reads an integer literal past 64 bits as a float; such a float is the
+# strict decoder's to word (an integer is "out of range", not "a fraction").
+_FLOAT_STEP_ASIDE = float(2**63)
 
 
-def _flat_object(text: str) -> dict[str, Any] | None:
-    """The common case without the per-object hooks: a flat object, proven free of duplicate names.
+def _flat_object(value: bytes) -> dict[str, Any] | None:
+    """The common case, decoded in C: a flat object, proven free of duplicate names.
 
     Returns None whenever the strict decoder must decide (and word the error).
-    Without a backslash every string in ``text`` decodes to its raw characters,
-    and in JSON a colon outside strings separates one member's name from its
-    value. So the colons in ``text`` number the members written (lost
-    duplicates and nested members included) plus the colons inside strings;
-    they equal the members kept plus the colons in the kept strings exactly
-    when no name was repeated and nothing was nested.
+    orjson refuses what the strict decoder refuses here (invalid UTF-8, a byte
+    order mark, NaN and the infinities, control characters) and reads the
+    rest alike, but for integers past 64 bits (floats, see above). Without a
+    backslash every string decodes to its raw characters, and in JSON a colon
+    outside strings separates one member's name from its value. So the colons
+    in ``value`` number the members written (lost duplicates and nested
+    members included) plus the colons inside strings; they equal the members
+    kept plus the colons in the kept strings exactly when no name was
+    repeated and nothing was nested.
     """
-    if "\\" in text:
+    if b"\\" in value:
         return None
     try:
-        obj = _PLAIN_DECODER.decode(text)
-    except (ValueError, RecursionError):
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError:
         return None
     if type(obj) is not dict:
         return None
     colons = len(obj)
-    for name, value in obj.items():
+    for name, member in obj.items():
         colons += name.count(":")
-        kind = type(value)
+        kind = type(member)
         if kind is str:
-            colons += value.count(":")
+            colons += member.count(":")
         elif kind is float:
-            if not -_FLOAT_LIMIT < value < _FLOAT_LIMIT:  # NaN and the infinities fail both
+            if member.is_integer() and abs(member) >= _FLOAT_STEP_ASIDE:
                 return None
-        elif kind is int:
-            if not -_INT_LIMIT < value < _INT_LIMIT:
-                return None
-        elif kind is not bool and value is not None:
+        elif kind is not int and kind is not bool and member is not None:
             return None  # nested: the strict decoder checks inside it
-    return obj if text.count(":") == colons else None
+    return obj if value.count(b":") == colons else None
 
 
 def _decode_object(value: bytes | None) -> dict[str, Any]:
     if value is None:
         raise _Invalid("null value (tombstone): expected a JSON object")
+    obj = _flat_object(value)
+    if obj is not None:
+        return obj
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _Invalid(f"invalid UTF-8 at byte {exc.start}") from None
     if text.startswith("\ufeff"):
         raise _Invalid("not JSON: a byte order mark before the value")
-    obj = _flat_object(text)
-    if obj is not None:
-        return obj
     try:
         obj = _DECODER.decode(text)
     except _Invalid:
@@ -347,58 +352,6 @@ def _decode_object(value: bytes | None) -> dict[str, Any]:
     return obj
 
 
-_CONTRACT_FIELDS = 5  # event_id, store_id, item_id, quantity, event_time
-
-
-def _usual_fields(value: bytes) -> EventFields | None:
-    """The fields of a valid event written the usual way, checked mostly in C; None sends it to the full check.
-
-    Returns only what the full check would return for the same bytes: a flat
-    object of exactly the contract's five fields with their types and ranges.
-    Without a backslash no string can hold a lone surrogate, and without a
-    byte order mark (which orjson refuses) orjson and the standard decoder
-    read the same object; the colon count proves no name was repeated, as in
-    :func:`_flat_object`. Anything else (escapes, extra fields, floats,
-    integers past 64 bits, which orjson turns into floats) takes the full path,
-    which words the error.
-    """
-    if b"\\" in value:
-        return None
-    try:
-        obj = orjson.loads(value)
-    except Exception:  # not JSON, not UTF-8, nested too deeply: the full check says which
-        return None
-    if type(obj) is not dict or len(obj) != _CONTRACT_FIELDS:
-        return None
-    get = obj.get
-    event_id, store_id, item_id, quantity, raw_time = (
-        get("event_id"),
-        get("store_id"),
-        get("item_id"),
-        get("quantity"),
-        get("event_time"),
-    )
-    if not (
-        type(event_id) is str
-        and type(store_id) is str
-        and type(item_id) is str
-        and type(raw_time) is str
-        and type(quantity) is int
-        and event_id
-        and store_id
-        and item_id
-        and 0 < quantity <= MAX_QUANTITY
-    ):
-        return None
-    strings_colons = event_id.count(":") + store_id.count(":") + item_id.count(":") + raw_time.count(":")
-    if value.count(b":") != _CONTRACT_FIELDS + strings_colons:
-        return None
-    try:
-        return event_id, store_id, item_id, quantity, parse_rfc3339(raw_time)
-    except ValueError:
-        return None
-
-
 def decode_fields(value: bytes | None) -> EventFields | str:
     """``(event_id, store_id, item_id, quantity, event_time micros)`` of a valid value, or why it is invalid.
 
@@ -406,25 +359,16 @@ def decode_fields(value: bytes | None) -> EventFields | str:
     the value contains is turned into an error string, so a poison record
     cannot stop a pipeline.
     """
-    if type(value) is bytes:
-        fields = _usual_fields(value)
-        if fields is not None:
-            return fields
-    return _checked_fields(value)
-
-
-def _checked_fields(value: bytes | None) -> EventFields | str:
-    """decode_fields without the shortcut: every rule, in order, with its error."""
     try:
         obj = _decode_object(value)
         event_id = _string_field(obj, "event_id")
         store_id = _string_field(obj, "store_id")
         item_id = _string_field(obj, "item_id")
         quantity = _quantity(obj)
+        raw_time = obj.get("event_time")
         if "event_time" not in obj:
             raise _Invalid("missing field 'event_time'")
-        raw_time = obj["event_time"]
-        if not isinstance(raw_time, str) or isinstance(raw_time, _HugeInt):
+        if type(raw_time) is not str:  # _HugeInt, a long JSON integer, is a str subclass
             raise _Invalid(f"field 'event_time' must be a string, got {_json_type(raw_time)}")
         try:
             event_time = parse_rfc3339(raw_time)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import pickle
 import sys
 import threading
 import time
@@ -32,7 +31,6 @@ from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
-from apache_beam.coders.coder_impl import CallbackCoderImpl
 from apache_beam.io.iobase import RestrictionTracker, WatermarkEstimator
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 from apache_beam.metrics import Metrics
@@ -43,6 +41,7 @@ from apache_beam.transforms.window import GlobalWindow, TimestampedValue
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
+from transforms.coders import EstimatedPickleCoder
 from transforms.errors import BeamlineError, ConfigError, KafkaUnavailable
 from transforms.worker_gc import WORKER_GC_THRESHOLD, tune_worker_gc
 
@@ -202,20 +201,15 @@ class KafkaBatch(NamedTuple):
     records: tuple[KafkaRecord, ...]
 
 
-class KafkaBatchCoder(PickleCoder):
+class KafkaBatchCoder(EstimatedPickleCoder):
     """Pickles a :class:`KafkaBatch`; estimates its size from a few of its records.
 
-    Beam sizes sampled elements for its byte counters by encoding them, and
-    a poll can hold tens of thousands of records: pickling sampled batches
-    for a number cost a backfill over a second per million records.
+    A poll can hold tens of thousands of records: pickling sampled batches for
+    Beam's byte counters cost a backfill over a second per million records.
     """
 
-    def _create_impl(self) -> CallbackCoderImpl:
-        return CallbackCoderImpl(_pickle_batch, pickle.loads, size_estimator=_estimated_batch_size)
-
-
-def _pickle_batch(batch: KafkaBatch) -> bytes:
-    return pickle.dumps(batch, pickle.HIGHEST_PROTOCOL)
+    def __init__(self) -> None:
+        super().__init__(_estimated_batch_size)
 
 
 _RECORD_OVERHEAD = 48  # pickled bytes of a record besides its key and value, roughly
