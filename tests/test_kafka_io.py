@@ -32,6 +32,7 @@ from infra.kafka_broker import KafkaBroker, free_port
 from pipelines.runner import PRISM_NO_SPLITS
 from transforms.errors import ConfigError, KafkaUnavailable
 from transforms.kafka import (
+    _TP,
     KAFKA_CLIENTS,
     LOCAL_PROGRESS,
     METRICS_NAMESPACE,
@@ -41,6 +42,7 @@ from transforms.kafka import (
     KafkaRecord,
     ReadFromKafka,
     WriteToKafka,
+    _new_consumer,
     _OffsetTracker,
     _PartitionWatermark,
 )
@@ -153,6 +155,24 @@ def test_bounded_read_returns_exactly_the_log_on_fnapi(
     topic, expected = backfill_topic
     assert len(expected) == 20_000 and any(e[4] is None for e in expected) and any(e[6] for e in expected)
     _read_all(_fn_api(), bootstrap_servers, topic, expected, client=client)
+
+
+def test_kafka_python_polls_come_from_beamlines_record_decoder(bootstrap_servers: str, backfill_topic: Any) -> None:
+    """The pinned kafka-python takes Beamline's decoder; a release that did not would fall back silently."""
+    topic, expected = backfill_topic
+    consumer = _new_consumer(ReadFromKafka(bootstrap_servers, topic, stop="end")._spec)
+    try:
+        assert consumer._tuples is True
+        tp = _TP(topic, 0)
+        consumer.assign(tp)
+        consumer.seek(tp, 0)
+        records: list[Any] = []
+        while len(records) < 100:
+            records += consumer.poll_batch(tp, 1.0)
+        assert all(type(r) is KafkaRecord for r in records)
+        assert {_fingerprint(r) for r in records} <= set(expected)
+    finally:
+        consumer.close()
 
 
 class _UnpackBatch(beam.DoFn):

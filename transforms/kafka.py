@@ -495,6 +495,10 @@ class _KafkaPythonConsumer(_Consumer):
             raise ConfigError(f"invalid Kafka consumer settings: {exc}; fix consumer_config") from None
         except (KafkaError, OSError) as exc:
             raise _unavailable(spec.bootstrap_servers, spec.timeout_s, exc) from None
+        from transforms import kafka_records
+
+        # Polls return KafkaRecord tuples decoded by Beamline: a third of the cost.
+        self._tuples = kafka_records.install(self._c)
 
     def retriable(self, exc: BaseException) -> bool:
         return bool(getattr(exc, "retriable", False)) or isinstance(exc, self._connection_error)
@@ -535,6 +539,8 @@ class _KafkaPythonConsumer(_Consumer):
         batch = self._c.poll(timeout_ms=max(1, int(timeout_s * 1000)), max_records=10_000).get(tp)
         if not batch:
             return []
+        if self._tuples:
+            return batch
         return [
             KafkaRecord(
                 rec.topic,
