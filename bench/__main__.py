@@ -107,8 +107,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
             ),
             Headline("backfill: Beamline / DuckDB SQL", r"Beamline / \(b\): \*\*([\d.]+)x", ">= 0.2x", "x >= 0.2"),
             Headline(
-                "backfill, 2 worker processes / plain kafka-python loop",
-                r"with `--direct_num_workers=2 --direct_running_mode=multi_processing`: Beamline / \(a\) \*\*([\d.]+)x",
+                "backfill, one process / plain kafka-python loop",
+                r"with `--direct_num_workers=1` \(one process\): Beamline / \(a\) \*\*([\d.]+)x",
                 "(figure)",
                 "True",
             ),
@@ -119,8 +119,9 @@ BENCHMARKS: tuple[Benchmark, ...] = (
                 "True",
             ),
             Headline(
-                "backfill, confluent client, 2 worker processes / plain kafka-python loop",
-                r"with `--kafka_client=confluent --direct_num_workers=2 [^`]*`: Beamline / \(a\) \*\*([\d.]+)x",
+                "backfill, confluent client, one process / plain kafka-python loop",
+                r"with `--kafka_client=confluent --direct_num_workers=1` \(one process\): "
+                r"Beamline / \(a\) \*\*([\d.]+)x",
                 "(figure)",
                 "True",
             ),

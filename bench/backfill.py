@@ -45,14 +45,19 @@ PARTITIONS = 4
 SHIPMENTS, SALES, DEAD = "bench-shipments", "bench-sales", "bench-dead-letters"
 INVALID_RATE, DUPLICATE_RATE = 0.01, 0.03
 GOAL_PLAIN, GOAL_DUCKDB = 1.0, 0.2
-# The FnApiRunner's other mode, measured as a second Beamline row: one SDK worker process per core.
-PARALLEL_ARGS = ("--direct_num_workers=2", "--direct_running_mode=multi_processing")
+# By default a backfill this large runs in worker processes (pipelines.runner.auto_workers);
+# this keeps it in one, for a row of its own.
+ONE_PROCESS_ARGS = ("--direct_num_workers=1",)
 CONFLUENT_ARGS = ("--kafka_client=confluent",)
 # Beamline runs besides the default one: key, what the row says, extra Beam options.
 VARIANTS = (
-    ("beamline_mp", f"`{' '.join(PARALLEL_ARGS)}`", PARALLEL_ARGS),
+    ("beamline_one", f"`{' '.join(ONE_PROCESS_ARGS)}` (one process)", ONE_PROCESS_ARGS),
     ("beamline_confluent", f"`{' '.join(CONFLUENT_ARGS)}`", CONFLUENT_ARGS),
-    ("beamline_confluent_mp", f"`{' '.join(CONFLUENT_ARGS + PARALLEL_ARGS)}`", CONFLUENT_ARGS + PARALLEL_ARGS),
+    (
+        "beamline_confluent_one",
+        f"`{' '.join(CONFLUENT_ARGS + ONE_PROCESS_ARGS)}` (one process)",
+        CONFLUENT_ARGS + ONE_PROCESS_ARGS,
+    ),
 )
 WINDOW_S = 3600
 
@@ -301,11 +306,11 @@ def _variants(args: argparse.Namespace) -> list[tuple[str, str, tuple[str, ...]]
         confluent = False
     else:
         confluent = not args.no_confluent
-    parallel = not args.no_parallel
+    one_process = not args.no_one_process
     return [
         (key, what, extra_args)
         for key, what, extra_args in VARIANTS
-        if (confluent or CONFLUENT_ARGS[0] not in extra_args) and (parallel or PARALLEL_ARGS[0] not in extra_args)
+        if (confluent or CONFLUENT_ARGS[0] not in extra_args) and (one_process or ONE_PROCESS_ARGS[0] not in extra_args)
     ]
 
 
@@ -467,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--beam-arg", action="append", default=[], help="extra Beam option for the Beamline run")
     parser.add_argument("--profile", action="store_true", help="after the timed runs, profile one Beamline run")
     parser.add_argument(
-        "--no-parallel", action="store_true", help="skip the extra Beamline runs with 2 worker processes"
+        "--no-one-process", action="store_true", help="skip the extra Beamline runs kept in one process"
     )
     parser.add_argument(
         "--no-confluent", action="store_true", help="skip the extra Beamline runs with the confluent-kafka client"
@@ -585,6 +590,9 @@ def _report(
     counters = beam.get("counters", {})
     counter_text = ", ".join(f"{k}={v:,}" for k, v in sorted(counters.items())) or "none reported"
     extra = " ".join(args.beam_arg) or "none (FnApiRunner defaults)"
+    from pipelines.runner import auto_workers, available_cores
+
+    workers = auto_workers(args.beam_arg, log_records, available_cores())
 
     def row(label: str, key: str) -> str:
         f = figures[key]
@@ -610,7 +618,11 @@ def _report(
         "",
         "| reader | seconds | events/s | process wall s | peak RSS |",
         "|---|---:|---:|---:|---:|",
-        row("Beamline batch backfill (`pipelines.inventory.run`, FnApiRunner, 3 views + dead letters)", "beamline"),
+        row(
+            "Beamline batch backfill (`pipelines.inventory.run`, FnApiRunner, 3 views + dead letters; "
+            f"defaults: {workers} worker process{'es' if workers > 1 else ''} at this size)",
+            "beamline",
+        ),
         *[row(f"Beamline, same, with {what}", key) for key, what, _ in VARIANTS if key in figures],
         row("(a) plain kafka-python loop, dicts, inventory to Parquet", "plain"),
         row("(b) DuckDB SQL over the JSON-lines export, inventory to Parquet", "duckdb"),
@@ -624,11 +636,7 @@ def _report(
             for key, what, _ in VARIANTS
             if key in figures
         ],
-        *(
-            ["- with 2 worker processes, peak RSS is the largest single process, not the sum"]
-            if any(key in figures for key, _, extra_args in VARIANTS if PARALLEL_ARGS[0] in extra_args)
-            else []
-        ),
+        *(["- with worker processes, peak RSS is the largest single process, not the sum"] if workers > 1 else []),
         f"- produce (once, not compared): {produced.describe()}",
         f"- Beamline counters: {counter_text}",
         *[

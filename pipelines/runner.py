@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import DebugOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DebugOptions, DirectOptions, PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineState
 
 from infra.kafka_broker import count_records
@@ -38,7 +38,15 @@ from pipelines.options import BeamlineOptions, bootstrap_servers
 from transforms.errors import PipelineFailed, SetupMissing
 from transforms.kafka import LOCAL_PROGRESS, PROGRESS_DIR_ENV
 
-__all__ = ["PRISM_NO_SPLITS", "RunSummary", "main_for", "run_pipeline"]
+__all__ = [
+    "AUTO_WORKERS_FROM_RECORDS",
+    "PRISM_NO_SPLITS",
+    "RunSummary",
+    "auto_workers",
+    "available_cores",
+    "main_for",
+    "run_pipeline",
+]
 
 FN_API_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 # Prism (2.77) must not split bundles dynamically while stateful DoFns run on it.
@@ -53,6 +61,15 @@ PRISM_NO_SPLITS = "prism_disable_sdf_split"
 # A streaming job runs until stopped: ten years stands for "no deadline".
 STREAM_JOB_TIMEOUT_S = 10 * 365 * 24 * 3600
 METRICS_NAMESPACE = "beamline"
+# A backfill of at least this many records runs in worker processes, one per
+# core, when the user left the runner's parallelism alone. Below it, starting
+# the workers (each imports Beam; about 2 s on 2 vCPU) costs more than they
+# save: 250k events took 4.4 s in one process and 5.4 s in two, 1M took 15.8 s
+# and 13.7 s (bench/results/backfill.md).
+AUTO_WORKERS_FROM_RECORDS = 600_000
+# Each worker is a whole Python process with its own Beam; more than this many
+# was never measured.
+MAX_AUTO_WORKERS = 4
 
 _LOG = logging.getLogger(__name__)
 
@@ -98,6 +115,28 @@ def resolve_argv(argv: Sequence[str]) -> list[str]:
     if uses_prism and PRISM_NO_SPLITS not in (options.view_as(DebugOptions).experiments or []):
         args.append(f"--experiments={PRISM_NO_SPLITS}")
     return args
+
+
+def auto_workers(argv: Sequence[str], records: int, cores: int) -> int:
+    """Worker processes for a batch run of ``records`` records: 1 unless Beamline may choose more.
+
+    Beamline chooses only on the FnApiRunner it picked itself (``argv`` names
+    no runner) and only when ``argv`` sets neither ``--direct_num_workers`` nor
+    ``--direct_running_mode``.
+    """
+    if records < AUTO_WORKERS_FROM_RECORDS or cores < 2:
+        return 1
+    if any(_has_flag(argv, flag) for flag in ("--runner", "--direct_num_workers", "--direct_running_mode")):
+        return 1
+    return min(cores, MAX_AUTO_WORKERS)
+
+
+def available_cores() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _collect_counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
@@ -169,7 +208,8 @@ def run_pipeline(
     ``progress_topics`` names the topics a batch run reads, so a long backfill
     reports how far it got while it runs.
     """
-    args = resolve_argv(sys.argv[1:] if argv is None else argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    args = resolve_argv(given)
     options = PipelineOptions(args)
     options.view_as(beam.options.pipeline_options.SetupOptions).save_main_session = False
     streaming = options.view_as(BeamlineOptions).mode == "streaming"
@@ -179,6 +219,17 @@ def run_pipeline(
     with contextlib.ExitStack() as stack:
         if not streaming and progress_topics is not None:
             total = count_records(bootstrap_servers(options), progress_topics(options))
+            workers = auto_workers(given, total, available_cores())
+            if workers > 1:
+                # On the pipeline's own copy of the options: the runner reads them when it starts.
+                direct = pipeline.options.view_as(DirectOptions)
+                direct.direct_num_workers = workers
+                direct.direct_running_mode = "multi_processing"
+                print(
+                    f"beamline: {total:,} records to read: running {workers} worker processes "
+                    "(--direct_num_workers=1 keeps one)",
+                    file=sys.stderr,
+                )
             # Worker processes inherit the environment: their readers report there.
             shared_dir = tempfile.mkdtemp(prefix="beamline-progress-")
             stack.callback(shutil.rmtree, shared_dir, ignore_errors=True)

@@ -1,16 +1,26 @@
-"""The Beam options Beamline adds to a run, and its progress lines (pure logic, no broker)."""
+"""The Beam options Beamline adds to a run, and its progress lines (pure logic; one test uses the broker)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions
+from kafka import KafkaProducer
 
-from pipelines import inventory
-from pipelines.runner import STREAM_JOB_TIMEOUT_S, _ProgressReporter, resolve_argv
+from pipelines import inventory, runner
+from pipelines.runner import (
+    AUTO_WORKERS_FROM_RECORDS,
+    MAX_AUTO_WORKERS,
+    STREAM_JOB_TIMEOUT_S,
+    _ProgressReporter,
+    auto_workers,
+    resolve_argv,
+    run_pipeline,
+)
 from transforms.errors import ConfigError
 from transforms.kafka import PROGRESS_DIR_ENV, _LocalProgress
 
@@ -60,3 +70,48 @@ def test_one_topic_for_shipments_and_sales_is_refused_before_any_read() -> None:
     options = PipelineOptions(["--shipments_topic=events", "--sales_topic=events", "--bootstrap_servers=127.0.0.1:1"])
     with pytest.raises(ConfigError, match="shipments and sales need a topic each"):
         inventory.build(beam.Pipeline(), options)
+
+
+def test_a_large_backfill_uses_every_core_unless_the_user_chose() -> None:
+    large = AUTO_WORKERS_FROM_RECORDS
+    assert auto_workers(["--mode=batch"], large, cores=2) == 2
+    assert auto_workers(["--mode=batch"], large, cores=64) == MAX_AUTO_WORKERS
+    assert auto_workers(["--mode=batch"], large - 1, cores=2) == 1  # starting workers costs more
+    assert auto_workers(["--mode=batch"], large, cores=1) == 1
+    for chosen in ("--direct_num_workers=1", "--direct_running_mode=in_memory", "--runner=FlinkRunner"):
+        assert auto_workers(["--mode=batch", chosen], large, cores=2) == 1
+
+
+class _RecordPid(beam.DoFn):
+    def __init__(self, folder: str) -> None:
+        self._folder = folder
+
+    def process(self, element: int) -> None:
+        Path(self._folder, f"{os.getpid()}-{element}").touch()
+
+
+def test_the_chosen_workers_run_the_job_in_other_processes(
+    bootstrap_servers: str,
+    make_topic: Callable[..., str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    topic = make_topic(1)
+    producer = KafkaProducer(bootstrap_servers=bootstrap_servers)
+    for _ in range(3):
+        producer.send(topic, b"x")
+    producer.flush()
+    producer.close()
+    monkeypatch.setattr(runner, "AUTO_WORKERS_FROM_RECORDS", 3)
+
+    def build(pipeline: beam.Pipeline, options: PipelineOptions) -> None:
+        _ = pipeline | beam.Create(range(4)) | beam.ParDo(_RecordPid(str(tmp_path)))
+
+    summary = run_pipeline(
+        build, ["--mode=batch", f"--bootstrap_servers={bootstrap_servers}"], progress_topics=lambda _: [topic]
+    )
+    assert summary.state == "DONE"
+    assert "3 records to read: running 2 worker processes" in capsys.readouterr().err
+    pids = {name.split("-")[0] for name in os.listdir(tmp_path)}
+    assert len(os.listdir(tmp_path)) == 4 and str(os.getpid()) not in pids
