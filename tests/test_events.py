@@ -125,8 +125,8 @@ def test_keep_payload_false_re_encodes_a_canonical_payload() -> None:
         (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
         (b'{"a": ' * 50_000 + b"1" + b"}" * 50_000, "nested too deeply"),
         (b'{"event_id": "a", "event_id": "b"}', "duplicate field 'event_id'"),
-        # Repeated names hidden from a colon count: a repeat whose lost value had a
-        # colon or a nested member, colons in names and values, an escaped colon.
+        # Repeated names a count of the text could miss: a repeat whose lost value
+        # had a colon or a nested member, colons in names and values, escapes.
         (b'{"note": "a:b", "note": 1, "x": "c"}', "duplicate field 'note'"),
         (b'{"note": {"a": 1}, "note": 2}', "duplicate field 'note'"),
         (b'{"n:": 1, "n:": 2}', "duplicate field 'n:'"),
@@ -163,9 +163,11 @@ _USUAL = b'"store_id":"s","item_id":"i","quantity":1,"event_time":"2026-11-26T10
 @pytest.mark.parametrize(
     ("value", "fragment"),
     [
-        # A repeated name the colon count would miss if escapes were trusted: the
-        # escaped colon decodes to one more colon than the text holds.
+        # Repeated names next to escapes (an escaped quote is one more quote in the
+        # text; an escaped colon one more colon after decoding), and a lost integer.
         (b'{"event_id":"a\\u003ab","store_id":"x",' + _USUAL + b"}", "duplicate field 'store_id'"),
+        (b'{"event_id":"a\\"b","event_id":"c",' + _USUAL + b"}", "duplicate field 'event_id'"),
+        (b'{"event_id":"\\u0022","quantity":2,' + _USUAL + b"}", "duplicate field 'quantity'"),
         (b'{"event_id":"a:b","event_id":"c",' + _USUAL + b"}", "duplicate field 'event_id'"),
         (b'{"event_id":"e",' + _USUAL.replace(b":1,", b":18446744073709551616,") + b"}", "quantity out of range"),
         (b'{"event_id":"e",' + _USUAL.replace(b":1,", b":9223372036854775808,") + b"}", "quantity out of range"),
@@ -185,6 +187,8 @@ def test_usual_looking_events_that_break_a_rule_are_refused(value: bytes, fragme
         b'{"event_id":"e",' + _USUAL + b"}",
         b'{"event_id":"a:b",' + _USUAL + b"}",
         b'{"event_id":"e\\u00e9",' + _USUAL + b"}",
+        b'{"event_id":"a\\"b",' + _USUAL + b"}",
+        b'{"event_id":"\\u0022",' + _USUAL + b', "n": 1.5, "t": true}',
         '{"event_id":"\u00e9\u4e2d",'.encode() + _USUAL + b"}",
         b'{"event_id":"e",' + _USUAL.replace(b"Z", b".1234567-05:30").replace(b"T", b"t") + b"}",
         b' {"event_id":"e",' + _USUAL + b', "note": null}\n',

@@ -289,6 +289,9 @@ _DECODER = json.JSONDecoder(parse_int=_parse_int, parse_constant=_reject_constan
 # orjson reads an integer literal past 64 bits as a float; such a float is the
 # strict decoder's to word (an integer is "out of range", not "a fraction").
 _FLOAT_STEP_ASIDE = float(2**63)
+# Member values that hold no strings of their own (floats are checked apart).
+_SCALARS = frozenset({str, int, bool, type(None)})
+_SCALARS_AND_FLOAT = _SCALARS | {float}
 
 
 def _flat_object(value: bytes) -> dict[str, Any] | None:
@@ -297,34 +300,27 @@ def _flat_object(value: bytes) -> dict[str, Any] | None:
     Returns None whenever the strict decoder must decide (and word the error).
     orjson refuses what the strict decoder refuses here (invalid UTF-8, a byte
     order mark, NaN and the infinities, control characters) and reads the
-    rest alike, but for integers past 64 bits (floats, see above). Without a
-    backslash every string decodes to its raw characters, and in JSON a colon
-    outside strings separates one member's name from its value. So the colons
-    in ``value`` number the members written (lost duplicates and nested
-    members included) plus the colons inside strings; they equal the members
-    kept plus the colons in the kept strings exactly when no name was
-    repeated and nothing was nested.
+    rest alike, but for integers past 64 bits (floats, see above). The
+    quotes in ``value`` are two per string written (member names included)
+    plus one per escaped quote. When every kept value is a scalar (nothing
+    nested), they equal twice the kept names plus the kept string values
+    exactly when no member was lost to a repeated name and no quote was
+    escaped. All of it is counted in C.
     """
-    if b"\\" in value:
-        return None
     try:
         obj = orjson.loads(value)
     except orjson.JSONDecodeError:
         return None
     if type(obj) is not dict:
         return None
-    colons = len(obj)
-    for name, member in obj.items():
-        colons += name.count(":")
-        kind = type(member)
-        if kind is str:
-            colons += member.count(":")
-        elif kind is float:
-            if member.is_integer() and abs(member) >= _FLOAT_STEP_ASIDE:
-                return None
-        elif kind is not int and kind is not bool and member is not None:
+    kinds = list(map(type, obj.values()))
+    if not _SCALARS.issuperset(kinds):
+        if not _SCALARS_AND_FLOAT.issuperset(kinds):
             return None  # nested: the strict decoder checks inside it
-    return obj if value.count(b":") == colons else None
+        for member in obj.values():
+            if type(member) is float and member.is_integer() and abs(member) >= _FLOAT_STEP_ASIDE:
+                return None
+    return obj if value.count(b'"') == 2 * (len(obj) + kinds.count(str)) else None
 
 
 def _decode_object(value: bytes | None) -> dict[str, Any]:
