@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from kafka.consumer.fetcher import Fetcher, IsolationLevel
 from kafka.errors import CorruptRecordError
 from kafka.record.default_records import DefaultRecordBatchBuilder
+from kafka.record.legacy_records import LegacyRecordBatchBuilder
 from kafka.record.memory_records import MemoryRecords
 from kafka.record.util import calc_crc32c
 from kafka.structs import TopicPartition
@@ -195,3 +196,11 @@ def test_install_declines_a_consumer_with_deserializers() -> None:
     assert kafka_records.install(_Consumer()) is True
     assert _Consumer._fetcher.PartitionRecords is kafka_records._TUPLE_RECORDS
     assert kafka_records.install(object()) is False
+
+
+def test_v1_message_sets_of_old_brokers_read_through_kafka_pythons_decoder() -> None:
+    builder = LegacyRecordBatchBuilder(magic=1, compression_type=0, batch_size=1 << 20)
+    for offset, (key, value) in enumerate([(b"k", b"v"), (None, b""), (b"k2", None)]):
+        builder.append(offset, timestamp=1_700_000_000_000 + offset, key=key, value=value)
+    read = _same(1, bytes(builder.build()))
+    assert [(r.offset, r.key, r.value) for r in read] == [(1, None, b""), (2, b"k2", None)]
