@@ -2,8 +2,10 @@
 
 The pipelines only describe *what* to compute; this module decides *where*:
 
-* ``--mode batch`` with no runner named runs on Beam's in-process FnApiRunner
-  (one process, no job service: the fastest way to backfill on one machine);
+* ``--mode batch`` with no runner named runs on Beam's FnApiRunner (no job
+  service: the fastest way to backfill on one machine), in this process for a
+  small log and in one worker process per core for a large one
+  (:func:`auto_workers`);
 * ``--mode streaming`` with no runner named runs on Prism, Beam's portable
   local runner, from the binary cached by ``make setup``;
 * any runner named explicitly (``--runner=FlinkRunner``, ``PrismRunner``, ...)
