@@ -380,6 +380,12 @@ def test_bad_input_end_to_end_every_record_is_accounted_for(
         (log.sales if index % 2 else log.shipments, None if index % 3 and value is not None else b"k", value)
         for index, value in enumerate(values)
     ]
+    # How many drawn values are valid shifts with hypothesis's draws (which also
+    # take constants from the project's own source): these valid events do not.
+    sends += [
+        (log.sales if index % 2 else log.shipments, b"s:i", _event(f"sure-{index}", 1 + index, "2026-11-26T10:00:00Z"))
+        for index in range(24)
+    ]
     valid = _event("big-valid", 5, "2026-11-26T10:00:00Z")
     sends += [
         (log.shipments, None, valid[:-1] + b', "pad": "' + b"x" * MIB + b'"}'),  # 1 MiB, valid
