@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TextIO
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DebugOptions, DirectOptions, PipelineOptions, StandardOptions
@@ -171,8 +172,11 @@ def _environment(name: str, value: str) -> Iterator[None]:
 class _ProgressReporter(threading.Thread):
     """Prints "read X of Y records" of a backfill every few seconds, on stderr."""
 
-    def __init__(self, total: int, shared_dir: str | None = None, every_s: float = 5.0) -> None:
+    def __init__(
+        self, total: int, shared_dir: str | None = None, every_s: float = 5.0, out: TextIO | None = None
+    ) -> None:
         super().__init__(name="beamline-progress", daemon=True)
+        self._out = out
         self._total = total
         self._shared_dir = shared_dir
         self._every_s = every_s
@@ -189,13 +193,50 @@ class _ProgressReporter(threading.Thread):
             if not read:
                 # Nothing read yet, or readers that cannot tell (workers elsewhere):
                 # say what is known.
-                print(f"  reading {self._total:,} records, {elapsed:,.0f}s elapsed", file=sys.stderr)
+                print(f"  reading {self._total:,} records, {elapsed:,.0f}s elapsed", file=self._out or sys.stderr)
                 continue
             share = f" ({100 * read / self._total:.0f}%)" if self._total else ""
-            print(f"  read {read:,} of {self._total:,} records{share}, {read / elapsed:,.0f}/s", file=sys.stderr)
+            out = self._out or sys.stderr
+            print(f"  read {read:,} of {self._total:,} records{share}, {read / elapsed:,.0f}/s", file=out)
 
     def stop(self) -> None:
         self._done.set()
+
+
+@contextlib.contextmanager
+def _stderr_to(path: str) -> Iterator[TextIO]:
+    """Send file descriptor 2 to ``path`` for the block; yield a stream to where it went before.
+
+    Worker processes inherit the descriptor when they start: Beam's SDK harness
+    logs at INFO to stderr (about 90 lines per worker in a backfill), which
+    would bury the progress lines. They go to ``path`` instead.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "ab") as log:
+        os.dup2(log.fileno(), 2)
+    terminal = os.fdopen(os.dup(saved), "w", buffering=1)
+    try:
+        yield terminal
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        terminal.close()
+
+
+@contextlib.contextmanager
+def _workers_log() -> Iterator[TextIO]:
+    """Worker processes' stderr to a temp file, kept (and named) only if the run fails."""
+    handle, path = tempfile.mkstemp(prefix="beamline-workers-", suffix=".log")
+    os.close(handle)
+    try:
+        with _stderr_to(path) as terminal:
+            yield terminal
+    except BaseException:
+        print(f"beamline: the worker processes' log is {path}", file=sys.stderr)
+        raise
+    os.remove(path)
 
 
 def run_pipeline(
@@ -219,6 +260,7 @@ def run_pipeline(
     build(pipeline, options)
 
     with contextlib.ExitStack() as stack:
+        terminal: TextIO | None = None
         if not streaming and progress_topics is not None:
             total = count_records(bootstrap_servers(options), progress_topics(options))
             workers = auto_workers(given, total, available_cores())
@@ -232,11 +274,12 @@ def run_pipeline(
                     "(--direct_num_workers=1 keeps one)",
                     file=sys.stderr,
                 )
+                terminal = stack.enter_context(_workers_log())
             # Worker processes inherit the environment: their readers report there.
             shared_dir = tempfile.mkdtemp(prefix="beamline-progress-")
             stack.callback(shutil.rmtree, shared_dir, ignore_errors=True)
             stack.enter_context(_environment(PROGRESS_DIR_ENV, shared_dir))
-            reporter = _ProgressReporter(total, shared_dir)
+            reporter = _ProgressReporter(total, shared_dir, out=terminal)
             reporter.start()
             stack.callback(reporter.stop)
         started = time.monotonic()

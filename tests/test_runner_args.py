@@ -90,19 +90,23 @@ class _RecordPid(beam.DoFn):
         Path(self._folder, f"{os.getpid()}-{element}").touch()
 
 
-def test_the_chosen_workers_run_the_job_in_other_processes(
-    bootstrap_servers: str,
-    make_topic: Callable[..., str],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    topic = make_topic(1)
+def _produce_three(bootstrap_servers: str, topic: str) -> None:
     producer = KafkaProducer(bootstrap_servers=bootstrap_servers)
     for _ in range(3):
         producer.send(topic, b"x")
     producer.flush()
     producer.close()
+
+
+def test_the_chosen_workers_run_the_job_in_other_processes_quietly(
+    bootstrap_servers: str,
+    make_topic: Callable[..., str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    topic = make_topic(1)
+    _produce_three(bootstrap_servers, topic)
     monkeypatch.setattr(runner, "AUTO_WORKERS_FROM_RECORDS", 3)
 
     def build(pipeline: beam.Pipeline, options: PipelineOptions) -> None:
@@ -112,6 +116,39 @@ def test_the_chosen_workers_run_the_job_in_other_processes(
         build, ["--mode=batch", f"--bootstrap_servers={bootstrap_servers}"], progress_topics=lambda _: [topic]
     )
     assert summary.state == "DONE"
-    assert "3 records to read: running 2 worker processes" in capsys.readouterr().err
+    err = capfd.readouterr().err
+    assert "3 records to read: running 2 worker processes" in err
+    # The workers' own logging (Beam's SDK harness logs at INFO) stays off the terminal.
+    assert "sdk_worker" not in err and "INFO" not in err, err[-2000:]
     pids = {name.split("-")[0] for name in os.listdir(tmp_path)}
     assert len(os.listdir(tmp_path)) == 4 and str(os.getpid()) not in pids
+
+
+def _fail(element: int) -> int:
+    raise ValueError(f"element {element} is broken on purpose")
+
+
+def test_a_failed_run_with_workers_names_their_log(
+    bootstrap_servers: str,
+    make_topic: Callable[..., str],
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    topic = make_topic(1)
+    _produce_three(bootstrap_servers, topic)
+    monkeypatch.setattr(runner, "AUTO_WORKERS_FROM_RECORDS", 3)
+
+    def build(pipeline: beam.Pipeline, options: PipelineOptions) -> None:
+        _ = pipeline | beam.Create(range(4)) | beam.Map(_fail)
+
+    with pytest.raises(Exception, match="broken on purpose"):
+        run_pipeline(
+            build, ["--mode=batch", f"--bootstrap_servers={bootstrap_servers}"], progress_topics=lambda _: [topic]
+        )
+    err = capfd.readouterr().err
+    (line,) = [line for line in err.splitlines() if "the worker processes' log is" in line]
+    log = Path(line.rsplit(" ", 1)[1])
+    try:
+        assert "broken on purpose" in log.read_text()
+    finally:
+        log.unlink()
