@@ -43,6 +43,7 @@ from transforms.kafka import LOCAL_PROGRESS, PROGRESS_DIR_ENV
 
 __all__ = [
     "AUTO_WORKERS_FROM_RECORDS",
+    "MAX_AUTO_WORKERS",
     "PRISM_NO_SPLITS",
     "RunSummary",
     "auto_workers",
@@ -66,9 +67,9 @@ STREAM_JOB_TIMEOUT_S = 10 * 365 * 24 * 3600
 METRICS_NAMESPACE = "beamline"
 # A backfill of at least this many records runs in worker processes, one per
 # core, when the user left the runner's parallelism alone. Below it, starting
-# the workers (each imports Beam; about 2 s on 2 vCPU) costs more than they
-# save: 250k events took 4.4 s in one process and 5.4 s in two, 1M took 15.8 s
-# and 13.7 s (bench/results/backfill.md).
+# the workers (each imports Beam first: about 1.5 s of CPU) costs more than they
+# save: on 2 vCPU, 250k events took 4.4 s in one process and 5.4 s in two, 1M
+# took 15.8 s and 12.7 s (see bench/results/backfill.md for the latest).
 AUTO_WORKERS_FROM_RECORDS = 600_000
 # Each worker is a whole Python process with its own Beam; more than this many
 # was never measured.
@@ -185,6 +186,7 @@ class _ProgressReporter(threading.Thread):
 
     def run(self) -> None:
         started = time.monotonic()
+        out = self._out or sys.stderr
         while not self._done.wait(self._every_s):
             read = LOCAL_PROGRESS.records - self._base
             if self._shared_dir is not None:
@@ -193,10 +195,9 @@ class _ProgressReporter(threading.Thread):
             if not read:
                 # Nothing read yet, or readers that cannot tell (workers elsewhere):
                 # say what is known.
-                print(f"  reading {self._total:,} records, {elapsed:,.0f}s elapsed", file=self._out or sys.stderr)
+                print(f"  reading {self._total:,} records, {elapsed:,.0f}s elapsed", file=out)
                 continue
             share = f" ({100 * read / self._total:.0f}%)" if self._total else ""
-            out = self._out or sys.stderr
             print(f"  read {read:,} of {self._total:,} records{share}, {read / elapsed:,.0f}/s", file=out)
 
     def stop(self) -> None:
