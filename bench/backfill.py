@@ -15,7 +15,8 @@ temp folder, produces N retail events once (4 partitions per topic, ~1% invalid,
 
 Beamline's default and the plain loop run ``--rounds`` times in turn, and the
 best run of each counts. Every inventory is checked against a plain recompute
-of the log (``tests.truth``) outside the timed sections. Figures go to ``bench/results/backfill.md``.
+of the log (``tests.truth``) outside the timed sections. Figures go to
+``bench/results/backfill.md``.
 """
 
 from __future__ import annotations

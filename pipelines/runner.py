@@ -205,39 +205,33 @@ class _ProgressReporter(threading.Thread):
 
 
 @contextlib.contextmanager
-def _stderr_to(path: str) -> Iterator[TextIO]:
-    """Send file descriptor 2 to ``path`` for the block; yield a stream to where it went before.
+def _workers_log() -> Iterator[TextIO]:
+    """Point file descriptor 2 at a temp file for the block; yield a stream to the terminal.
 
     Worker processes inherit the descriptor when they start: Beam's SDK harness
     logs at INFO to stderr (about 90 lines per worker in a backfill), which
-    would bury the progress lines. They go to ``path`` instead.
+    would bury the progress lines. The file is removed after a good run and
+    named after a failed one.
     """
+    handle, path = tempfile.mkstemp(prefix="beamline-workers-", suffix=".log")
     sys.stderr.flush()
     saved = os.dup(2)
-    with open(path, "ab") as log:
-        os.dup2(log.fileno(), 2)
+    os.dup2(handle, 2)
+    os.close(handle)
     terminal = os.fdopen(os.dup(saved), "w", buffering=1)
+    failed = True
     try:
         yield terminal
+        failed = False
     finally:
         sys.stderr.flush()
         os.dup2(saved, 2)
         os.close(saved)
         terminal.close()
-
-
-@contextlib.contextmanager
-def _workers_log() -> Iterator[TextIO]:
-    """Worker processes' stderr to a temp file, kept (and named) only if the run fails."""
-    handle, path = tempfile.mkstemp(prefix="beamline-workers-", suffix=".log")
-    os.close(handle)
-    try:
-        with _stderr_to(path) as terminal:
-            yield terminal
-    except BaseException:
-        print(f"beamline: the worker processes' log is {path}", file=sys.stderr)
-        raise
-    os.remove(path)
+        if failed:
+            print(f"beamline: the worker processes' log is {path}", file=sys.stderr)
+        else:
+            os.remove(path)
 
 
 def run_pipeline(

@@ -16,6 +16,7 @@ from pipelines.runner import (
     AUTO_WORKERS_FROM_RECORDS,
     MAX_AUTO_WORKERS,
     STREAM_JOB_TIMEOUT_S,
+    RunSummary,
     _ProgressReporter,
     auto_workers,
     resolve_argv,
@@ -90,12 +91,23 @@ class _RecordPid(beam.DoFn):
         Path(self._folder, f"{os.getpid()}-{element}").touch()
 
 
-def _produce_three(bootstrap_servers: str, topic: str) -> None:
+def _run_on_workers(
+    step: beam.PTransform, bootstrap_servers: str, make_topic: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> RunSummary:
+    """Run ``Create(range(4)) | step`` as a batch whose 3-record log is 'large enough' for workers."""
+    topic = make_topic(1)
     producer = KafkaProducer(bootstrap_servers=bootstrap_servers)
     for _ in range(3):
         producer.send(topic, b"x")
     producer.flush()
     producer.close()
+    monkeypatch.setattr(runner, "AUTO_WORKERS_FROM_RECORDS", 3)
+
+    def build(pipeline: beam.Pipeline, options: PipelineOptions) -> None:
+        _ = pipeline | beam.Create(range(4)) | step
+
+    argv = ["--mode=batch", f"--bootstrap_servers={bootstrap_servers}"]
+    return run_pipeline(build, argv, progress_topics=lambda _: [topic])
 
 
 def test_the_chosen_workers_run_the_job_in_other_processes_quietly(
@@ -105,16 +117,7 @@ def test_the_chosen_workers_run_the_job_in_other_processes_quietly(
     monkeypatch: pytest.MonkeyPatch,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
-    topic = make_topic(1)
-    _produce_three(bootstrap_servers, topic)
-    monkeypatch.setattr(runner, "AUTO_WORKERS_FROM_RECORDS", 3)
-
-    def build(pipeline: beam.Pipeline, options: PipelineOptions) -> None:
-        _ = pipeline | beam.Create(range(4)) | beam.ParDo(_RecordPid(str(tmp_path)))
-
-    summary = run_pipeline(
-        build, ["--mode=batch", f"--bootstrap_servers={bootstrap_servers}"], progress_topics=lambda _: [topic]
-    )
+    summary = _run_on_workers(beam.ParDo(_RecordPid(str(tmp_path))), bootstrap_servers, make_topic, monkeypatch)
     assert summary.state == "DONE"
     err = capfd.readouterr().err
     assert "3 records to read: running 2 worker processes" in err
@@ -134,17 +137,8 @@ def test_a_failed_run_with_workers_names_their_log(
     monkeypatch: pytest.MonkeyPatch,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
-    topic = make_topic(1)
-    _produce_three(bootstrap_servers, topic)
-    monkeypatch.setattr(runner, "AUTO_WORKERS_FROM_RECORDS", 3)
-
-    def build(pipeline: beam.Pipeline, options: PipelineOptions) -> None:
-        _ = pipeline | beam.Create(range(4)) | beam.Map(_fail)
-
     with pytest.raises(Exception, match="broken on purpose"):
-        run_pipeline(
-            build, ["--mode=batch", f"--bootstrap_servers={bootstrap_servers}"], progress_topics=lambda _: [topic]
-        )
+        _run_on_workers(beam.Map(_fail), bootstrap_servers, make_topic, monkeypatch)
     err = capfd.readouterr().err
     (line,) = [line for line in err.splitlines() if "the worker processes' log is" in line]
     log = Path(line.rsplit(" ", 1)[1])

@@ -159,7 +159,7 @@ def _headers(buffer: bytes, pos: int) -> tuple[tuple[tuple[str, bytes | None], .
 def _partition_records_class() -> type | None:
     """kafka-python's PartitionRecords with the records of v2 batches decoded here, or None."""
     try:
-        from kafka.consumer.fetcher import Fetcher
+        from kafka.consumer.fetcher import Fetcher, IsolationLevel
         from kafka.errors import CorruptRecordError
         from kafka.record.default_records import DefaultRecordBatch
     except ImportError:
@@ -222,7 +222,7 @@ def _partition_records_class() -> type | None:
 
         def _skipped(self, batch: Any) -> bool:
             """True for a control batch and for a batch of an aborted transaction (read_committed)."""
-            if self.isolation_level == _READ_COMMITTED and batch.has_producer_id():
+            if self.isolation_level == IsolationLevel.READ_COMMITTED and batch.has_producer_id():
                 self._consume_aborted_transactions_up_to(batch.last_offset)
                 if self._contains_abort_marker(batch):
                     self.aborted_producer_ids.discard(batch.producer_id)
@@ -240,13 +240,6 @@ def _partition_records_class() -> type | None:
 
     return _TupleRecords
 
-
-try:
-    from kafka.consumer.fetcher import IsolationLevel as _IsolationLevel
-
-    _READ_COMMITTED: Any = _IsolationLevel.READ_COMMITTED
-except ImportError:  # a kafka-python without it: install() declines anyway
-    _READ_COMMITTED = object()
 
 _TUPLE_RECORDS = _partition_records_class()
 
