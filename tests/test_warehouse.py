@@ -381,20 +381,20 @@ def test_sink_steps_of_one_process_share_one_writer_per_warehouse(tmp_path: Path
     for step in steps:
         step.setup()
     inventory, dead, elsewhere = steps
-    assert inventory._warehouse is dead._warehouse is not elsewhere._warehouse
+    assert inventory._writer is dead._writer is not elsewhere._writer
     inventory.teardown()
     # The other step still commits through the shared writer after one step went away.
     dead.start_bundle()
     dead.process({"source_topic": "s", "partition": 0, "offset": 1, "error": "bad", "payload": b"x"})
     dead.finish_bundle()
     assert run_query("SELECT count(*) AS n FROM dead_letters", tmp_path / "wh").to_pylist() == [{"n": 1}]
-    shared = dead._warehouse
+    shared = dead._writer
     dead.teardown()
     elsewhere.teardown()
-    assert shared is not None and shared._con is None  # closed with its last user
+    assert shared is not None and shared.warehouse._con is None  # closed with its last user
     again = _CommitBatchesFn(str(tmp_path / "wh"), "inventory", 100, None, 1)
     again.setup()
-    assert again._warehouse is not shared  # a fresh writer after the last one closed
+    assert again._writer is not shared  # a fresh writer after the last one closed
     again.teardown()
 
 
@@ -419,3 +419,100 @@ def test_sink_step_commits_tables_and_rows_of_one_bundle_together(tmp_path: Path
     got = run_query("SELECT item_id, on_hand FROM inventory ORDER BY item_id", tmp_path / "wh").to_pylist()
     version = [1] * 4 + [2] + [3] * 7 + [4]
     assert got == [{"item_id": f"i{k:03d}", "on_hand": version[k]} for k in range(13)]
+
+
+# -- several views in one snapshot, and group commits --------------------------------
+def dead_letter(offset: int) -> dict[str, Any]:
+    return {"source_topic": "sales", "partition": 0, "offset": offset, "error": "bad", "payload": b"x"}
+
+
+def test_commit_many_puts_several_views_in_one_snapshot(warehouse: Warehouse) -> None:
+    results = warehouse.commit_many({"inventory": inventory_rows(2, keys=3), "dead_letters": [dead_letter(7)]})
+    assert {v: (r.snapshot_id, r.rows_written) for v, r in results.items()} == {
+        "inventory": (1, 3),
+        "dead_letters": (1, 1),
+    }
+    # One view's rows all stale: the other still commits, and only it gets a file.
+    again = warehouse.commit_many({"inventory": inventory_rows(1, keys=3), "dead_letters": [dead_letter(8)]})
+    assert (again["inventory"].snapshot_id, again["inventory"].rows_written) == (None, 0)
+    assert (again["dead_letters"].snapshot_id, again["dead_letters"].rows_written) == (2, 1)
+    # Nothing new anywhere: no snapshot at all.
+    stale = warehouse.commit_many({"inventory": inventory_rows(2, keys=3), "dead_letters": [dead_letter(7)]})
+    assert all(r.snapshot_id is None for r in stale.values())
+    assert [s[0] for s in list_snapshots(warehouse.root)] == [0, 1, 2]
+    answer = all_views_answer(warehouse.root)
+    assert [r["on_hand"] for r in answer["inventory"]] == [2, 2, 2]
+    assert [r["offset"] for r in answer["dead_letters"]] == [7, 8]
+
+
+def _committers(writer: sinks._GroupCommitter, calls: list[tuple[str, Any]]) -> tuple[list[Any], list[Any]]:
+    """Start one thread per (view, rows) while the test holds the commit lock; return threads and their errors."""
+    import threading
+
+    errors: list[Any] = [None] * len(calls)
+
+    def call(i: int, view: str, rows: Any) -> None:
+        try:
+            writer.commit(view, rows)
+        except BaseException as exc:  # handed to the test
+            errors[i] = exc
+
+    threads = [threading.Thread(target=call, args=(i, v, r)) for i, (v, r) in enumerate(calls)]
+    for t in threads:
+        t.start()
+    return threads, errors
+
+
+def _wait_for_queue(writer: sinks._GroupCommitter, n: int) -> None:
+    import time
+
+    deadline = time.monotonic() + 30
+    while len(writer._queue) < n:  # every caller has left its rows and waits for the lock
+        assert time.monotonic() < deadline, f"only {len(writer._queue)} of {n} callers queued"
+        time.sleep(0.001)
+
+
+def test_group_commit_writes_waiting_callers_rows_as_one_snapshot(warehouse: Warehouse) -> None:
+    writer = sinks._GroupCommitter(warehouse)
+    calls = [
+        ("inventory", inventory_rows(3, keys=4)),
+        ("inventory", inventory_rows(5, keys=2)),  # newer rows for two of the same keys
+        ("dead_letters", [dead_letter(1)]),
+        ("dead_letters", [dead_letter(2)]),
+    ]
+    with writer._commit_lock:
+        threads, errors = _committers(writer, calls)
+        _wait_for_queue(writer, len(calls))
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == [None] * len(calls)
+    assert [s[0] for s in list_snapshots(warehouse.root)] == [0, 1]  # four commits, one snapshot
+    answer = all_views_answer(warehouse.root)
+    assert [r["on_hand"] for r in answer["inventory"]] == [5, 5, 3, 3]
+    assert [r["offset"] for r in answer["dead_letters"]] == [1, 2]
+
+
+def test_a_failed_group_commit_fails_every_caller_in_it_and_publishes_nothing(
+    warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = sinks._GroupCommitter(warehouse)
+
+    def disk_full(*args: Any, **kwargs: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(warehouse, "_publish", disk_full)
+    calls = [("inventory", inventory_rows(1, keys=2)), ("dead_letters", [dead_letter(1)])]
+    with writer._commit_lock:
+        threads, errors = _committers(writer, calls)
+        _wait_for_queue(writer, len(calls))
+    for t in threads:
+        t.join(timeout=60)
+    assert all(isinstance(e, BeamlineError) and "No space left" in str(e) for e in errors), errors
+    assert [s[0] for s in list_snapshots(warehouse.root)] == [0]
+    # Rows a view refuses fail their own caller, before they could spoil a group.
+    monkeypatch.undo()
+    with pytest.raises(BeamlineError, match="nulls in 'store_id'"):
+        writer.commit("inventory", [{**inventory_rows(1, keys=1)[0], "store_id": None}])
+    assert writer._queue == []
+    writer.commit("inventory", inventory_rows(1, keys=2))
+    assert [r["on_hand"] for r in all_views_answer(warehouse.root)["inventory"]] == [1, 1]

@@ -56,7 +56,7 @@ from readside.snapshots import (
     quote_ident,
     read_manifest,
 )
-from transforms.errors import ConfigError
+from transforms.errors import BeamlineError, ConfigError
 from transforms.views import VIEWS, ViewSpec, get_view
 
 __all__ = ["CommitResult", "Warehouse", "WarehouseMissing", "WriteToWarehouse"]
@@ -220,42 +220,62 @@ class Warehouse:
             columns[n] = [_coerce_timestamp(v) for v in columns[n]]
         return pa.table(columns, schema=schema)
 
-    def commit(self, view: str, rows: pa.Table | Iterable[Mapping[str, Any]]) -> CommitResult:
-        """Upsert rows into ``view`` as one snapshot; rows not newer than stored are dropped."""
+    def prepare(self, view: str, rows: pa.Table | Iterable[Mapping[str, Any]]) -> pa.Table:
+        """Rows as a table ready to commit to ``view``; raises ConfigError for rows the view cannot take."""
         spec = get_view(view)
         batch = self.to_arrow(view, rows)
         for k in (*spec.key, *([spec.version_column] if spec.version_column else [])):
             if batch.column(k).null_count:
                 raise ConfigError(f"rows for view {view!r} have nulls in {k!r}; key and version columns are required")
-        if batch.num_rows == 0:
-            return CommitResult(view, None, 0, 0)
+        return batch
+
+    def commit(self, view: str, rows: pa.Table | Iterable[Mapping[str, Any]]) -> CommitResult:
+        """Upsert rows into ``view`` as one snapshot; rows not newer than stored are dropped."""
+        return self.commit_many({view: rows})[view]
+
+    def commit_many(self, batches: Mapping[str, pa.Table | Iterable[Mapping[str, Any]]]) -> dict[str, CommitResult]:
+        """Upsert rows into several views as one snapshot: one manifest and one publish for all.
+
+        Each view's rows are treated as ``commit`` treats them. A view whose
+        rows are all stale gets no file; if no view gets one, no snapshot is made.
+        """
+        tables = {view: self.prepare(view, rows) for view, rows in batches.items()}
+        results = {view: CommitResult(view, None, 0, 0) for view, t in tables.items() if t.num_rows == 0}
+        tables = {view: t for view, t in tables.items() if t.num_rows}
+        if not tables:
+            return results
         with self._locked():
             parent = self.current()
             con = self._connection()
-            stored = tuple(rel for rel, _ in parent.files.get(view, ()))
-            versions: dict[tuple[Any, ...], Any] | None = None
-            if batch.num_rows <= KNOWN_VERSIONS_MAX_ROWS:
-                known = self._known.get(view)
-                versions = (
-                    known[1]
-                    if known is not None and known[0] == stored
-                    else self._load_versions(con, spec, parent, view)
-                )
-            if versions is not None:
-                fresh = _newer_than(spec, batch, versions)
-            else:
-                fresh = self._newer_rows(con, spec, batch, parent.paths(view))
-            if fresh.num_rows == 0:
-                self._remember(view, stored, versions, spec, fresh)
-                return CommitResult(view, None, batch.num_rows, 0)
             sid = parent.snapshot_id + 1
             files = {v: list(parent.files.get(v, ())) for v in VIEWS}
-            files[view].append((self._write_file(spec, sid, fresh), fresh.num_rows))
-            if len(files[view]) > self.max_files_per_view:
-                files[view] = self._compact(con, spec, sid, files[view])
-            self._publish(sid, max(_now_us(), parent.committed_at_us + 1), files)
-            self._remember(view, tuple(rel for rel, _ in files[view]), versions, spec, fresh)
-            return CommitResult(view, sid, batch.num_rows, fresh.num_rows)
+            learned = []
+            for view, batch in tables.items():
+                spec = get_view(view)
+                stored = tuple(rel for rel, _ in files[view])
+                versions: dict[tuple[Any, ...], Any] | None = None
+                if batch.num_rows <= KNOWN_VERSIONS_MAX_ROWS:
+                    known = self._known.get(view)
+                    versions = (
+                        known[1]
+                        if known is not None and known[0] == stored
+                        else self._load_versions(con, spec, parent, view)
+                    )
+                if versions is not None:
+                    fresh = _newer_than(spec, batch, versions)
+                else:
+                    fresh = self._newer_rows(con, spec, batch, parent.paths(view))
+                if fresh.num_rows:
+                    files[view].append((self._write_file(spec, sid, fresh), fresh.num_rows))
+                    if len(files[view]) > self.max_files_per_view:
+                        files[view] = self._compact(con, spec, sid, files[view])
+                learned.append((view, tuple(rel for rel, _ in files[view]), versions, spec, fresh))
+                results[view] = CommitResult(view, sid if fresh.num_rows else None, batch.num_rows, fresh.num_rows)
+            if any(r.snapshot_id is not None for r in results.values()):
+                self._publish(sid, max(_now_us(), parent.committed_at_us + 1), files)
+            for view, view_files, versions, spec, fresh in learned:
+                self._remember(view, view_files, versions, spec, fresh)
+            return results
 
     def _load_versions(
         self, con: duckdb.DuckDBPyConnection, spec: ViewSpec, parent: Snapshot, view: str
@@ -401,30 +421,94 @@ def _newer_than(spec: ViewSpec, batch: pa.Table, versions: dict[tuple[Any, ...],
 # -- the Beam sink -----------------------------------------------------------------
 DEFAULT_RETENTION = dt.timedelta(days=7)
 
+
+class _Waiting:
+    """One caller's rows in a group commit, and how that commit went."""
+
+    __slots__ = ("done", "error", "table", "view")
+
+    def __init__(self, view: str, table: pa.Table) -> None:
+        self.view = view
+        self.table = table
+        self.done = False
+        self.error: BaseException | None = None
+
+
+class _GroupCommitter:
+    """A process's commits to one warehouse, gathered into as few snapshots as possible.
+
+    A streaming runner runs several bundles at once, and each sink step
+    commits its bundle's rows before the bundle may end. A small commit's cost
+    is nearly all fixed (a Parquet file, a manifest, the catalog, fsyncs), and
+    in a busy worker every file operation also waits for the GIL, so under
+    load commits took 50-250 ms, one after another on the writer's lock, and
+    that lock was held nearly all the time. Here a caller leaves its rows in a
+    queue and takes the lock; whoever holds it commits every queued batch, of
+    every view, as one snapshot. A caller whose rows went out with someone
+    else's commit finds them done when it gets the lock. Every caller still
+    returns only once its rows are durable, and raises if their commit failed.
+    """
+
+    def __init__(self, warehouse: Warehouse) -> None:
+        self.warehouse = warehouse
+        self._commit_lock = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Waiting] = []
+
+    def commit(self, view: str, rows: pa.Table | Iterable[Mapping[str, Any]]) -> None:
+        # Checked here, in the caller's thread: rows a view refuses fail their own bundle only.
+        waiting = _Waiting(view, self.warehouse.prepare(view, rows))
+        with self._queue_lock:
+            self._queue.append(waiting)
+        with self._commit_lock:
+            if not waiting.done:
+                with self._queue_lock:
+                    group, self._queue = self._queue, []
+                self._commit_group(group)
+        if waiting.error is not None:
+            raise BeamlineError(f"committing {view!r} rows to {self.warehouse.root} failed: {waiting.error!r}") from (
+                waiting.error
+            )
+
+    def _commit_group(self, group: list[_Waiting]) -> None:
+        tables: dict[str, list[pa.Table]] = {}
+        for waiting in group:
+            tables.setdefault(waiting.view, []).append(waiting.table)
+        try:
+            self.warehouse.commit_many({v: t[0] if len(t) == 1 else pa.concat_tables(t) for v, t in tables.items()})
+        except BaseException as exc:
+            for waiting in group:
+                waiting.error = exc
+        finally:
+            for waiting in group:
+                waiting.done = True
+
+
 # One writer per warehouse folder and worker process, shared by every sink step
-# in it: each writer holds an in-memory DuckDB for its merges, and a pipeline
-# has a sink step per view and per source of dead letters. Commits serialise on
-# the writer's lock anyway.
-_SHARED_WRITERS: dict[Path, tuple[Warehouse, int]] = {}
+# in it: each writer holds an in-memory DuckDB for its merges, a pipeline has a
+# sink step per view and per source of dead letters, and their commits go out
+# together (see _GroupCommitter).
+_SHARED_WRITERS: dict[Path, tuple[_GroupCommitter, int]] = {}
 _SHARED_WRITERS_LOCK = threading.Lock()
 
 
-def _acquire_writer(root: str) -> Warehouse:
+def _acquire_writer(root: str) -> _GroupCommitter:
     with _SHARED_WRITERS_LOCK:
         key = Path(root).absolute()
-        writer, users = _SHARED_WRITERS.get(key) or (Warehouse(key), 0)
+        writer, users = _SHARED_WRITERS.get(key) or (_GroupCommitter(Warehouse(key)), 0)
         _SHARED_WRITERS[key] = (writer, users + 1)
         return writer
 
 
-def _release_writer(writer: Warehouse) -> None:
+def _release_writer(writer: _GroupCommitter) -> None:
+    root = writer.warehouse.root
     with _SHARED_WRITERS_LOCK:
-        _, users = _SHARED_WRITERS[writer.root]
+        _, users = _SHARED_WRITERS[root]
         if users > 1:
-            _SHARED_WRITERS[writer.root] = (writer, users - 1)
+            _SHARED_WRITERS[root] = (writer, users - 1)
             return
-        del _SHARED_WRITERS[writer.root]
-    writer.close()
+        del _SHARED_WRITERS[root]
+    writer.warehouse.close()
 
 
 class _CommitBatchesFn(beam.DoFn):
@@ -442,10 +526,10 @@ class _CommitBatchesFn(beam.DoFn):
         self._rows: list[Mapping[str, Any]] = []
         self._tables: list[pa.Table] = []
         self._pending = 0
-        self._warehouse: Warehouse | None = None
+        self._writer: _GroupCommitter | None = None
 
     def setup(self) -> None:
-        self._warehouse = _acquire_writer(self._dir)
+        self._writer = _acquire_writer(self._dir)
 
     def start_bundle(self) -> None:
         self._rows = []
@@ -468,27 +552,28 @@ class _CommitBatchesFn(beam.DoFn):
         self._flush()
 
     def _flush(self) -> None:
-        if self._pending and self._warehouse is not None:
+        writer = self._writer
+        if self._pending and writer is not None:
             batch: pa.Table | list[Mapping[str, Any]] = self._rows
             if self._tables:
-                parts = [self._warehouse.to_arrow(self._view, t) for t in self._tables]
+                parts = [writer.warehouse.to_arrow(self._view, t) for t in self._tables]
                 if self._rows:
-                    parts.append(self._warehouse.to_arrow(self._view, self._rows))
+                    parts.append(writer.warehouse.to_arrow(self._view, self._rows))
                 batch = pa.concat_tables(parts)
-            self._warehouse.commit(self._view, batch)
+            writer.commit(self._view, batch)
             self._commits += 1
             # A stream commits every bundle; without expiry, manifests and
             # superseded files would pile up forever.
             if self._retain is not None and self._commits % self._expire_every == 0:
-                self._warehouse.expire_snapshots(self._retain)
+                writer.warehouse.expire_snapshots(self._retain)
         self._rows = []
         self._tables = []
         self._pending = 0
 
     def teardown(self) -> None:
-        if self._warehouse is not None:
-            _release_writer(self._warehouse)
-            self._warehouse = None
+        if self._writer is not None:
+            _release_writer(self._writer)
+            self._writer = None
 
 
 class WriteToWarehouse(beam.PTransform):
