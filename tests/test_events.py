@@ -285,6 +285,24 @@ def test_dead_letter_row_and_kafka_pair() -> None:
     )
 
 
+def test_decoded_events_of_windowed_records_go_to_their_event_time_windows() -> None:
+    # Global-window input takes a shortcut (ready WindowedValues); any other
+    # windowing still assigns each event to the windows of its event time.
+    early = record(with_(event_id="e-1", event_time="2026-11-26T10:59:59Z"), offset=1)
+    late = record(with_(event_id="e-2", event_time="2026-11-26T11:00:00Z"), offset=2)
+
+    def window_start(event, w=beam.DoFn.WindowParam):
+        yield (event.event_id, w.start.micros)
+
+    with BeamTestPipeline(runner="FnApiRunner") as p:
+        records = p | beam.Create([early, late]) | beam.WindowInto(beam.window.FixedWindows(3600))
+        events, _ = records | DecodeEvents("sale")
+        assert_that(
+            events | beam.ParDo(window_start),
+            equal_to([("e-1", T_2026_11_26_10), ("e-2", T_2026_11_26_10 + 3_600_000_000)]),
+        )
+
+
 def test_decode_events_pipeline_splits_events_and_dead_letters() -> None:
     good = record(encode(GOOD), offset=1)
     also_good = record(with_(event_id="e-2", event_time="2026-11-26T10:00:01Z"), offset=2)

@@ -40,7 +40,7 @@ class _Runner:
         for event in events:
             stamp = Timestamp(micros=event.event_time)
             kinds = (timers["expiry"], timers["window"], timers["early"])
-            out += self.fn.process((0, event), stamp, self.head, self.log, *kinds)
+            out += self.fn.process((0, [event]), stamp, self.head, self.log, *kinds)
         if fire is not None and fire[0] == "expiry":
             out += self.fn._expire(0, Timestamp(micros=fire[1]), self.head, self.log, timers["expiry"])
         if fire is not None and fire[0] == "early":
@@ -152,14 +152,34 @@ def test_shards_must_be_positive() -> None:
 
 
 def test_late_events_are_stamped_near_the_newest_event_time_for_the_state_step() -> None:
-    keyer = _KeyByShard(shards=4, slack=timedelta(seconds=5))
+    keyer = _KeyByShard(shards=1, slack=timedelta(seconds=5))
     on_time = Sale("a", "s", "i", 1, T0)
     an_hour_late = Sale("b", "s", "i", 1, T0 - HOUR)
     slightly_late = Sale("c", "s", "j", 1, T0 - 2_000_000)
-    stamped = [next(iter(keyer.process(e))) for e in (on_time, an_hour_late, slightly_late)]
-    assert [v.timestamp.micros for v in stamped] == [T0, T0 - 5_000_000, T0 - 2_000_000]
-    # The event itself, and so every row built from it, is untouched.
-    assert [v.value for v in stamped] == [(shard_of(e.key, 4), e) for e in (on_time, an_hour_late, slightly_late)]
+    for events, stamp in (([on_time, an_hour_late], T0 - 5_000_000), ([slightly_late], T0 - 2_000_000)):
+        keyer.start_bundle()
+        for event in events:
+            assert list(keyer.process(event) or ()) == []  # held to the bundle's end
+        (out,) = keyer.finish_bundle()
+        # The shard's element is stamped at the earliest of its events' stamps; an
+        # event an hour late counts as the newest event time less the slack.
+        assert out.timestamp.micros == stamp
+        # The events themselves, and so every row built from them, are untouched.
+        assert out.value == (0, events)
+
+
+def test_each_bundle_sends_one_element_per_shard_with_its_events_in_order() -> None:
+    keyer = _KeyByShard(shards=4, slack=timedelta(seconds=5))
+    events = [Sale(f"e{n}", f"store-{n % 3}", f"item-{n % 5}", 1, T0 + n) for n in range(40)]
+    keyer.start_bundle()
+    for event in events:
+        keyer.process(event)
+    out = {v.value[0]: v.value[1] for v in keyer.finish_bundle()}
+    assert out == {
+        shard: [e for e in events if shard_of(e.key, 4) == shard] for shard in {shard_of(e.key, 4) for e in events}
+    }
+    keyer.start_bundle()
+    assert list(keyer.finish_bundle()) == []  # nothing carried over into the next bundle
 
 
 def test_late_slack_must_not_be_negative() -> None:

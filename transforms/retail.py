@@ -24,6 +24,9 @@ streaming latency. So the step is keyed by a *shard* of (store_id, item_id)
   a retried bundle, a restart), so a failed bundle's changes are never taken
   as committed. A bundle thus costs about three round trips per shard touched.
 
+The events themselves cross to the step as one element per shard and
+upstream bundle (``_KeyByShard``), in the order they were read.
+
 Each key's event-time timers (dedupe expiry, window deadlines) are kept in its
 state; the shard's timer of each kind is set for the earliest of its keys, and
 when it fires, every key that is due runs its own timer logic with its own
@@ -55,10 +58,11 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
-from apache_beam.transforms.window import GlobalWindow, TimestampedValue
+from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
+from transforms.coders import EstimatedPickleCoder
 from transforms.counts import (
     DEFAULT_ALLOWED_LATENESS,
     DEFAULT_EARLY_DELAY,
@@ -285,7 +289,7 @@ class _ShardedRetailFn(beam.DoFn):
 
     def process(  # type: ignore[override]
         self,
-        element: tuple[int, Shipment | Sale],
+        element: tuple[int, _ShardEvents],
         stamp: Timestamp = beam.DoFn.TimestampParam,
         head_state: Any = _HEAD,
         log_state: Any = _LOG,
@@ -293,8 +297,24 @@ class _ShardedRetailFn(beam.DoFn):
         window: Any = _WINDOW,
         early: Any = _EARLY,
     ) -> Iterator[Any]:
-        shard, event = element
+        shard, events = element
         head, data = self._load(shard, head_state, log_state)
+        for event in events:
+            yield from self._apply(shard, head, data, log_state, event, stamp, expiry, window, early)
+
+    def _apply(
+        self,
+        shard: int,
+        head: _Head,
+        data: _Shard,
+        log_state: Any,
+        event: Shipment | Sale,
+        stamp: Timestamp,
+        expiry: Any,
+        window: Any,
+        early: Any,
+    ) -> Iterator[Any]:
+        """One event of the shard, in the order the shard's element holds them."""
         due = head.timers.get("early")
         if due is not None and self._clock() * 1_000_000 >= due:
             yield from self._fire_early(shard, head, data, log_state)
@@ -427,29 +447,72 @@ class _ShardedRetailFn(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(WINDOWS_TAG, out)
 
 
-class _KeyByShard(beam.DoFn):
-    """event -> (shard, event), stamped no earlier than the newest event time seen, less ``slack``.
+class _ShardEvents(list):
+    """A shard's events of one bundle, in the order they came: the state step's input value."""
 
-    Prism holds a stateful stage's input watermark at its oldest pending
-    element, and queues a key's elements behind its timers in timestamp order.
-    A steady trickle of events an hour late (a shop's offline till) thus kept
-    the watermark below the last hour's window end, and every shard with that
-    window's timer pending stopped taking data until the trickle paused. Moved
-    up to about where the source's watermark is, a late event holds nothing
-    back. The logic reads event times from the events, never from element
-    timestamps, so no row changes; only a late event's pane may come later.
+
+class _ShardEventsCoder(EstimatedPickleCoder):
+    """One pickle for the whole list: the events' class and repeated names are written once."""
+
+    def __init__(self) -> None:
+        super().__init__(_shard_events_size)
+
+
+def _shard_events_size(events: _ShardEvents) -> int:
+    return 64 + 120 * len(events)  # pickled bytes, about, for generated retail events
+
+
+beam.coders.registry.register_coder(_ShardEvents, _ShardEventsCoder)
+
+
+class _KeyByShard(beam.DoFn):
+    """events -> (shard, [events]) once per shard and bundle, stamped near the newest event time seen.
+
+    One element per shard and bundle, not per event: each element that
+    crosses to the state step is encoded, sent through the runner and decoded
+    again, and the state step pays its per-element overhead (parameters,
+    window, timestamp) once per element. A streaming runner releases a
+    bundle's output only when the bundle ends, so holding the events to the
+    bundle's end delays nothing.
+
+    Stamps. Prism holds a stateful stage's input watermark at its oldest
+    pending element, and queues a key's elements behind its timers in
+    timestamp order. A steady trickle of events an hour late (a shop's
+    offline till) thus kept the watermark below the last hour's window end,
+    and every shard with that window's timer pending stopped taking data
+    until the trickle paused. Moved up to about where the source's watermark
+    is, a late event holds nothing back. A shard's element carries the
+    earliest stamp of its events. The logic reads event times from the
+    events, never from element timestamps, so no row changes; only a late
+    event's pane may come later.
     """
 
     def __init__(self, shards: int, slack: timedelta) -> None:
         self._shards = shards
         self._slack = slack // timedelta(microseconds=1)
         self._newest = -(2**63)
+        self._batches: dict[int, tuple[_ShardEvents, list[int]]] = {}
 
-    def process(self, event: Shipment | Sale) -> Iterator[Any]:  # type: ignore[override]
+    def start_bundle(self) -> None:
+        self._batches = {}
+
+    def process(self, event: Shipment | Sale) -> None:  # type: ignore[override]
         if event.event_time > self._newest:
             self._newest = event.event_time
         stamp = max(event.event_time, self._newest - self._slack)
-        yield TimestampedValue((shard_of(event.key, self._shards), event), Timestamp(micros=stamp))
+        shard = shard_of(event.key, self._shards)
+        batch = self._batches.get(shard)
+        if batch is None:
+            self._batches[shard] = (_ShardEvents([event]), [stamp])
+        else:
+            batch[0].append(event)
+            if stamp < batch[1][0]:
+                batch[1][0] = stamp
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        batches, self._batches = self._batches, {}
+        for shard, (events, (stamp,)) in batches.items():
+            yield WindowedValue((shard, events), Timestamp(micros=stamp), _GLOBAL_WINDOWS)
 
 
 class StreamRetailResult(NamedTuple):
@@ -501,7 +564,7 @@ class StreamRetail(beam.PTransform):
         keyed_inputs = [
             pcoll
             | f"KeyByShard{n if n else ''}"
-            >> beam.ParDo(_KeyByShard(self._shards, self._slack)).with_output_types(tuple[int, Any])
+            >> beam.ParDo(_KeyByShard(self._shards, self._slack)).with_output_types(tuple[int, _ShardEvents])
             for n, pcoll in enumerate(inputs)
         ]
         keyed = keyed_inputs[0] if len(keyed_inputs) == 1 else keyed_inputs | "FlattenKinds" >> beam.Flatten()
