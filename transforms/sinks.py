@@ -446,7 +446,9 @@ class _GroupCommitter:
     queue and takes the lock; whoever holds it commits every queued batch, of
     every view, as one snapshot. A caller whose rows went out with someone
     else's commit finds them done when it gets the lock. Every caller still
-    returns only once its rows are durable, and raises if their commit failed.
+    returns only once its rows are durable, and raises if their commit failed:
+    the caller that committed with the error itself, the others with a
+    BeamlineError that names it.
     """
 
     def __init__(self, warehouse: Warehouse) -> None:
@@ -479,6 +481,7 @@ class _GroupCommitter:
         except BaseException as exc:
             for waiting in group:
                 waiting.error = exc
+            raise  # the committing caller fails with the error itself
         finally:
             for waiting in group:
                 waiting.done = True
