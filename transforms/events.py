@@ -27,7 +27,7 @@ from apache_beam.transforms.window import GlobalWindows, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
-from transforms.kafka import _GLOBAL_WINDOWS, KafkaRecord
+from transforms.kafka import GLOBAL_WINDOWS, KafkaRecord
 
 __all__ = [
     "DEAD_LETTERS_TAG",
@@ -472,7 +472,7 @@ class _DecodeFn(beam.DoFn):
             self._dead.inc()
             yield beam.pvalue.TaggedOutput(DEAD_LETTERS_TAG, result)
         elif self._global_windows:
-            yield WindowedValue(result, Timestamp(micros=result.event_time), _GLOBAL_WINDOWS)
+            yield WindowedValue(result, Timestamp(micros=result.event_time), GLOBAL_WINDOWS)
         else:
             yield TimestampedValue(result, Timestamp(micros=result.event_time))
 

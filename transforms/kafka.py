@@ -46,6 +46,7 @@ from transforms.errors import BeamlineError, ConfigError, KafkaUnavailable
 from transforms.worker_gc import WORKER_GC_THRESHOLD, tune_worker_gc
 
 __all__ = [
+    "GLOBAL_WINDOWS",
     "KAFKA_CLIENTS",
     "LOCAL_PROGRESS",
     "METRICS_NAMESPACE",
@@ -1009,9 +1010,12 @@ class _Stall:
         time.sleep(backoff_s)  # back off before asking the broker again
 
 
-# The read's input is always in the global window (this module makes it), so
-# records are emitted as ready-made windowed values: no per-record re-windowing.
-_GLOBAL_WINDOWS = (GlobalWindow(),)
+# The windows of a value in the global window, built once. The read's input is
+# always in the global window (this module makes it), so records are emitted
+# as ready-made windowed values: a TimestampedValue would make Beam assign
+# windows per element, building a GlobalWindow each time. Other steps whose
+# output stays in the global window use it for the same reason.
+GLOBAL_WINDOWS = (GlobalWindow(),)
 _TRACKER_PARAM = beam.DoFn.RestrictionParam(_OffsetRangeProvider())
 _WATERMARK_PARAM = beam.DoFn.WatermarkEstimatorParam(_PartitionWatermarkProvider())
 
@@ -1173,7 +1177,7 @@ class _ReadPartitionFn(beam.DoFn):
                         yield WindowedValue(
                             KafkaBatch(tp.topic, tp.partition, tuple(batch)),
                             Timestamp(micros=newest * 1000),
-                            _GLOBAL_WINDOWS,
+                            GLOBAL_WINDOWS,
                         )
                     else:
                         last_millis: int | None = None
@@ -1184,7 +1188,7 @@ class _ReadPartitionFn(beam.DoFn):
                                 # (immutable) Timestamp, which is costly to build.
                                 last_millis = rec.timestamp
                                 stamp = Timestamp(micros=last_millis * 1000)
-                            yield WindowedValue(rec, stamp, _GLOBAL_WINDOWS)
+                            yield WindowedValue(rec, stamp, GLOBAL_WINDOWS)
                     next_offset = batch[-1].offset + 1  # the next offset to read
                     watermark.advance_to(Timestamp(micros=newest * 1000) - skew)
                     records_counter.inc(len(batch))

@@ -58,7 +58,6 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
-from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
@@ -80,6 +79,7 @@ from transforms.inventory import (
     VersionedCache,
     inventory_row,
 )
+from transforms.kafka import GLOBAL_WINDOWS
 
 __all__ = ["DEFAULT_SHARDS", "SHARD_HEAD", "SHARD_LOG", "StreamRetail", "StreamRetailResult", "shard_of"]
 
@@ -144,7 +144,6 @@ _PENDING: dict[str, Callable[[_RetailState], int | None]] = {
     "window": lambda st: st.sales.timer_at,
 }
 
-_GLOBAL_WINDOWS = (GlobalWindow(),)
 
 _SHARD_CACHE = VersionedCache(size=lambda shard: shard.ids + len(shard.keys))
 
@@ -353,7 +352,7 @@ class _ShardedRetailFn(beam.DoFn):
         # rows instead of one per event.
         for key, (st, stamp) in self._changed.items():
             yield WindowedValue(
-                inventory_row(key, st.shipped, st.sold, st.events, st.last_event_time), stamp, _GLOBAL_WINDOWS
+                inventory_row(key, st.shipped, st.sold, st.events, st.last_event_time), stamp, GLOBAL_WINDOWS
             )
 
     def _fire_due(
@@ -512,7 +511,7 @@ class _KeyByShard(beam.DoFn):
     def finish_bundle(self) -> Iterator[WindowedValue]:
         batches, self._batches = self._batches, {}
         for shard, (events, (stamp,)) in batches.items():
-            yield WindowedValue((shard, events), Timestamp(micros=stamp), _GLOBAL_WINDOWS)
+            yield WindowedValue((shard, events), Timestamp(micros=stamp), GLOBAL_WINDOWS)
 
 
 class StreamRetailResult(NamedTuple):

@@ -239,7 +239,10 @@ class Warehouse:
         Each view's rows are treated as ``commit`` treats them. A view whose
         rows are all stale gets no file; if no view gets one, no snapshot is made.
         """
-        tables = {view: self.prepare(view, rows) for view, rows in batches.items()}
+        return self._commit_tables({view: self.prepare(view, rows) for view, rows in batches.items()})
+
+    def _commit_tables(self, tables: Mapping[str, pa.Table]) -> dict[str, CommitResult]:
+        """``commit_many`` for tables ``prepare`` already made."""
         results = {view: CommitResult(view, None, 0, 0) for view, t in tables.items() if t.num_rows == 0}
         tables = {view: t for view, t in tables.items() if t.num_rows}
         if not tables:
@@ -477,7 +480,8 @@ class _GroupCommitter:
         for waiting in group:
             tables.setdefault(waiting.view, []).append(waiting.table)
         try:
-            self.warehouse.commit_many({v: t[0] if len(t) == 1 else pa.concat_tables(t) for v, t in tables.items()})
+            # Prepared in each caller's thread already: straight to the commit.
+            self.warehouse._commit_tables({v: t[0] if len(t) == 1 else pa.concat_tables(t) for v, t in tables.items()})
         except BaseException as exc:
             for waiting in group:
                 waiting.error = exc
