@@ -152,8 +152,11 @@ def test_colons_in_names_and_values_are_not_taken_for_repeated_names() -> None:
 
 
 def decoded_without_shortcut(value: bytes | None) -> object:
-    """decode_fields with the orjson shortcut switched off: the strict decoder reads every value."""
-    with mock.patch("transforms.events._flat_object", return_value=None):
+    """decode_fields with both orjson shortcuts switched off: the strict decoder reads every value."""
+    with (
+        mock.patch("transforms.events._usual_fields", return_value=None),
+        mock.patch("transforms.events._flat_object", return_value=None),
+    ):
         return decode_fields(value)
 
 

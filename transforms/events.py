@@ -349,6 +349,50 @@ def _decode_object(value: bytes | None) -> dict[str, Any]:
     return obj
 
 
+# Quotes in a usual event: five member names and four string values, none escaped.
+_USUAL_QUOTES = 2 * (5 + 4)
+
+
+def _usual_fields(value: bytes) -> EventFields | None:
+    """The fields of a usual valid event, in as few steps as it takes; None for anything else.
+
+    Usual: exactly the five contract members, four non-empty ASCII strings and
+    a quantity in range. Then the quote count proves what ``_flat_object``
+    proves (no member name repeated, no quote escaped), and every check of
+    the full path can only pass. Anything else, valid or not, takes the full
+    path, which words the error.
+    """
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    if type(obj) is not dict or len(obj) != 5:
+        return None
+    get = obj.get
+    event_id, store_id, item_id = get("event_id"), get("store_id"), get("item_id")
+    quantity, event_time = get("quantity"), get("event_time")
+    if not (
+        type(event_id) is str
+        and type(store_id) is str
+        and type(item_id) is str
+        and type(event_time) is str
+        and type(quantity) is int
+        and 0 < quantity <= MAX_QUANTITY
+        and event_id
+        and store_id
+        and item_id
+        and event_id.isascii()
+        and store_id.isascii()
+        and item_id.isascii()
+        and value.count(b'"') == _USUAL_QUOTES
+    ):
+        return None
+    try:
+        return event_id, store_id, item_id, quantity, parse_rfc3339(event_time)
+    except ValueError:
+        return None
+
+
 def decode_fields(value: bytes | None) -> EventFields | str:
     """``(event_id, store_id, item_id, quantity, event_time micros)`` of a valid value, or why it is invalid.
 
@@ -356,6 +400,10 @@ def decode_fields(value: bytes | None) -> EventFields | str:
     the value contains is turned into an error string, so a poison record
     cannot stop a pipeline.
     """
+    if value is not None:
+        usual = _usual_fields(value)
+        if usual is not None:
+            return usual
     try:
         obj = _decode_object(value)
         event_id = _string_field(obj, "event_id")
