@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from array import array
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from tests.e2e_helpers import describe_diff, expected_views, views
 from tests.truth import recompute_retail
-from transforms.backfill import BackfillRetail, _FirstInLog, _MergeSums
+from transforms.backfill import BackfillRetail, _Events, _first_in_log, _GatherEvents, _MergeSums
 from transforms.kafka import KafkaBatch, KafkaRecord
 from transforms.sinks import WriteToWarehouse
 
@@ -158,13 +159,27 @@ def test_backfill_refuses_nonsense_settings() -> None:
 
 
 def test_accumulator_coders_round_trip_and_size_without_pickling(monkeypatch: pytest.MonkeyPatch) -> None:
-    first_coder, sums_coder = _FirstInLog().get_accumulator_coder(), _MergeSums().get_accumulator_coder()
-    assert first_coder != sums_coder  # Beam shares equal coders between steps: each keeps its own estimate
-    first = [{"e1": ("e1", 0, 5, "s", "i", 2, 7)}, 3]
+    events_coder, sums_coder = _GatherEvents().get_accumulator_coder(), _MergeSums().get_accumulator_coder()
+    assert events_coder != sums_coder  # Beam shares equal coders between steps: each keeps its own estimate
+    events = _Events.empty()
+    events.extend(_Events(["e1"], array("i", [0]), array("q", [5]), ["s"], ["i"], array("q", [2]), array("q", [7])))
     sums = [4, 1, 2, 7, {0: [1, 1], 3_600_000_000: [2, 1]}]
-    for coder, acc in ((first_coder, first), (sums_coder, sums)):
+    for coder, acc in ((events_coder, events), (sums_coder, sums)):
         assert coder.decode(coder.encode(acc)) == acc
     # Beam sizes sampled elements for its counters: that must not pickle a whole bucket again.
     monkeypatch.setattr("transforms.coders.pickle_whole", lambda value: pytest.fail("pickled to size"))
-    for coder, acc in ((_FirstInLog().get_accumulator_coder(), first), (_MergeSums().get_accumulator_coder(), sums)):
+    for coder, acc in ((_GatherEvents().get_accumulator_coder(), events), (_MergeSums().get_accumulator_coder(), sums)):
         assert coder.get_impl().estimate_size(acc) > 0
+
+
+def test_first_in_log_keeps_the_earliest_occurrence_of_each_event_id() -> None:
+    # Rows as parts from several workers join them: not in log order.
+    rows = [("a", 1, 4), ("b", 0, 9), ("a", 0, 7), ("c", 2, 0), ("a", 0, 3), ("b", 0, 2), ("a", 1, 0)]
+    events = _Events.empty()
+    for event_id, partition, offset in rows:
+        events.extend(
+            _Events([event_id], array("i", [partition]), array("q", [offset]), ["s"], ["i"], array("q", [1]),
+                    array("q", [0]))
+        )  # fmt: skip
+    kept = sorted(rows[row] for row in _first_in_log(events))
+    assert kept == [("a", 0, 3), ("b", 0, 2), ("c", 2, 0)]

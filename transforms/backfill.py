@@ -6,16 +6,17 @@ streaming DoFns would pay a state read and write per event, and grouping the
 raw events would push every event through a shuffle. Instead:
 
 1. the read hands over whole polls (``ReadFromKafka(batched=True)``), and each
-   record is decoded straight to a small tuple (an invalid one becomes a dead
-   letter) into a dict per (kind, bucket of its event_id): one element per
-   poll and bucket, not per event, crosses Beam's machinery;
-2. a CombinePerKey merges those dicts, keeping per event_id the occurrence
-   first in the log (lowest partition, then offset), as the recompute does.
-   Beam runs the combine on each worker before the shuffle, so a worker ships
-   one dict per bucket. Dedupe is per topic whatever store or item a repeated
-   event_id names;
-3. each bucket's survivors are summed per (store_id, item_id): totals, events,
-   last event time, and units and sales per event-time window;
+   record is decoded straight into columns (an invalid one becomes a dead
+   letter), one set per (kind, bucket of its event_id): one element per poll
+   and bucket, not per event, crosses Beam's machinery;
+2. a CombinePerKey joins each bucket's columns. Beam runs the combine on each
+   worker before the shuffle, so a worker ships one set of columns per bucket,
+   which pickles as a few arrays and a list of ids;
+3. each bucket keeps per event_id the occurrence first in the log (lowest
+   partition, then offset), as the recompute does, and sums the survivors per
+   (store_id, item_id): totals, events, last event time, and units and sales
+   per event-time window. Dedupe is per topic whatever store or item a
+   repeated event_id names;
 4. a second CombinePerKey merges the buckets' sums per (store_id, item_id);
 5. the ``inventory`` rows are built from the merged sums by the function the
    streaming path uses; the ``sales_by_window`` rows of a key come as one Arrow
@@ -29,6 +30,7 @@ several workers at once; their count barely matters on one machine.
 from __future__ import annotations
 
 import zlib
+from array import array
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any, NamedTuple
@@ -49,33 +51,54 @@ _WINDOWS_TAG = "windows"
 _NO_TIME = -(2**63)
 
 
-# Accumulators cross the shuffle whole: one pickle per bucket shares every
-# repeated store and item name, where Beam's default coder writes each string
-# out again. Their sizes for Beam's counters, in pickled bytes per item measured
-# on generated retail events: ~70 per kept event, ~25 per window in a key's sums.
-def _first_in_log_size(acc: list[Any]) -> int:
-    return 16 + 70 * len(acc[0])
+# Sizes for Beam's byte counters, in pickled bytes per item measured on
+# generated retail events: ~80 per decoded event, ~25 per window in a key's sums.
+def _events_size(events: _Events) -> int:
+    return 64 + 80 * len(events.ids)
 
 
 def _sums_size(acc: list[Any]) -> int:
     return 40 + 25 * len(acc[4])
 
 
-# A decoded event as the backfill carries it: small, and cheap to pickle.
-# (event_id, partition, offset, store_id, item_id, quantity, event_time micros)
-_Compact = tuple[str, int, int, str, str, int, int]
+class _Events(NamedTuple):
+    """Decoded events of one (kind, bucket), column by column.
+
+    Columns because of what a shuffle costs on the FnApiRunner: its runner
+    process decodes every value that crosses a GroupByKey and encodes it again
+    for the next stage, one process for all workers. A dict of a tuple per
+    event made that four pickle passes over millions of objects; arrays pickle
+    as their bytes, and a list of ids as one string each.
+    """
+
+    ids: list[str]
+    partitions: array[int]
+    offsets: array[int]
+    store_ids: list[str]
+    item_ids: list[str]
+    quantities: array[int]
+    event_times: array[int]  # epoch micros
+
+    @classmethod
+    def empty(cls) -> _Events:
+        return cls([], array("i"), array("q"), [], [], array("q"), array("q"))
+
+    def extend(self, other: _Events) -> None:
+        for mine, theirs in zip(self, other, strict=True):
+            mine.extend(theirs)
+
+
 # Sums of one (store_id, item_id): [shipped, sold, events, last event time, {window start: [units, sales]}]
 _Sums = list[Any]
 
 
 class _DecodeCompact(beam.DoFn):
-    """Records -> ((kind, bucket), [{event_id: compact event}, occurrences]), or dead letters.
+    """Records -> ((kind, bucket), :class:`_Events`), or dead letters.
 
     Takes a :class:`KafkaBatch` (the backfill reads batched) or a single
     :class:`KafkaRecord`, of one kind or of several (``kinds``: topic -> kind).
-    A batch is one partition's records in offset order, so within it the
-    first occurrence of an event_id is the one to keep; each bucket's part
-    leaves as one element, ready for ``_FirstInLog`` to merge.
+    Each bucket's part of an element leaves as one element, which the
+    lifted ``_GatherEvents`` joins to the others before the shuffle.
     """
 
     def __init__(self, kinds: EventKind | Mapping[str, EventKind], buckets: int) -> None:
@@ -87,7 +110,8 @@ class _DecodeCompact(beam.DoFn):
 
     def setup(self) -> None:
         # One string object per store and item name, however many events repeat
-        # it: the dedupe dicts hold every event until the shuffle.
+        # it: the columns hold every event until the shuffle, and a repeated
+        # object pickles as a reference.
         self._names = {}
 
     def process(self, element: KafkaBatch | KafkaRecord) -> Iterator[Any]:  # type: ignore[override]
@@ -96,7 +120,7 @@ class _DecodeCompact(beam.DoFn):
         buckets = self._buckets
         kinds = self._kinds
         kind = kinds if isinstance(kinds, str) else kinds[element.topic]
-        parts: dict[int, list[Any]] = {}
+        parts: dict[int, _Events] = {}
         dead = 0
         for record in records:
             fields = decode_fields(record.value)
@@ -111,88 +135,85 @@ class _DecodeCompact(beam.DoFn):
             bucket = zlib.crc32(event_id.encode("utf-8")) % buckets
             part = parts.get(bucket)
             if part is None:
-                part = parts[bucket] = [{}, 0]
-            part[1] += 1
-            first = part[0]
-            if event_id not in first:
-                first[event_id] = (
-                    event_id,
-                    record.partition,
-                    record.offset,
-                    names.setdefault(store_id, store_id),
-                    names.setdefault(item_id, item_id),
-                    quantity,
-                    event_time,
-                )
+                part = parts[bucket] = _Events.empty()
+            part.ids.append(event_id)
+            part.partitions.append(record.partition)
+            part.offsets.append(record.offset)
+            part.store_ids.append(names.setdefault(store_id, store_id))
+            part.item_ids.append(names.setdefault(item_id, item_id))
+            part.quantities.append(quantity)
+            part.event_times.append(event_time)
         if dead:
             self._dead_counters[kind].inc(dead)
         for bucket, part in parts.items():
             yield (kind, bucket), part
 
 
-def _keep_first(first: dict[str, _Compact], other: dict[str, _Compact]) -> None:
-    """Add ``other``'s events to ``first``, keeping per event_id the lowest (partition, offset).
+class _GatherEvents(beam.CombineFn):
+    """Joins the decoded parts of one bucket; input and accumulator alike are :class:`_Events`."""
 
-    Most event_ids are new: the dicts merge in C, and only the few ids both
-    hold are compared one by one.
-    """
-    both = other.keys() & first.keys()  # iterates the smaller of the two
-    earlier = {event_id: first[event_id] for event_id in both}
-    first.update(other)
-    for event_id, event in earlier.items():
-        if event[1:3] < first[event_id][1:3]:
-            first[event_id] = event
+    def create_accumulator(self) -> _Events:
+        return _Events.empty()
 
-
-class _FirstInLog(beam.CombineFn):
-    """Merges decoded parts: per event_id the occurrence first in the log, and every occurrence counted.
-
-    Input and accumulator alike: ``[{event_id: compact event}, occurrences]``.
-    """
-
-    def create_accumulator(self) -> list[Any]:
-        return [{}, 0]
-
-    def add_input(self, acc: list[Any], part: list[Any]) -> list[Any]:
-        if not acc[0]:
-            # The first part of a bucket becomes its accumulator (parts are never reused).
-            return [part[0], acc[1] + part[1]]
-        _keep_first(acc[0], part[0])
-        acc[1] += part[1]
+    def add_input(self, acc: _Events, part: _Events) -> _Events:
+        if not acc.ids:
+            return part  # the first part of a bucket becomes its accumulator (parts are never reused)
+        acc.extend(part)
         return acc
 
-    def merge_accumulators(self, accumulators: Iterable[list[Any]]) -> list[Any]:
-        accs = sorted(accumulators, key=lambda a: len(a[0]), reverse=True)
+    def merge_accumulators(self, accumulators: Iterable[_Events]) -> _Events:
+        accs = sorted(accumulators, key=lambda a: len(a.ids), reverse=True)
         merged = accs[0]
         for other in accs[1:]:
-            _keep_first(merged[0], other[0])
-            merged[1] += other[1]
+            merged.extend(other)
         return merged
 
-    def extract_output(self, acc: list[Any]) -> list[Any]:
+    def extract_output(self, acc: _Events) -> _Events:
         return acc
 
     def get_accumulator_coder(self) -> beam.coders.Coder:
-        return EstimatedPickleCoder(_first_in_log_size)
+        return EstimatedPickleCoder(_events_size)
+
+
+def _first_in_log(events: _Events) -> Iterable[int]:
+    """Rows of ``events`` to keep: per event_id, the occurrence first in the log (lowest partition, then offset)."""
+    index: dict[str, int] = {}
+    keep = index.setdefault
+    partitions, offsets = events.partitions, events.offsets
+    for row, event_id in enumerate(events.ids):
+        kept = keep(event_id, row)
+        # Most ids occur once; a repeat replaces the kept row only if it is earlier in the log.
+        if kept != row and (partitions[row], offsets[row]) < (partitions[kept], offsets[kept]):
+            index[event_id] = row
+    return index.values()
 
 
 class _SumBucket(beam.DoFn):
-    """One bucket's surviving events -> partial sums per (store_id, item_id)."""
+    """One bucket's events -> partial sums per (store_id, item_id), each event_id counted once."""
 
     def __init__(self, window_size: int) -> None:
         self._size = window_size
         self._applied = Metrics.counter("beamline", "inventory_events_applied")
         self._duplicates = Metrics.counter("beamline", "inventory_duplicates")
 
-    def process(self, element: tuple[tuple[str, int], list[Any]]) -> Iterator[tuple[tuple[str, str], _Sums]]:  # type: ignore[override]
-        (kind, _bucket), (first, occurrences) = element
-        self._applied.inc(len(first))
-        self._duplicates.inc(occurrences - len(first))
+    def process(self, element: tuple[tuple[str, int], _Events]) -> Iterator[tuple[tuple[str, str], _Sums]]:  # type: ignore[override]
+        (kind, _bucket), events = element
+        kept = _first_in_log(events)
+        self._applied.inc(len(kept))
+        self._duplicates.inc(len(events.ids) - len(kept))
         sale = kind == "sale"
         size = self._size
+        store_ids, item_ids, quantities, event_times = (
+            events.store_ids,
+            events.item_ids,
+            events.quantities,
+            events.event_times,
+        )
         sums: dict[tuple[str, str], _Sums] = {}
-        for _, _, _, store_id, item_id, quantity, event_time in first.values():
-            key = (store_id, item_id)
+        for row in kept:
+            key = (store_ids[row], item_ids[row])
+            quantity = quantities[row]
+            event_time = event_times[row]
             s = sums.get(key)
             if s is None:
                 s = sums[key] = [0, 0, 0, _NO_TIME, {}]
@@ -321,7 +342,7 @@ class BackfillRetail(beam.PTransform):
             events = [d.events for d in decoded] | "AllEvents" >> beam.Flatten()
         sums = (
             events
-            | "FirstInLog" >> beam.CombinePerKey(_FirstInLog())
+            | "GatherBuckets" >> beam.CombinePerKey(_GatherEvents())
             | "SumBuckets" >> beam.ParDo(_SumBucket(self._size))
             | "MergeSums" >> beam.CombinePerKey(_MergeSums())
         )
