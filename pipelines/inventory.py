@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
 from infra.kafka_broker import ensure_topics
 from pipelines.options import BeamlineOptions, KafkaOptions, WarehouseOptions, bootstrap_servers
@@ -57,6 +57,8 @@ def read_log(
     """
     kafka = options.view_as(KafkaOptions)
     batch = options.view_as(BeamlineOptions).mode == "batch"
+    # A backfill on the FnApiRunner's worker processes gives each an equal share to read.
+    readers = (options.view_as(DirectOptions).direct_num_workers or 1) if batch else 1
     group_key = "group.id" if kafka.kafka_client == "confluent" else "group_id"
     consumer_config = {group_key: kafka.consumer_group} if kafka.consumer_group else None
     return pipeline | label >> ReadFromKafka(
@@ -69,6 +71,7 @@ def read_log(
         client=kafka.kafka_client,
         batched=batched,
         gc_threshold=options.view_as(BeamlineOptions).gc_threshold or None,
+        readers=max(1, readers),
     )
 
 

@@ -251,19 +251,23 @@ def run_pipeline(
     options = PipelineOptions(args)
     options.view_as(beam.options.pipeline_options.SetupOptions).save_main_session = False
     streaming = options.view_as(BeamlineOptions).mode == "streaming"
+    counted = not streaming and progress_topics is not None
+    if counted:
+        # Counted before the pipeline is built: the worker count it decides
+        # shapes the read (each worker gets an equal share of the records).
+        total = count_records(bootstrap_servers(options), progress_topics(options))
+        workers = auto_workers(given, total, available_cores())
+        if workers > 1:
+            direct = options.view_as(DirectOptions)
+            direct.direct_num_workers = workers
+            direct.direct_running_mode = "multi_processing"
     pipeline = beam.Pipeline(options=options)
     build(pipeline, options)
 
     with contextlib.ExitStack() as stack:
         terminal: TextIO | None = None
-        if not streaming and progress_topics is not None:
-            total = count_records(bootstrap_servers(options), progress_topics(options))
-            workers = auto_workers(given, total, available_cores())
+        if counted:
             if workers > 1:
-                # On the pipeline's own copy of the options: the runner reads them when it starts.
-                direct = pipeline.options.view_as(DirectOptions)
-                direct.direct_num_workers = workers
-                direct.direct_running_mode = "multi_processing"
                 print(
                     f"beamline: {total:,} records to read: running {workers} worker processes "
                     "(--direct_num_workers=1 keeps one)",

@@ -32,6 +32,7 @@ from infra.kafka_broker import KafkaBroker, free_port
 from pipelines.runner import PRISM_NO_SPLITS
 from transforms.errors import ConfigError, KafkaUnavailable
 from transforms.kafka import (
+    _RANGE_COST,
     _TP,
     KAFKA_CLIENTS,
     LOCAL_PROGRESS,
@@ -42,8 +43,10 @@ from transforms.kafka import (
     KafkaRecord,
     ReadFromKafka,
     WriteToKafka,
+    _equal_shares,
     _new_consumer,
     _OffsetTracker,
+    _Partition,
     _PartitionWatermark,
 )
 
@@ -240,6 +243,68 @@ def test_bounded_read_returns_exactly_the_log_with_two_worker_processes(
     _read_all(pipeline, bootstrap_servers, topic, expected, max_bundle_s=0.01, consumer_config=small_polls)
     # The workers' readers told the launcher how many records they read, every one.
     assert LOCAL_PROGRESS.in_other_processes(str(tmp_path)) == len(expected)
+
+
+def test_a_bounded_read_on_two_worker_processes_gives_each_an_equal_share(
+    bootstrap_servers: str, make_topic: Callable[..., str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Skewed partitions: dealt whole in turn, one worker would read 3,400 records and the other 600.
+    topic = make_topic(partitions=3)
+    producer = KafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=5)
+    sent = [
+        (producer.send(topic, value=b"%d" % i, partition=partition), b"%d" % i)
+        for partition, count in ((0, 3000), (1, 600), (2, 400))
+        for i in range(count)
+    ]
+    producer.flush()
+    producer.close()
+    expected = [_expected(topic, future.get(timeout=10), None, value, []) for future, value in sent]
+    monkeypatch.setenv(PROGRESS_DIR_ENV, str(tmp_path))
+    options = PipelineOptions(direct_num_workers=2, direct_running_mode="multi_processing")
+    _read_all(beam.Pipeline("FnApiRunner", options=options), bootstrap_servers, topic, expected, readers=2)
+    per_worker = sorted(int(report.read_text()) for report in tmp_path.iterdir() if report.name.isdigit())
+    # Each worker read exactly the share planned for it (by work, with a cost per range).
+    dealt = _equal_shares([_Partition(topic, p, 0, n) for p, n in ((0, 3000), (1, 600), (2, 400))], 2)
+    planned = sorted(sum(p.stop - p.start for p in dealt[k::2]) for k in range(2))
+    assert per_worker == planned != [600, 3400]
+
+
+def test_equal_shares_cut_bounded_ranges_into_shares_dealt_in_turn() -> None:
+    thousand = 1000
+    parts = [
+        _Partition("sales", 0, 0, 239 * thousand),
+        _Partition("sales", 1, 10, 274 * thousand),
+        _Partition("sales", 2, 0, 287 * thousand),
+        _Partition("sales", 3, 0, 155 * thousand),
+        _Partition("ships", 0, 3, 17 * thousand),
+        _Partition("ships", 1, 0, 9 * thousand),
+        _Partition("ships", 2, 5, 5),  # empty
+    ]
+
+    def cover(ranges: list[_Partition]) -> list[tuple[str, int, int, int]]:
+        """The offsets read, as spans per partition; an overlap or a gap shows as an extra span."""
+        spans: list[tuple[str, int, int, int]] = []
+        for topic, partition, start, stop in sorted(p for p in ranges if p.stop > p.start):
+            if spans and spans[-1][:2] == (topic, partition) and spans[-1][3] == start:
+                start = spans.pop()[2]
+            spans.append((topic, partition, start, stop))
+        return spans
+
+    for readers in (2, 3, 4, 7):
+        dealt = _equal_shares(parts, readers)
+        assert len(dealt) % readers == 0  # padded with empty ranges: the turns stay aligned
+        # Equal work: records, plus a cost for starting each range.
+        shares = [[p for p in dealt[k::readers] if p.stop > p.start] for k in range(readers)]
+        work = [sum(p.stop - p.start + _RANGE_COST for p in share) for share in shares]
+        assert max(work) - min(work) <= 2 * _RANGE_COST, work
+        # Every offset exactly once, at most readers - 1 partitions cut.
+        assert cover(dealt) == cover(parts)
+        assert sum(map(len, shares)) <= 6 + readers - 1
+    assert _equal_shares(parts, 1) == parts
+    unbounded = [_Partition("sales", 0, 0, None)]
+    assert _equal_shares(unbounded, 2) == unbounded
+    with pytest.raises(ConfigError, match="readers"):
+        ReadFromKafka("localhost:9092", "t", readers=0, validate=False)
 
 
 def test_bounded_read_returns_exactly_the_log_on_prism(
