@@ -480,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
         "--no-confluent", action="store_true", help="skip the extra Beamline runs with the confluent-kafka client"
     )
     parser.add_argument(
-        "--rounds", type=int, default=2, help="runs of Beamline's default and of the plain loop, in turn"
+        "--rounds", type=int, default=3, help="runs of Beamline's default and of the plain loop, in turn"
     )
     parser.add_argument("--profile-raw", type=Path, help="keep py-spy's raw profile at this path")
     parser.add_argument("--output", type=Path, default=RESULTS)
