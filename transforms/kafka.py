@@ -1767,6 +1767,13 @@ def _broker_not_ready(exc: BaseException) -> bool:
 class _WriteFn(beam.DoFn):
     """Sends records and waits for the broker's acknowledgement before the bundle ends.
 
+    Records are held until the bundle ends or ``max_pending`` wait, then sent
+    back to back: the producer batches them into a few requests. Sent as they
+    came, each one among thousands of other elements (a backfill's dead
+    letters) woke the producer's network thread and went out as a request of
+    its own: about 0.2 ms of CPU a record, a second of each worker's time for
+    the 9k dead letters of a 1M-event backfill.
+
     With ``exactly_once`` each bundle is one Kafka transaction, begun with the
     bundle's first record and committed in ``finish_bundle`` once every record
     is acknowledged. A bundle that fails before that (here or in any other step
@@ -1788,7 +1795,7 @@ class _WriteFn(beam.DoFn):
         self._value_fn = value_fn
         self._max_pending = max_pending
         self._producer: _Producer | None = None
-        self._pending = 0
+        self._pending: list[tuple[bytes | None, bytes | None]] = []
         self._in_transaction = False
         self._transactional_id: str | None = None
 
@@ -1826,7 +1833,7 @@ class _WriteFn(beam.DoFn):
                 ) from exc
 
     def start_bundle(self) -> None:
-        self._pending = 0
+        self._pending = []
         if self._in_transaction:
             # This instance's last bundle failed before its commit: never commit it.
             self._abandon()
@@ -1837,30 +1844,30 @@ class _WriteFn(beam.DoFn):
         else:
             key = self._key_fn(element) if self._key_fn else None
             value = self._value_fn(element) if self._value_fn else element
-        if self._producer is None:
-            self._producer = self._new_producer()
-        producer = self._producer
-        try:
-            if self._spec.exactly_once and not self._in_transaction:
-                producer.begin()
-                self._in_transaction = True
-            producer.send(key, value)
-        except producer.errors as exc:
-            self._abandon()
-            raise KafkaWriteError(
-                f"could not send to Kafka topic {self._spec.topic} at {self._spec.bootstrap_servers} ({exc}); "
-                "the bundle will be retried; check that the topic exists and the broker is up"
-            ) from exc
-        self._pending += 1
-        if self._pending >= self._max_pending:
+        self._pending.append((key, value))
+        if len(self._pending) >= self._max_pending:
             self._flush()
 
     def _flush(self) -> None:
-        """Wait for every pending send; raise (fail the bundle) if any was not acknowledged."""
-        producer, spec = self._producer, self._spec
-        if not self._pending or producer is None:
+        """Send the pending records and wait for them; raise (fail the bundle) if any was not acknowledged."""
+        records, self._pending = self._pending, []
+        if not records:
             return
-        self._pending = 0
+        if self._producer is None:
+            self._producer = self._new_producer()
+        producer, spec = self._producer, self._spec
+        try:
+            if spec.exactly_once and not self._in_transaction:
+                producer.begin()
+                self._in_transaction = True
+            for key, value in records:
+                producer.send(key, value)
+        except producer.errors as exc:
+            self._abandon()
+            raise KafkaWriteError(
+                f"could not send to Kafka topic {spec.topic} at {spec.bootstrap_servers} ({exc}); "
+                "the bundle will be retried; check that the topic exists and the broker is up"
+            ) from exc
         try:
             failed, sent, first = producer.flush(spec.timeout_s + 40)
         except producer.errors as exc:
@@ -1897,7 +1904,7 @@ class _WriteFn(beam.DoFn):
         """Abort the open transaction (if any) and drop the producer; the next bundle makes a new one."""
         producer, self._producer = self._producer, None
         in_transaction, self._in_transaction = self._in_transaction, False
-        self._pending = 0
+        self._pending = []
         if producer is None:
             return
         if in_transaction:
@@ -1965,6 +1972,9 @@ class WriteToKafka(beam.PTransform):
     be written twice; and a pipeline started again from the start of its input
     writes its output again. With ``exactly_once=False`` writes are plainly
     at-least-once: a retried bundle writes its records again.
+
+    Records wait in the worker until the bundle ends or ``max_pending`` of
+    them wait; then they are sent back to back and acknowledged.
 
     ``client`` is ``"kafka-python"`` (default) or ``"confluent"``;
     ``producer_config`` uses that client's setting names.
