@@ -58,7 +58,7 @@ def read_log(
     kafka = options.view_as(KafkaOptions)
     batch = options.view_as(BeamlineOptions).mode == "batch"
     # A backfill on the FnApiRunner's worker processes gives each an equal share to read.
-    readers = (options.view_as(DirectOptions).direct_num_workers or 1) if batch else 1
+    readers = max(1, options.view_as(DirectOptions).direct_num_workers or 1) if batch else 1
     group_key = "group.id" if kafka.kafka_client == "confluent" else "group_id"
     consumer_config = {group_key: kafka.consumer_group} if kafka.consumer_group else None
     return pipeline | label >> ReadFromKafka(
@@ -71,7 +71,7 @@ def read_log(
         client=kafka.kafka_client,
         batched=batched,
         gc_threshold=options.view_as(BeamlineOptions).gc_threshold or None,
-        readers=max(1, readers),
+        readers=readers,
     )
 
 

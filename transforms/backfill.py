@@ -104,7 +104,7 @@ def _joined_events(ids: str, *columns: Any) -> _Events:
 _Sums = list[Any]
 
 
-class _DecodeCompact(beam.DoFn):
+class _DecodeColumns(beam.DoFn):
     """Records -> ((kind, bucket), :class:`_Events`), or dead letters.
 
     Takes a :class:`KafkaBatch` (the backfill reads batched) or a single
@@ -340,7 +340,7 @@ class BackfillRetail(beam.PTransform):
             decoded = [
                 records
                 | "Decode"
-                >> beam.ParDo(_DecodeCompact(self._topics, self._buckets)).with_outputs(DEAD_LETTERS_TAG, main="events")
+                >> beam.ParDo(_DecodeColumns(self._topics, self._buckets)).with_outputs(DEAD_LETTERS_TAG, main="events")
             ]
             events = decoded[0].events
         else:
@@ -348,7 +348,7 @@ class BackfillRetail(beam.PTransform):
             decoded = [
                 pcoll
                 | f"Decode{kind.title()}s"
-                >> beam.ParDo(_DecodeCompact(kind, self._buckets)).with_outputs(DEAD_LETTERS_TAG, main="events")
+                >> beam.ParDo(_DecodeColumns(kind, self._buckets)).with_outputs(DEAD_LETTERS_TAG, main="events")
                 for kind, pcoll in (("shipment", shipments), ("sale", sales))
             ]
             events = [d.events for d in decoded] | "AllEvents" >> beam.Flatten()

@@ -823,7 +823,7 @@ def _equal_shares(parts: list[_Partition], readers: int) -> list[_Partition]:
         return parts
     # Up to readers - 1 cuts each start one more range.
     work = sum(p.stop - p.start + _RANGE_COST for p in ranges) + (readers - 1) * _RANGE_COST
-    room = [work / readers] * readers
+    room = [work // readers] * readers
     shares: list[list[_Partition]] = [[] for _ in range(readers)]
     k = 0
     for part in ranges:
@@ -832,7 +832,7 @@ def _equal_shares(parts: list[_Partition], readers: int) -> list[_Partition]:
             # A share without room for another range is done; the last takes the rest.
             while k < readers - 1 and room[k] <= _RANGE_COST:
                 k += 1
-            take = stop - start if k == readers - 1 else min(stop - start, int(room[k]) - _RANGE_COST)
+            take = stop - start if k == readers - 1 else min(stop - start, room[k] - _RANGE_COST)
             shares[k].append(part._replace(start=start, stop=start + take))
             room[k] -= take + _RANGE_COST
             start += take
@@ -874,8 +874,8 @@ class _DiscoverPartitionsFn(beam.DoFn):
         spec = self._spec
         tps = _list_partitions(self._consumer, spec, strict=spec.bounded)
         parts = _resolve_partitions(self._consumer, spec, tps)
-        if spec.bounded and spec.readers > 1 and not spec.commit_offsets:
-            parts = _equal_shares(parts, spec.readers)
+        if not spec.commit_offsets:
+            parts = _equal_shares(parts, spec.readers)  # bounded reads on several workers only
         for part in parts:
             # Minimum timestamp: a partition's element must not hold the watermark
             # later than its oldest record; the read's estimator sets the real one.

@@ -490,28 +490,32 @@ class _KeyByShard(beam.DoFn):
         self._shards = shards
         self._slack = slack // timedelta(microseconds=1)
         self._newest = -(2**63)
-        self._batches: dict[int, tuple[_ShardEvents, list[int]]] = {}
+        self._events: dict[int, _ShardEvents] = {}
+        self._stamps: dict[int, int] = {}  # per shard, the earliest stamp of its events
 
     def start_bundle(self) -> None:
-        self._batches = {}
+        self._events = {}
+        self._stamps = {}
 
     def process(self, event: Shipment | Sale) -> None:  # type: ignore[override]
         if event.event_time > self._newest:
             self._newest = event.event_time
         stamp = max(event.event_time, self._newest - self._slack)
         shard = shard_of(event.key, self._shards)
-        batch = self._batches.get(shard)
-        if batch is None:
-            self._batches[shard] = (_ShardEvents([event]), [stamp])
+        events = self._events.get(shard)
+        if events is None:
+            self._events[shard] = _ShardEvents([event])
+            self._stamps[shard] = stamp
         else:
-            batch[0].append(event)
-            if stamp < batch[1][0]:
-                batch[1][0] = stamp
+            events.append(event)
+            if stamp < self._stamps[shard]:
+                self._stamps[shard] = stamp
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
-        batches, self._batches = self._batches, {}
-        for shard, (events, (stamp,)) in batches.items():
-            yield WindowedValue((shard, events), Timestamp(micros=stamp), GLOBAL_WINDOWS)
+        events, stamps = self._events, self._stamps
+        self._events, self._stamps = {}, {}
+        for shard, shard_events in events.items():
+            yield WindowedValue((shard, shard_events), Timestamp(micros=stamps[shard]), GLOBAL_WINDOWS)
 
 
 class StreamRetailResult(NamedTuple):
