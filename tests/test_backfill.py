@@ -9,12 +9,21 @@ from datetime import timedelta
 from pathlib import Path
 
 import apache_beam as beam
+import numpy as np
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from tests.e2e_helpers import describe_diff, expected_views, views
 from tests.truth import recompute_retail
-from transforms.backfill import BackfillRetail, _Events, _first_in_log, _GatherEvents, _MergeSums
+from transforms.backfill import (
+    BackfillRetail,
+    _Events,
+    _first_in_log,
+    _GatherEvents,
+    _joined_windows,
+    _MergeWindows,
+    _WindowSums,
+)
 from transforms.kafka import KafkaBatch, KafkaRecord
 from transforms.sinks import WriteToWarehouse
 
@@ -158,27 +167,75 @@ def test_backfill_refuses_nonsense_settings() -> None:
         _ = pipeline | beam.Create([b""]) | BackfillRetail()
 
 
+def _window_sums(keys: list[tuple[str, str]], rows: list[tuple[int, int, int, int]]) -> _WindowSums:
+    codes, starts, units, sales = (list(column) for column in zip(*rows, strict=True)) if rows else ([], [], [], [])
+    big = any(abs(u) >= 2**63 for u in units)
+    return _WindowSums(
+        keys,
+        np.array(codes, dtype=np.int32),
+        np.array(starts, dtype=np.int64),
+        np.array(units, dtype=object if big else np.int64),
+        np.array(sales, dtype=np.int64),
+    )
+
+
+def _as_dict(windows: _WindowSums) -> dict[tuple[tuple[str, str], int], tuple[int, int]]:
+    columns = (windows.codes.tolist(), windows.starts.tolist(), windows.units.tolist(), windows.sales.tolist())
+    found = {(windows.keys[c], s): (int(u), n) for c, s, u, n in zip(*columns, strict=True)}
+    assert len(found) == len(windows.codes), "a (key, window) appears twice"
+    return found
+
+
 def test_accumulator_coders_round_trip_and_size_without_pickling(monkeypatch: pytest.MonkeyPatch) -> None:
-    events_coder, sums_coder = _GatherEvents().get_accumulator_coder(), _MergeSums().get_accumulator_coder()
-    assert events_coder != sums_coder  # Beam shares equal coders between steps: each keeps its own estimate
+    events_coder, windows_coder = _GatherEvents().get_accumulator_coder(), _MergeWindows(1).get_accumulator_coder()
+    assert events_coder != windows_coder  # Beam shares equal coders between steps: each keeps its own estimate
     events = _Events.empty()
     events.extend(_Events(["e1"], array("i", [0]), array("q", [5]), ["s"], ["i"], array("q", [2]), array("q", [7])))
-    sums = [4, 1, 2, 7, {0: [1, 1], 3_600_000_000: [2, 1]}]
     with_nul = _Events.empty()
     with_nul.extend(events)
     with_nul.ids[0] = "e\x001"  # any id may hold a NUL: those pickle as a list
-    for coder, acc in (
-        (events_coder, events),
-        (events_coder, with_nul),
-        (events_coder, _Events.empty()),
-        (sums_coder, sums),
-    ):
-        decoded = coder.decode(coder.encode(acc))
+    for acc in (events, with_nul, _Events.empty()):
+        decoded = events_coder.decode(events_coder.encode(acc))
         assert decoded == acc and type(decoded) is type(acc)
+    windows = [_window_sums([("s", "i"), ("t", "j")], [(0, 0, 4, 1), (1, -3_600, 2**63 + 1, 2)])]
+    assert [_as_dict(w) for w in windows_coder.decode(windows_coder.encode(windows))] == [_as_dict(windows[0])]
     # Beam sizes sampled elements for its counters: that must not pickle a whole bucket again.
     monkeypatch.setattr("transforms.coders.pickle_whole", lambda value: pytest.fail("pickled to size"))
-    for coder, acc in ((_GatherEvents().get_accumulator_coder(), events), (_MergeSums().get_accumulator_coder(), sums)):
-        assert coder.get_impl().estimate_size(acc) > 0
+    assert events_coder.get_impl().estimate_size(events) > 0
+    assert windows_coder.get_impl().estimate_size(windows) > 0
+
+
+@pytest.mark.parametrize("largest", [9, 2**62, 2**63 - 1])
+def test_window_sums_add_up_as_python_ints_do(largest: int) -> None:
+    # Parts as buckets and workers make them: each with its own key codes, repeats across parts.
+    rng = random.Random(largest)
+    keys = [("s1", "i1"), ("s1", "i2"), ("s2", "i1")]
+    hour = 3_600_000_000
+    want: dict[tuple[tuple[str, str], int], list[int]] = {}
+    combine = _MergeWindows(hour)
+    accumulators = []
+    for _worker in range(2):
+        acc = combine.create_accumulator()
+        for _bucket in range(3):
+            part_keys = rng.sample(keys, 2)
+            rows = [
+                (rng.randrange(2), rng.randrange(-3, 3) * hour, rng.randint(-largest, largest), 1) for _ in range(40)
+            ]
+            for code, start, units, sales in rows:
+                total = want.setdefault((part_keys[code], start), [0, 0])
+                total[0] += units
+                total[1] += sales
+            acc = combine.add_input(acc, _window_sums(part_keys, rows).grouped())
+        accumulators.append(combine.compact(acc))
+    final = combine.merge_accumulators(accumulators)
+    merged = _joined_windows(final).grouped()
+    assert _as_dict(merged) == {key: tuple(sums) for key, sums in want.items()}
+    assert merged.units.dtype == (np.int64 if largest == 9 else object)  # int64 only where no sum can pass it
+    if any(not -(2**63) <= units < 2**63 for units, _ in want.values()):
+        with pytest.raises(OverflowError):
+            combine.extract_output(final)
+    else:
+        assert combine.extract_output(final).num_rows == len(want)
 
 
 def test_first_in_log_keeps_the_earliest_occurrence_of_each_event_id() -> None:

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import apache_beam as beam
+import numpy as np
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -29,7 +30,7 @@ from transforms.counts import (
     SalesByWindow,
     tokenize,
     window_row,
-    window_table,
+    windows_table,
     word_count_to_kafka,
 )
 from transforms.events import MAX_MICROS, DeadLetter, Sale, Shipment
@@ -321,12 +322,18 @@ def test_sales_by_window_rejects_bad_sizes() -> None:
         SalesByWindow(allowed_lateness=timedelta(seconds=-1))
 
 
-def test_window_table_holds_the_rows_window_row_builds() -> None:
+def test_windows_table_holds_the_rows_window_row_builds() -> None:
     hour = 3_600_000_000
-    windows = {0: [3, 1], 2 * hour: [5, 2], -hour: [2, 2], MAX_MICROS - 10: [1, 1]}  # the last one's end is clamped
-    table = window_table(("s1", "i1"), windows, hour)
-    assert table.column_names == ["window_start", "window_end", "store_id", "item_id", "units", "sales"]
-    want = [window_row(("s1", "i1"), start, hour, units, sales) for start, (units, sales) in windows.items()]
-    columns = table.column_names
-    assert table.to_pylist() == [{name: row[name] for name in columns} for row in want]
-    assert window_table(("s1", "i1"), {}, hour).num_rows == 0
+    keys = [("s1", "i1"), ("s2", "i9")]
+    # (key, start, units, sales); the last one's end is clamped, and units may be Python ints.
+    rows = [(0, 0, 3, 1), (1, 2 * hour, 5, 2), (0, -hour, 2, 2), (1, MAX_MICROS - 10, 1, 1)]
+    codes, starts, units, sales = (np.array(column) for column in zip(*rows, strict=True))
+    for units_column in (units, units.astype(object)):
+        table = windows_table(keys, codes.astype(np.int32), starts, units_column, sales, hour)
+        assert table.column_names == ["window_start", "window_end", "store_id", "item_id", "units", "sales"]
+        want = [window_row(keys[code], start, hour, units, sales) for code, start, units, sales in rows]
+        assert table.to_pylist() == [{name: row[name] for name in table.column_names} for row in want]
+    empty = np.empty(0, np.int64)
+    assert windows_table([], empty.astype(np.int32), empty, empty, empty, hour).num_rows == 0
+    with pytest.raises(OverflowError):  # as the sink refuses such a row
+        windows_table(keys, codes[:1].astype(np.int32), starts[:1], np.array([2**63], dtype=object), sales[:1], hour)

@@ -14,14 +14,17 @@ raw events would push every event through a shuffle. Instead:
    which pickles as a few arrays and a list of ids;
 3. each bucket keeps per event_id the occurrence first in the log (lowest
    partition, then offset), as the recompute does, and sums the survivors per
-   (store_id, item_id): totals, events, last event time, and units and sales
-   per event-time window. Dedupe is per topic whatever store or item a
-   repeated event_id names;
-4. a second CombinePerKey merges the buckets' sums per (store_id, item_id);
+   (store_id, item_id) (totals, events, last event time) and, for sales, per
+   (store_id, item_id, event-time window), with numpy over the columns.
+   Dedupe is per topic whatever store or item a repeated event_id names;
+4. a second CombinePerKey merges the buckets' sums per (store_id, item_id),
+   and a global combine adds up the buckets' window sums into one Arrow table;
 5. the ``inventory`` rows are built from the merged sums by the function the
-   streaming path uses; the ``sales_by_window`` rows of a key come as one Arrow
-   table with the same columns (``window_table``, held equal to ``window_row``
-   by a test), as a backfill writes hundreds of thousands of them.
+   streaming path uses; the ``sales_by_window`` table has the rows
+   ``window_row`` builds (``windows_table``, held equal to it by a test).
+
+Sums stay in int64 only where no sum can pass it; otherwise they are Python
+ints, which fail at the sink as the streaming path's do.
 
 Buckets (a CRC of the event_id, stable across processes) let the dedupe run on
 several workers at once; their count barely matters on one machine.
@@ -32,14 +35,16 @@ from __future__ import annotations
 import zlib
 from array import array
 from collections.abc import Iterable, Iterator, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 import apache_beam as beam
+import numpy as np
+import pyarrow as pa
 from apache_beam.metrics import Metrics
 
 from transforms.coders import EstimatedPickleCoder
-from transforms.counts import DEFAULT_WINDOW_SIZE, window_table
+from transforms.counts import DEFAULT_WINDOW_SIZE, windows_table
 from transforms.events import DEAD_LETTERS_TAG, DeadLetter, EventKind, decode_fields
 from transforms.inventory import inventory_row
 from transforms.kafka import KafkaBatch, KafkaRecord
@@ -49,16 +54,14 @@ __all__ = ["BUCKETS", "BackfillResult", "BackfillRetail"]
 BUCKETS = 16
 _WINDOWS_TAG = "windows"
 _NO_TIME = -(2**63)
+# Any longer window holds every representable time; this bound keeps window ends within int64.
+_LONGEST_WINDOW = datetime.max - datetime.min
 
 
 # Sizes for Beam's byte counters, in pickled bytes per item measured on
-# generated retail events: ~80 per decoded event, ~25 per window in a key's sums.
+# generated retail events: ~80 per decoded event.
 def _events_size(events: _Events) -> int:
     return 64 + 80 * len(events.ids)
-
-
-def _sums_size(acc: list[Any]) -> int:
-    return 40 + 25 * len(acc[4])
 
 
 class _Events(NamedTuple):
@@ -100,7 +103,7 @@ def _joined_events(ids: str, *columns: Any) -> _Events:
     return _Events(ids.split("\0"), *columns)
 
 
-# Sums of one (store_id, item_id): [shipped, sold, events, last event time, {window start: [units, sales]}]
+# Sums of one (store_id, item_id): [shipped, sold, events, last event time]
 _Sums = list[Any]
 
 
@@ -200,57 +203,110 @@ def _first_in_log(events: _Events) -> Iterable[int]:
     return index.values()
 
 
+_INT64_LIMIT = 2**63
+
+
+def _sum_dtype(values: np.ndarray, count: int) -> type | np.dtype:
+    """int64 if any ``count`` of ``values`` add up within int64, else Python ints (object)."""
+    if values.dtype == object or not len(values):
+        return values.dtype
+    largest = max(-int(values.min()), int(values.max()))
+    return values.dtype if largest * count < _INT64_LIMIT else np.dtype(object)
+
+
+class _WindowSums(NamedTuple):
+    """Sales per (key, window start): row ``i`` is key ``keys[codes[i]]``, its window and sums.
+
+    Columns, not a dict per key: a backfill has hundreds of thousands of
+    windows, which as small Python objects cost more to build, pickle and
+    merge than the events they came from. ``units`` is int64, or object
+    (Python ints) where a sum could pass int64.
+    """
+
+    keys: list[tuple[str, str]]
+    codes: np.ndarray  # int32
+    starts: np.ndarray  # int64, epoch micros
+    units: np.ndarray
+    sales: np.ndarray  # int64
+
+    def grouped(self) -> _WindowSums:
+        """One row per (key, window), in key then time order."""
+        codes, starts = self.codes, self.starts
+        order = np.lexsort((starts, codes))
+        codes, starts = codes[order], starts[order]
+        first = np.empty(len(codes), dtype=bool)
+        first[:1] = True
+        np.not_equal(codes[1:], codes[:-1], out=first[1:])
+        first[1:] |= starts[1:] != starts[:-1]
+        heads = np.flatnonzero(first)
+        units = self.units[order]
+        units = units.astype(_sum_dtype(units, len(units)), copy=False)
+        sales = self.sales[order]
+        return _WindowSums(
+            self.keys, codes[heads], starts[heads], np.add.reduceat(units, heads), np.add.reduceat(sales, heads)
+        )
+
+
+def _joined_windows(parts: list[_WindowSums]) -> _WindowSums:
+    """Several parts' rows in one part, each key coded once (rows of one (key, window) are not yet added)."""
+    keys: dict[tuple[str, str], int] = {}
+    codes = []
+    for part in parts:
+        recode = np.array([keys.setdefault(key, len(keys)) for key in part.keys], dtype=np.int32)
+        codes.append(recode[part.codes] if len(part.codes) else part.codes)
+    if not codes:
+        return _WindowSums([], *(np.empty(0, dtype) for dtype in (np.int32, np.int64, np.int64, np.int64)))
+    return _WindowSums(
+        list(keys),
+        np.concatenate(codes),
+        np.concatenate([part.starts for part in parts]),
+        np.concatenate([part.units for part in parts]),
+        np.concatenate([part.sales for part in parts]),
+    )
+
+
 class _SumBucket(beam.DoFn):
-    """One bucket's events -> partial sums per (store_id, item_id), each event_id counted once."""
+    """One bucket's events -> partial sums per (store_id, item_id), and per window for sales; each event_id once."""
 
     def __init__(self, window_size: int) -> None:
         self._size = window_size
         self._applied = Metrics.counter("beamline", "inventory_events_applied")
         self._duplicates = Metrics.counter("beamline", "inventory_duplicates")
 
-    def process(self, element: tuple[tuple[str, int], _Events]) -> Iterator[tuple[tuple[str, str], _Sums]]:  # type: ignore[override]
+    def process(self, element: tuple[tuple[str, int], _Events]) -> Iterator[Any]:  # type: ignore[override]
         (kind, _bucket), events = element
-        kept = _first_in_log(events)
+        kept = np.fromiter(_first_in_log(events), dtype=np.int64)
         self._applied.inc(len(kept))
         self._duplicates.inc(len(events.ids) - len(kept))
+        code_of: dict[tuple[str, str], int] = {}
+        code = code_of.setdefault
+        pairs = zip(events.store_ids, events.item_ids, strict=True)
+        codes = np.fromiter((code(key, len(code_of)) for key in pairs), np.int32, len(events.ids))[kept]
+        quantities = np.frombuffer(events.quantities, dtype=np.int64)[kept]
+        quantities = quantities.astype(_sum_dtype(quantities, len(quantities)), copy=False)
+        times = np.frombuffer(events.event_times, dtype=np.int64)[kept]
+        keys = len(code_of)
+        totals = np.zeros(keys, dtype=quantities.dtype)
+        np.add.at(totals, codes, quantities)
+        latest = np.full(keys, _NO_TIME, dtype=np.int64)
+        np.maximum.at(latest, codes, times)
+        counts = np.bincount(codes, minlength=keys)
         sale = kind == "sale"
-        size = self._size
-        store_ids, item_ids, quantities, event_times = (
-            events.store_ids,
-            events.item_ids,
-            events.quantities,
-            events.event_times,
-        )
-        sums: dict[tuple[str, str], _Sums] = {}
-        for row in kept:
-            key = (store_ids[row], item_ids[row])
-            quantity = quantities[row]
-            event_time = event_times[row]
-            s = sums.get(key)
-            if s is None:
-                s = sums[key] = [0, 0, 0, _NO_TIME, {}]
-            if sale:
-                s[1] += quantity
-                start = event_time - event_time % size
-                window = s[4].get(start)
-                if window is None:
-                    s[4][start] = [quantity, 1]
-                else:
-                    window[0] += quantity
-                    window[1] += 1
-            else:
-                s[0] += quantity
-            s[2] += 1
-            if event_time > s[3]:
-                s[3] = event_time
-        yield from sums.items()
+        for key, total, count, last in zip(code_of, totals.tolist(), counts.tolist(), latest.tolist(), strict=True):
+            if count:  # a key named only by dropped repeats has no sums
+                yield key, [0, total, count, last] if sale else [total, 0, count, last]
+        if sale and len(kept):
+            windows = _WindowSums(
+                list(code_of), codes, times - times % self._size, quantities, np.ones(len(kept), dtype=np.int64)
+            )
+            yield beam.pvalue.TaggedOutput(_WINDOWS_TAG, windows.grouped())
 
 
 class _MergeSums(beam.CombineFn):
     """Adds partial sums of one (store_id, item_id)."""
 
     def create_accumulator(self) -> _Sums:
-        return [0, 0, 0, _NO_TIME, {}]
+        return [0, 0, 0, _NO_TIME]
 
     def add_input(self, acc: _Sums, part: _Sums) -> _Sums:
         acc[0] += part[0]
@@ -258,14 +314,6 @@ class _MergeSums(beam.CombineFn):
         acc[2] += part[2]
         if part[3] > acc[3]:
             acc[3] = part[3]
-        windows = acc[4]
-        for start, (units, sales) in part[4].items():
-            window = windows.get(start)
-            if window is None:
-                windows[start] = [units, sales]
-            else:
-                window[0] += units
-                window[1] += sales
         return acc
 
     def merge_accumulators(self, accumulators: Iterable[_Sums]) -> _Sums:
@@ -277,21 +325,46 @@ class _MergeSums(beam.CombineFn):
     def extract_output(self, acc: _Sums) -> _Sums:
         return acc
 
-    def get_accumulator_coder(self) -> beam.coders.Coder:
-        return EstimatedPickleCoder(_sums_size)
+
+def _windows_size(parts: list[_WindowSums]) -> int:
+    return 64 + sum(64 * len(part.keys) + 32 * len(part.codes) for part in parts)
 
 
-class _Rows(beam.DoFn):
-    """Merged sums of one key -> its inventory row and a table of its window rows."""
+class _MergeWindows(beam.CombineFn):
+    """Adds the buckets' window sums into one ``sales_by_window`` table.
+
+    Accumulators are lists of parts; each worker adds its parts up before the
+    shuffle (``compact``), so one (key, window) seen in several buckets
+    crosses once per worker.
+    """
 
     def __init__(self, window_size: int) -> None:
         self._size = window_size
 
-    def process(self, element: tuple[tuple[str, str], _Sums]) -> Iterator[Any]:  # type: ignore[override]
-        key, (shipped, sold, events, last_event_time, windows) = element
-        yield inventory_row(key, shipped, sold, events, last_event_time)
-        if windows:
-            yield beam.pvalue.TaggedOutput(_WINDOWS_TAG, window_table(key, windows, self._size))
+    def create_accumulator(self) -> list[_WindowSums]:
+        return []
+
+    def add_input(self, acc: list[_WindowSums], part: _WindowSums) -> list[_WindowSums]:
+        acc.append(part)
+        return acc
+
+    def merge_accumulators(self, accumulators: Iterable[list[_WindowSums]]) -> list[_WindowSums]:
+        return [part for acc in accumulators for part in acc]
+
+    def compact(self, acc: list[_WindowSums]) -> list[_WindowSums]:
+        return [_joined_windows(acc).grouped()] if len(acc) > 1 else acc
+
+    def extract_output(self, acc: list[_WindowSums]) -> pa.Table:
+        windows = _joined_windows(acc).grouped()
+        return windows_table(windows.keys, windows.codes, windows.starts, windows.units, windows.sales, self._size)
+
+    def get_accumulator_coder(self) -> beam.coders.Coder:
+        return EstimatedPickleCoder(_windows_size)
+
+
+def _inventory_row(element: tuple[tuple[str, str], _Sums]) -> dict[str, Any]:
+    key, (shipped, sold, events, last_event_time) = element
+    return inventory_row(key, shipped, sold, events, last_event_time)
 
 
 class BackfillResult(NamedTuple):
@@ -323,8 +396,8 @@ class BackfillRetail(beam.PTransform):
         topics: Mapping[str, EventKind] | None = None,
     ) -> None:
         super().__init__()
-        if window_size <= timedelta(0):
-            raise ValueError("window_size must be positive")
+        if not timedelta(0) < window_size <= _LONGEST_WINDOW:
+            raise ValueError(f"window_size must be positive and at most {_LONGEST_WINDOW.days:,} days")
         if buckets < 1:
             raise ValueError("buckets must be at least 1")
         if topics is not None and sorted(set(topics.values())) != ["sale", "shipment"]:
@@ -355,13 +428,15 @@ class BackfillRetail(beam.PTransform):
         sums = (
             events
             | "GatherBuckets" >> beam.CombinePerKey(_GatherEvents())
-            | "SumBuckets" >> beam.ParDo(_SumBucket(self._size))
-            | "MergeSums" >> beam.CombinePerKey(_MergeSums())
+            | "SumBuckets" >> beam.ParDo(_SumBucket(self._size)).with_outputs(_WINDOWS_TAG, main="totals")
         )
-        rows = sums | "Rows" >> beam.ParDo(_Rows(self._size)).with_outputs(_WINDOWS_TAG, main="inventory")
+        inventory = sums.totals | "MergeSums" >> beam.CombinePerKey(_MergeSums()) | "Rows" >> beam.Map(_inventory_row)
+        windows = (
+            sums[_WINDOWS_TAG] | "MergeWindows" >> beam.CombineGlobally(_MergeWindows(self._size)).without_defaults()
+        )
         dead = (
             decoded[0][DEAD_LETTERS_TAG]
             if len(decoded) == 1
             else [d[DEAD_LETTERS_TAG] for d in decoded] | "AllDeadLetters" >> beam.Flatten()
         )
-        return BackfillResult(rows.inventory, rows[_WINDOWS_TAG], dead)
+        return BackfillResult(inventory, windows, dead)

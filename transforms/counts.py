@@ -37,12 +37,13 @@ import json
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
@@ -79,7 +80,7 @@ __all__ = [
     "WordCountDoFn",
     "tokenize",
     "window_row",
-    "window_table",
+    "windows_table",
     "word_count_to_kafka",
 ]
 
@@ -370,25 +371,36 @@ def window_row(
     }
 
 
-def window_table(key: tuple[str, str], windows: dict[int, list[int]], size: int) -> pa.Table:
-    """One key's ``sales_by_window`` rows as an Arrow table: ``{window start: [units, sales]}``.
+def windows_table(
+    keys: Sequence[tuple[str, str]],
+    codes: np.ndarray,
+    starts: np.ndarray,
+    units: np.ndarray,
+    sales: np.ndarray,
+    size: int,
+) -> pa.Table:
+    """``sales_by_window`` rows as an Arrow table, column by column: row ``i`` is key ``keys[codes[i]]``.
 
     The same rows as :func:`window_row`, for a backfill's hundreds of thousands
-    of windows: one table per key instead of a dict and two datetimes per row.
+    of windows: no dict and no datetimes per row. ``starts`` are epoch micros;
+    ``units`` may be Python ints (an object array), which fail here as they
+    would in :func:`window_row`'s sink if past int64.
     """
-    starts = list(windows)
-    counts = list(windows.values())
-    n = len(starts)
     schema = SALES_BY_WINDOW.storage_schema
+    indices = pa.array(codes, pa.int32())
+
+    def times(micros: np.ndarray) -> pa.Array:
+        return pa.array(micros, schema.field("window_start").type)
+
     return pa.table(
-        {
-            "window_start": starts,
-            "window_end": [min(start + size, MAX_MICROS) for start in starts],
-            "store_id": pa.repeat(key[0], n) if n else [],
-            "item_id": pa.repeat(key[1], n) if n else [],
-            "units": [c[0] for c in counts],
-            "sales": [c[1] for c in counts],
-        },
+        [
+            times(starts),
+            times(np.minimum(starts + size, MAX_MICROS)),
+            pa.array([key[0] for key in keys], pa.string()).take(indices),
+            pa.array([key[1] for key in keys], pa.string()).take(indices),
+            pa.array(units, pa.int64()),
+            pa.array(sales, pa.int64()),
+        ],
         schema=schema,
     )
 
