@@ -129,6 +129,42 @@ def test_hidden_sales_version_orders_windows_and_stays_hidden(warehouse: Warehou
     assert answer.column("units").to_pylist() == [5]
 
 
+def test_strictly_ordered_means_each_key_once_in_key_order() -> None:
+    def table(*rows: tuple[Any, ...]) -> pa.Table:
+        return pa.table({"a": [r[0] for r in rows], "b": [r[1] for r in rows]})
+
+    assert sinks._strictly_ordered(table((1, "x"), (1, "y"), (2, "a")), ["a", "b"])
+    assert sinks._strictly_ordered(table((1, "x")), ["a", "b"])
+    assert not sinks._strictly_ordered(table((1, "x"), (1, "x")), ["a", "b"])  # a key twice
+    assert not sinks._strictly_ordered(table((1, "y"), (1, "x")), ["a", "b"])  # out of order on the second column
+    assert not sinks._strictly_ordered(table((2, "a"), (1, "b")), ["a", "b"])
+    assert not sinks._strictly_ordered(table((1, "x"), (None, "y")), ["a", "b"])  # unknown: take the slow way
+
+
+@pytest.mark.parametrize("max_known_rows", [0, 50_000])
+def test_batches_already_in_key_order_are_stored_as_any_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_known_rows: int
+) -> None:
+    # In key order, each key once: the writer skips its dedupe and sort, with or without stored files.
+    monkeypatch.setattr(sinks, "KNOWN_VERSIONS_MAX_ROWS", max_known_rows)
+    ordered, shuffled = Warehouse(tmp_path / "ordered"), Warehouse(tmp_path / "shuffled")
+    rng = random.Random(5)
+    written = []
+    for version in (3, 2, 7):
+        rows = [{**row, "events": version + k % 3} for k, row in enumerate(inventory_rows(version))]
+        written.append(ordered.commit("inventory", rows).rows_written)
+        assert shuffled.commit("inventory", rng.sample(rows, len(rows))).rows_written == written[-1]
+    assert written == [20, 0, 20]  # the stale commit writes nothing
+    assert all_views_answer(tmp_path / "ordered") == all_views_answer(tmp_path / "shuffled")
+    assert {r["events"] for r in run_query("SELECT events FROM inventory", tmp_path / "ordered").to_pylist()} == {
+        7,
+        8,
+        9,
+    }
+    ordered.close()
+    shuffled.close()
+
+
 def test_dead_letters_are_written_once(warehouse: Warehouse) -> None:
     first = {"source_topic": "sales", "partition": 0, "offset": 7, "error": "bad json", "payload": b"\xff"}
     warehouse.commit("dead_letters", [first])

@@ -230,9 +230,9 @@ class _WindowSums(NamedTuple):
     sales: np.ndarray  # int64
 
     def grouped(self) -> _WindowSums:
-        """One row per (key, window), in key then time order."""
+        """One row per (key, window), in window then key code order."""
         codes, starts = self.codes, self.starts
-        order = np.lexsort((starts, codes))
+        order = np.lexsort((codes, starts))
         codes, starts = codes[order], starts[order]
         first = np.empty(len(codes), dtype=bool)
         first[:1] = True
@@ -248,17 +248,19 @@ class _WindowSums(NamedTuple):
 
 
 def _joined_windows(parts: list[_WindowSums]) -> _WindowSums:
-    """Several parts' rows in one part, each key coded once (rows of one (key, window) are not yet added)."""
-    keys: dict[tuple[str, str], int] = {}
-    codes = []
-    for part in parts:
-        recode = np.array([keys.setdefault(key, len(keys)) for key in part.keys], dtype=np.int32)
-        codes.append(recode[part.codes] if len(part.codes) else part.codes)
-    if not codes:
+    """Several parts' rows in one part (rows of one (key, window) not yet added), keys coded in sorted order.
+
+    Sorted codes make :meth:`_WindowSums.grouped` give rows in the view's key
+    order (window, store_id, item_id), which the sink then need not sort.
+    """
+    keys = sorted({key for part in parts for key in part.keys})
+    code_of = {key: code for code, key in enumerate(keys)}
+    if not parts:
         return _WindowSums([], *(np.empty(0, dtype) for dtype in (np.int32, np.int64, np.int64, np.int64)))
+    recoded = [np.array([code_of[key] for key in part.keys], dtype=np.int32)[part.codes] for part in parts]
     return _WindowSums(
-        list(keys),
-        np.concatenate(codes),
+        keys,
+        np.concatenate(recoded),
         np.concatenate([part.starts for part in parts]),
         np.concatenate([part.units for part in parts]),
         np.concatenate([part.sales for part in parts]),
