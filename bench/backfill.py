@@ -368,6 +368,30 @@ def _warehouse_inventory(root: Path) -> Inventory:
         reader.close()
 
 
+def _warehouse_windows(root: Path) -> dict[tuple[Any, str, str], int]:
+    """The ``sales_by_window`` view as (window_start, store_id, item_id) -> units, as the recompute keys it."""
+    from readside.query import Reader
+
+    reader = Reader(root)
+    try:
+        rows = reader.query("SELECT window_start, store_id, item_id, units FROM sales_by_window").to_pylist()
+    finally:
+        reader.close()
+    return {(r["window_start"], r["store_id"], r["item_id"]): r["units"] for r in rows}
+
+
+def _compare_windows(name: str, got: dict[Any, int], want: dict[Any, int], failures: list[str]) -> str:
+    """One line saying whether the windows equal the recompute's; a difference is recorded in ``failures``."""
+    if got == want:
+        return f"{name}: equal ({len(got):,} windows)"
+    differ = sum(1 for k in want.keys() & got.keys() if got[k] != want[k])
+    failures.append(name)
+    return (
+        f"{name}: **DIFFERS** from the recompute: {len(want.keys() - got.keys())} windows missing, "
+        f"{len(got.keys() - want.keys())} extra, {differ} with other units"
+    )
+
+
 def _truth_inventory(shipments: list[Any], sales: list[Any]) -> tuple[Inventory, Any]:
     from tests.truth import recompute_retail
 
@@ -548,12 +572,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"DuckDB SQL: {figures['duckdb']['elapsed_s']:.1f}s", flush=True)
             load_after = _load()
 
+            truth_windows = dict(truth_full.sales_by_window)
             for round_no, warehouse in enumerate(warehouses, 1):
                 got = _warehouse_inventory(warehouse)
                 checks.append(_compare(f"Beamline inventory view (round {round_no})", got, truth, failures))
+                name = f"Beamline sales_by_window view (round {round_no})"
+                checks.append(_compare_windows(name, _warehouse_windows(warehouse), truth_windows, failures))
             for key, what, _ in _variants(args):
                 got = _warehouse_inventory(tmp / key)
                 checks.append(_compare(f"Beamline inventory view ({what})", got, truth, failures))
+                name = f"Beamline sales_by_window view ({what})"
+                checks.append(_compare_windows(name, _warehouse_windows(tmp / key), truth_windows, failures))
             for round_no in range(args.rounds):
                 got = _parquet_inventory(tmp / f"plain-{round_no}.parquet")
                 checks.append(_compare(f"baseline (a) Parquet (round {round_no + 1})", got, truth, failures))
@@ -576,8 +605,11 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             broker.stop()
 
-    views = {f"Beamline inventory view (round {n})": "beamline" for n in range(1, args.rounds + 1)}
-    views.update({f"Beamline inventory view ({what})": key for key, what, _ in _variants(args)})
+    runs_by_name = [(f"round {n}", "beamline") for n in range(1, args.rounds + 1)]
+    runs_by_name += [(what, key) for key, what, _ in _variants(args)]
+    views = {
+        f"Beamline {view} view ({name})": key for name, key in runs_by_name for view in ("inventory", "sales_by_window")
+    }
     for name in failures:
         if views.get(name) in figures:
             figures[views[name]]["wrong"] = True
