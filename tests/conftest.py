@@ -55,3 +55,17 @@ def prism_location() -> str:
     if not Path(path).is_file():
         pytest.fail(f"Prism not found at {path}; run `make setup`")
     return str(path)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+    """Keep each phase's report on the test item, so a fixture's teardown can tell whether the test failed."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+def body_failed(request: pytest.FixtureRequest) -> bool:
+    """Whether the requesting test's body failed, counting a failure an xfail mark expected."""
+    report = getattr(request.node, "report_call", None)
+    return report is not None and (report.failed or (report.skipped and hasattr(report, "wasxfail")))

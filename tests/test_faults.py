@@ -28,6 +28,7 @@ from producers.retail import GeneratedRecord, RetailConfig, generate_retail
 from producers.send import send_records
 from readside.snapshots import WarehouseMissing, load_snapshot
 from tests.cli_helpers import PROJECT_ROOT
+from tests.conftest import body_failed
 from tests.e2e_helpers import (
     RetailLog,
     expected_views,
@@ -48,6 +49,21 @@ READY_TIMEOUT_S = 120
 @pytest.fixture
 def retail_log(bootstrap_servers: str, make_topic: Callable[..., str], tmp_path: Path) -> RetailLog:
     return RetailLog(bootstrap_servers, make_topic, tmp_path / "warehouse")
+
+
+@pytest.fixture
+def pipeline_log(tmp_path: Path, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]) -> Iterator[Path]:
+    """Where the streaming pipeline's stderr goes; if the test fails, its tail goes to the terminal.
+
+    Past pytest's capture: pytest shows no captured output for an expected
+    failure (xfail), and the CI log is all that is kept of a run.
+    """
+    path = tmp_path / "pipeline.log"
+    yield path
+    if body_failed(request) and path.exists():
+        tail = "\n".join(path.read_text(errors="replace").splitlines()[-80:])
+        with capsys.disabled():
+            print(f"\n--- {request.node.name}: the last 80 lines of the pipeline's log ---\n{tail}")
 
 
 def live_events(seed: int) -> RetailConfig:
@@ -118,14 +134,14 @@ def wait_until(condition: Callable[[], bool], what: str, process: subprocess.Pop
         time.sleep(0.2)  # polling interval of a readiness check
 
 
-def test_streaming_killed_at_five_random_points_converges(retail_log: RetailLog, tmp_path: Path) -> None:
+def test_streaming_killed_at_five_random_points_converges(retail_log: RetailLog, pipeline_log: Path) -> None:
     # Each kill comes once the running pipeline has committed something of its own
     # (it is up and processing: replaying, or live) and a seeded-random number of
     # further events has been produced, so the kills land at different stages:
     # mid-replay, mid-commit, while idle between bundles.
     schedule = random.Random(KILL_SCHEDULE_SEED)
     gaps = [schedule.randint(25, 300) for _ in range(5)]
-    stderr_path = tmp_path / "pipeline.log"
+    stderr_path = pipeline_log
     producer = Producer(retail_log, live_events(seed=31), rate=100)
     process = start_streaming(retail_log, stderr_path)
     producer.start()
@@ -152,14 +168,17 @@ def test_streaming_killed_at_five_random_points_converges(retail_log: RetailLog,
 
 @pytest.mark.xfail(
     strict=False,
-    reason="not yet shown reliable: it failed 2 of 2 runs while WriteToKafka connected in setup() (a writer set up "
-    "while the broker was down failed its bundle, and Prism fails the whole job on a bundle error); the writer now "
-    "connects with its first record, and a run with that passed once",
+    reason="not yet shown reliable: it failed every run while WriteToKafka connected in setup() (a writer set up "
+    "while the broker was down failed its bundle, and Prism fails the whole job on a bundle error). Since the writer "
+    "connects with its first record it has passed 16 of 17 runs (alone, next to two CPU-bound processes, and in "
+    "CI); the one failure, in CI under load, left no log to explain it (a failure now prints the pipeline's log)",
 )
-def test_streaming_survives_a_broker_restart(kafka_broker: KafkaBroker, retail_log: RetailLog, tmp_path: Path) -> None:
+def test_streaming_survives_a_broker_restart(
+    kafka_broker: KafkaBroker, retail_log: RetailLog, pipeline_log: Path
+) -> None:
     port = kafka_broker.status().port
     assert port is not None
-    stderr_path = tmp_path / "pipeline.log"
+    stderr_path = pipeline_log
     before = Producer(retail_log, live_events(seed=41), rate=300)
     after = Producer(retail_log, live_events(seed=42), rate=300)
     process = start_streaming(retail_log, stderr_path)
@@ -199,9 +218,11 @@ def start_streaming_with_sink_fault(log: RetailLog, marker: Path, nth: int, stde
     )
 
 
-def test_a_commit_failing_once_then_a_restart_converges(retail_log: RetailLog, tmp_path: Path) -> None:
+def test_a_commit_failing_once_then_a_restart_converges(
+    retail_log: RetailLog, tmp_path: Path, pipeline_log: Path
+) -> None:
     marker = tmp_path / "sink-failed-once"
-    stderr_path = tmp_path / "pipeline.log"
+    stderr_path = pipeline_log
     producer = Producer(retail_log, live_events(seed=51), rate=300)
     producer.start()
     process = start_streaming_with_sink_fault(retail_log, marker, 4, stderr_path)
