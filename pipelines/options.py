@@ -7,13 +7,16 @@ with ``python -m pipelines.inventory`` and ``beamline run``.
 
 from __future__ import annotations
 
+import argparse
 import os
+from datetime import timedelta
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from infra.paths import state_dir
 from pipelines.cli import non_negative_int, positive_int
 from transforms import topics
+from transforms.counts import LONGEST_WINDOW
 from transforms.kafka import KAFKA_CLIENTS
 from transforms.retail import DEFAULT_SHARDS
 from transforms.worker_gc import gc_threshold_from_env
@@ -23,6 +26,20 @@ __all__ = ["BeamlineOptions", "KafkaOptions", "WarehouseOptions", "bootstrap_ser
 
 def default_warehouse() -> str:
     return os.environ.get("BEAMLINE_WAREHOUSE", str(state_dir() / "warehouse"))
+
+
+def _window_seconds(text: str) -> int:
+    """argparse type: a window length in whole seconds, at least 1 and at most the span of representable times."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of seconds, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    longest = LONGEST_WINDOW // timedelta(seconds=1)
+    if value > longest:
+        raise argparse.ArgumentTypeError(f"must be at most {longest:,} (all representable time), got {value:,}")
+    return value
 
 
 def _both(name: str) -> tuple[str, str]:
@@ -94,7 +111,11 @@ class BeamlineOptions(PipelineOptions):
             help="batch: read to the end offsets seen at start, then finish; streaming: run until stopped",
         )
         parser.add_argument(
-            *_both("window_size"), dest="window_size", type=int, default=3600, help="tumbling window, seconds"
+            *_both("window_size"),
+            dest="window_size",
+            type=_window_seconds,
+            default=3600,
+            help="tumbling window, seconds",
         )
         parser.add_argument(
             *_both("allowed_lateness"),

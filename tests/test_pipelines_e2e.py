@@ -115,3 +115,14 @@ def test_a_bad_option_is_one_line(tmp_path: Path):
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert "beamline: error:" in result.stderr
+
+
+@pytest.mark.parametrize("size", ["0", "abc", "315537897600"])
+def test_a_window_size_out_of_range_is_one_line_before_any_read(tmp_path: Path, size: str):
+    # 315,537,897,600 s is one second more than all representable time: window ends would leave int64.
+    result = run_cli("run", "inventory", "--mode", "batch", "--bootstrap-servers", "127.0.0.1:1", "--warehouse",
+                     str(tmp_path / "w"), f"--window_size={size}", timeout=120)  # fmt: skip
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if ": error: " in line]  # argparse names the program
+    assert "argument --window_size" in line, line

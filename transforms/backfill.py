@@ -35,7 +35,7 @@ from __future__ import annotations
 import zlib
 from array import array
 from collections.abc import Iterable, Iterator, Mapping
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, NamedTuple
 
 import apache_beam as beam
@@ -44,7 +44,7 @@ import pyarrow as pa
 from apache_beam.metrics import Metrics
 
 from transforms.coders import EstimatedPickleCoder
-from transforms.counts import DEFAULT_WINDOW_SIZE, windows_table
+from transforms.counts import DEFAULT_WINDOW_SIZE, LONGEST_WINDOW, windows_table
 from transforms.events import DEAD_LETTERS_TAG, DeadLetter, EventKind, decode_fields
 from transforms.inventory import inventory_row
 from transforms.kafka import KafkaBatch, KafkaRecord
@@ -54,8 +54,6 @@ __all__ = ["BUCKETS", "BackfillResult", "BackfillRetail"]
 BUCKETS = 16
 _WINDOWS_TAG = "windows"
 _NO_TIME = -(2**63)
-# Any longer window holds every representable time; this bound keeps window ends within int64.
-_LONGEST_WINDOW = datetime.max - datetime.min
 
 
 # Sizes for Beam's byte counters, in pickled bytes per item measured on
@@ -398,8 +396,8 @@ class BackfillRetail(beam.PTransform):
         topics: Mapping[str, EventKind] | None = None,
     ) -> None:
         super().__init__()
-        if not timedelta(0) < window_size <= _LONGEST_WINDOW:
-            raise ValueError(f"window_size must be positive and at most {_LONGEST_WINDOW.days:,} days")
+        if not timedelta(0) < window_size <= LONGEST_WINDOW:
+            raise ValueError(f"window_size must be positive and at most {LONGEST_WINDOW.days:,} days")
         if buckets < 1:
             raise ValueError("buckets must be at least 1")
         if topics is not None and sorted(set(topics.values())) != ["sale", "shipment"]:

@@ -39,7 +39,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import apache_beam as beam
@@ -68,6 +68,7 @@ __all__ = [
     "DEFAULT_WINDOW_SIZE",
     "EARLY_TIMER",
     "FINAL_COUNT_TIMER",
+    "LONGEST_WINDOW",
     "SALES_KEY_STATE",
     "SALES_WINDOWS_TAG",
     "WINDOW_TIMER",
@@ -91,6 +92,8 @@ WORD_COUNTS_TAG = "word_counts"
 DEAD_LETTERS_TAG = "dead_letters"
 
 DEFAULT_WINDOW_SIZE = timedelta(hours=1)
+# A longer window holds every representable time; the bound keeps window ends within int64 micros.
+LONGEST_WINDOW = datetime.max - datetime.min
 DEFAULT_ALLOWED_LATENESS = timedelta(days=1)
 DEFAULT_EARLY_DELAY = timedelta(seconds=10)
 
