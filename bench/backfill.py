@@ -357,26 +357,24 @@ def _parquet_inventory(path: Path) -> Inventory:
     return _rows_to_inventory(pq.read_table(path).to_pylist())
 
 
-def _warehouse_inventory(root: Path) -> Inventory:
+def _warehouse_rows(root: Path, sql: str) -> list[dict[str, Any]]:
     from readside.query import Reader
 
     reader = Reader(root)
     try:
-        cols = "store_id, item_id, shipped, sold, on_hand, events, last_event_time"
-        return _rows_to_inventory(reader.query(f"SELECT {cols} FROM inventory").to_pylist())
+        return reader.query(sql).to_pylist()
     finally:
         reader.close()
+
+
+def _warehouse_inventory(root: Path) -> Inventory:
+    cols = "store_id, item_id, shipped, sold, on_hand, events, last_event_time"
+    return _rows_to_inventory(_warehouse_rows(root, f"SELECT {cols} FROM inventory"))
 
 
 def _warehouse_windows(root: Path) -> dict[tuple[Any, str, str], int]:
     """The ``sales_by_window`` view as (window_start, store_id, item_id) -> units, as the recompute keys it."""
-    from readside.query import Reader
-
-    reader = Reader(root)
-    try:
-        rows = reader.query("SELECT window_start, store_id, item_id, units FROM sales_by_window").to_pylist()
-    finally:
-        reader.close()
+    rows = _warehouse_rows(root, "SELECT window_start, store_id, item_id, units FROM sales_by_window")
     return {(r["window_start"], r["store_id"], r["item_id"]): r["units"] for r in rows}
 
 

@@ -28,14 +28,9 @@ def default_warehouse() -> str:
     return os.environ.get("BEAMLINE_WAREHOUSE", str(state_dir() / "warehouse"))
 
 
-def _window_seconds(text: str) -> int:
+def window_seconds(text: str) -> int:
     """argparse type: a window length in whole seconds, at least 1 and at most the span of representable times."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number of seconds, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    value = positive_int(text)
     longest = LONGEST_WINDOW // timedelta(seconds=1)
     if value > longest:
         raise argparse.ArgumentTypeError(f"must be at most {longest:,} (all representable time), got {value:,}")
@@ -113,7 +108,7 @@ class BeamlineOptions(PipelineOptions):
         parser.add_argument(
             *_both("window_size"),
             dest="window_size",
-            type=_window_seconds,
+            type=window_seconds,
             default=3600,
             help="tumbling window, seconds",
         )

@@ -204,7 +204,7 @@ def _first_in_log(events: _Events) -> Iterable[int]:
 _INT64_LIMIT = 2**63
 
 
-def _sum_dtype(values: np.ndarray, count: int) -> type | np.dtype:
+def _sum_dtype(values: np.ndarray, count: int) -> np.dtype:
     """int64 if any ``count`` of ``values`` add up within int64, else Python ints (object)."""
     if values.dtype == object or not len(values):
         return values.dtype
@@ -251,10 +251,10 @@ def _joined_windows(parts: list[_WindowSums]) -> _WindowSums:
     Sorted codes make :meth:`_WindowSums.grouped` give rows in the view's key
     order (window, store_id, item_id), which the sink then need not sort.
     """
-    keys = sorted({key for part in parts for key in part.keys})
-    code_of = {key: code for code, key in enumerate(keys)}
     if not parts:
         return _WindowSums([], *(np.empty(0, dtype) for dtype in (np.int32, np.int64, np.int64, np.int64)))
+    keys = sorted({key for part in parts for key in part.keys})
+    code_of = {key: code for code, key in enumerate(keys)}
     recoded = [np.array([code_of[key] for key in part.keys], dtype=np.int32)[part.codes] for part in parts]
     return _WindowSums(
         keys,
@@ -275,13 +275,15 @@ class _SumBucket(beam.DoFn):
 
     def process(self, element: tuple[tuple[str, int], _Events]) -> Iterator[Any]:  # type: ignore[override]
         (kind, _bucket), events = element
-        kept = np.fromiter(_first_in_log(events), dtype=np.int64)
+        rows = list(_first_in_log(events))
+        kept = np.array(rows, dtype=np.int64)
         self._applied.inc(len(kept))
         self._duplicates.inc(len(events.ids) - len(kept))
+        # Keys of kept rows only: a key named only by dropped repeats gets no code and no sums.
         code_of: dict[tuple[str, str], int] = {}
         code = code_of.setdefault
-        pairs = zip(events.store_ids, events.item_ids, strict=True)
-        codes = np.fromiter((code(key, len(code_of)) for key in pairs), np.int32, len(events.ids))[kept]
+        pairs = zip(map(events.store_ids.__getitem__, rows), map(events.item_ids.__getitem__, rows), strict=True)
+        codes = np.fromiter((code(key, len(code_of)) for key in pairs), np.int32, len(rows))
         quantities = np.frombuffer(events.quantities, dtype=np.int64)[kept]
         quantities = quantities.astype(_sum_dtype(quantities, len(quantities)), copy=False)
         times = np.frombuffer(events.event_times, dtype=np.int64)[kept]
@@ -293,9 +295,8 @@ class _SumBucket(beam.DoFn):
         counts = np.bincount(codes, minlength=keys)
         sale = kind == "sale"
         for key, total, count, last in zip(code_of, totals.tolist(), counts.tolist(), latest.tolist(), strict=True):
-            if count:  # a key named only by dropped repeats has no sums
-                yield key, [0, total, count, last] if sale else [total, 0, count, last]
-        if sale and len(kept):
+            yield key, [0, total, count, last] if sale else [total, 0, count, last]
+        if sale:
             windows = _WindowSums(
                 list(code_of), codes, times - times % self._size, quantities, np.ones(len(kept), dtype=np.int64)
             )

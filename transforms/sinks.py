@@ -417,18 +417,19 @@ def _strictly_ordered(table: pa.Table, key: Sequence[str]) -> bool:
     rows = table.num_rows
     if rows < 2:
         return True
-    before: pa.Array | None = None  # row i's key < row i + 1's key, on the columns seen so far
-    same: pa.Array | None = None
-    for name in key:
+
+    def compared(name: str) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
         column = table.column(name)
         this, after = column.slice(0, rows - 1), column.slice(1)
-        less, equal = pc.less(this, after), pc.equal(this, after)
-        if before is None or same is None:
-            before, same = less, equal
-        else:
-            before = pc.or_(before, pc.and_(same, less))
-            same = pc.and_(same, equal)
-    return before is not None and pc.all(pc.fill_null(before, False)).as_py() is True
+        return pc.less(this, after), pc.equal(this, after)
+
+    # Row i's key < row i + 1's key, on the columns seen so far (and equal on them).
+    before, same = compared(key[0])
+    for name in key[1:]:
+        less, equal = compared(name)
+        before = pc.or_(before, pc.and_(same, less))
+        same = pc.and_(same, equal)
+    return pc.all(pc.fill_null(before, False)).as_py() is True
 
 
 def _newer_than(spec: ViewSpec, batch: pa.Table, versions: dict[tuple[Any, ...], Any]) -> pa.Table:
