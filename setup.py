@@ -22,7 +22,7 @@ setup(
     version="0.1.0",
     description="Event-sourced, CQRS-style views from Kafka topics on Apache Beam",
     python_requires=">=3.10",
-    packages=find_packages(include=["pipelines*", "transforms*", "infra*", "producers*", "readside*"]),
+    packages=find_packages(include=["cli*", "core*", "pipelines*", "transforms*", "warehouse*", "infra*", "producers*", "readside*"]),
     install_requires=read_requirements("requirements.txt"),
     extras_require={
         "dev": read_requirements("requirements-dev.txt"),

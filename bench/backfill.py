@@ -76,7 +76,7 @@ def _versions() -> str:
     import kafka
     import pyarrow
 
-    from infra.paths import kafka_libs_dir
+    from core.settings import kafka_libs_dir
 
     broker = "unknown"
     for jar in sorted(kafka_libs_dir().glob("kafka_*.jar")):

@@ -196,8 +196,8 @@ class WarehouseCount:
 
     def _first_row(self, sql: str) -> tuple[Any, ...] | None:
         """The query's first row through one long-lived reader; None before the first snapshot."""
+        from core.errors import BeamlineError
         from readside.query import Reader
-        from transforms.errors import BeamlineError
 
         if self._reader is None:
             if not (self.warehouse / "CURRENT").exists():
@@ -620,7 +620,7 @@ class Quix(System):
 
 def quix_python() -> tuple[str | None, str]:
     """An interpreter that can import quixstreams, and its versions (or why there is none)."""
-    from infra.paths import cache_dir
+    from core.settings import cache_dir
 
     candidates = [os.environ.get("BEAMLINE_QUIX_PYTHON", ""), sys.executable]
     candidates.append(str(cache_dir() / "bench-venv" / "bin" / "python"))
@@ -988,7 +988,7 @@ def _versions(quix: str) -> str:
     import duckdb
     import kafka
 
-    from infra.paths import kafka_libs_dir
+    from core.settings import kafka_libs_dir
 
     broker = "unknown"
     for jar in sorted(kafka_libs_dir().glob("kafka_*.jar")):

@@ -2,7 +2,7 @@
 
 Drives :class:`infra.flink_cluster.FlinkCluster`. Each handler prints one or
 two lines; what an operator can fix is raised as a
-:class:`~transforms.errors.BeamlineError`, which the command line prints as
+:class:`~core.errors.BeamlineError`, which the command line prints as
 one line.
 """
 

@@ -41,7 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from infra.paths import PROJECT_ROOT, cache_dir, state_dir
+from core import settings
+from core.errors import ConfigError, ServiceError, SetupMissing
+from core.settings import PROJECT_ROOT, cache_dir, state_dir
 from infra.process import (
     find_java,
     free_port,
@@ -53,7 +55,6 @@ from infra.process import (
     terminate,
     wait_started,
 )
-from transforms.errors import ConfigError, ServiceError, SetupMissing
 
 __all__ = [
     "BEAM_VERSION",
@@ -124,9 +125,9 @@ def flink_libs_dir() -> Path:
 
 def flink_job_server_jar() -> Path:
     """Beam's Flink job server jar (``$BEAMLINE_FLINK_JOB_SERVER_JAR`` overrides)."""
-    override = os.environ.get("BEAMLINE_FLINK_JOB_SERVER_JAR")
+    override = settings.flink_job_server_jar()
     if override:
-        return Path(override)
+        return override
     return cache_dir() / "flink" / "job-server" / JOB_SERVER_JAR_NAME
 
 
@@ -135,7 +136,7 @@ def require_job_server_jar() -> Path:
     jar = flink_job_server_jar()
     if jar.is_file():
         return jar
-    if os.environ.get("BEAMLINE_FLINK_JOB_SERVER_JAR"):
+    if settings.flink_job_server_jar():
         raise SetupMissing(
             f"BEAMLINE_FLINK_JOB_SERVER_JAR names {jar}, which is not a file; point it at "
             f"Beam's Flink job server jar for {BEAM_VERSION} ({JOB_SERVER_JAR_NAME})"

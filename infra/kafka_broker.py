@@ -25,7 +25,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.paths import kafka_libs_dir, state_dir
+from core.errors import ServiceError, SetupMissing
+from core.settings import kafka_libs_dir, state_dir
 from infra.process import (
     find_java,
     free_port,
@@ -36,7 +37,6 @@ from infra.process import (
     terminate,
     wait_started,
 )
-from transforms.errors import ServiceError, SetupMissing
 
 __all__ = [
     "BrokerStatus",
@@ -67,7 +67,7 @@ def wait_for_kafka(bootstrap_servers: str, timeout_s: float = 10.0) -> None:
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
-    from transforms.errors import KafkaUnavailable
+    from core.errors import KafkaUnavailable
 
     deadline = time.monotonic() + timeout_s
     last_error: Exception | None = None
@@ -233,7 +233,7 @@ class KafkaBroker:
         process = spawn(cmd, self.log_file, self.pid_file)
         bootstrap = f"127.0.0.1:{port}"
         deadline = time.monotonic() + timeout_s
-        from transforms.errors import KafkaUnavailable
+        from core.errors import KafkaUnavailable
 
         def answers() -> bool:
             try:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from transforms.errors import ServiceError
+from core.errors import ServiceError
 
 __all__ = [
     "find_java",

@@ -2,7 +2,7 @@
 
 Verbs: ``kafka`` (a local broker), ``produce`` (sample events), ``run``
 (pipelines), ``query`` and ``lookup`` (the read side), ``demo``. Any
-:class:`~transforms.errors.BeamlineError` is printed as one line on stderr with
+:class:`~core.errors.BeamlineError` is printed as one line on stderr with
 a non-zero exit code; a traceback means a bug in Beamline, not in the input.
 """
 
@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from transforms.errors import BeamlineError
+from core.errors import BeamlineError
 
 __all__ = ["build_parser", "default_bootstrap_servers", "main", "report_errors"]
 
@@ -133,8 +133,8 @@ def _moment(text: str) -> datetime:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used by tests and `--help`)."""
+    from core import topics
     from producers.retail import RetailConfig
-    from transforms import topics
 
     parser = argparse.ArgumentParser(
         prog="beamline",

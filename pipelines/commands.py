@@ -34,13 +34,13 @@ def _run(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     """Broker up, sample events in, the inventory pipeline, a few queries out."""
+    from core import topics
     from infra.kafka_broker import KafkaBroker
     from pipelines import inventory
     from pipelines.options import default_warehouse
     from producers.retail import RetailConfig, generate_retail
     from producers.send import ensure_topics, send_records
     from readside.query import format_result, run_query
-    from transforms import topics
 
     broker = KafkaBroker()
     status = broker.status()

@@ -29,11 +29,11 @@ from datetime import timedelta
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
+from core.errors import ConfigError
 from infra.kafka_broker import ensure_topics
 from pipelines.options import BeamlineOptions, KafkaOptions, WarehouseOptions, bootstrap_servers
 from pipelines.runner import RunSummary, main_for, run_pipeline
 from transforms.backfill import BackfillRetail
-from transforms.errors import ConfigError
 from transforms.events import DecodeEvents, dead_letter_to_kafka, dead_letter_to_row
 from transforms.kafka import ReadFromKafka, WriteToKafka
 from transforms.retail import StreamRetail

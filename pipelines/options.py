@@ -13,19 +13,17 @@ from datetime import timedelta
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from infra.paths import state_dir
+from core import settings, topics
 from pipelines.cli import non_negative_int, positive_int
-from transforms import topics
 from transforms.counts import LONGEST_WINDOW
 from transforms.kafka import KAFKA_CLIENTS
 from transforms.retail import DEFAULT_SHARDS
-from transforms.worker_gc import gc_threshold_from_env
 
 __all__ = ["BeamlineOptions", "KafkaOptions", "WarehouseOptions", "bootstrap_servers", "default_warehouse"]
 
 
 def default_warehouse() -> str:
-    return os.environ.get("BEAMLINE_WAREHOUSE", str(state_dir() / "warehouse"))
+    return str(settings.warehouse_dir())
 
 
 def window_seconds(text: str) -> int:
@@ -145,7 +143,7 @@ class BeamlineOptions(PipelineOptions):
             *_both("gc_threshold"),
             dest="gc_threshold",
             type=non_negative_int,
-            default=gc_threshold_from_env(),
+            default=settings.gc_threshold(),
             help="young-generation threshold of CPython's garbage collector in worker processes "
             "(env BEAMLINE_GC_THRESHOLD; 0 leaves the interpreter's own)",
         )

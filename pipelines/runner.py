@@ -35,10 +35,10 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import DebugOptions, DirectOptions, PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineState
 
+from core.errors import PipelineFailed, SetupMissing
+from core.settings import prism_binary
 from infra.kafka_broker import count_records
-from infra.paths import prism_binary
 from pipelines.options import BeamlineOptions, bootstrap_servers
-from transforms.errors import PipelineFailed, SetupMissing
 from transforms.kafka import LOCAL_PROGRESS, PROGRESS_DIR_ENV
 
 __all__ = [

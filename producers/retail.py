@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from transforms import topics
+from core import topics
 
 __all__ = ["GeneratedRecord", "RetailConfig", "generate_retail"]
 
@@ -55,7 +55,7 @@ class RetailConfig:
     sales_topic: str = topics.SALES
 
     def __post_init__(self) -> None:
-        from transforms.errors import ConfigError
+        from core.errors import ConfigError
 
         if self.events < 0:
             raise ConfigError(f"--events must be >= 0, got {self.events}")

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from core.errors import ConfigError, KafkaUnavailable
 from infra.kafka_broker import ensure_topics, wait_for_kafka
 from producers.retail import GeneratedRecord
-from transforms.errors import ConfigError, KafkaUnavailable
 
 __all__ = ["ProduceSummary", "ensure_topics", "file_records", "send_records"]
 

@@ -10,8 +10,8 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from core.errors import BeamlineError
 from readside.query import FORMATS, Reader, default_warehouse_dir, format_result
-from transforms.errors import BeamlineError
 
 __all__ = ["add_commands", "lookup_command", "query_command"]
 

@@ -29,7 +29,9 @@ import duckdb
 import pyarrow as pa
 from duckdb import ColumnExpression, ConstantExpression
 
-from infra.paths import state_dir
+from core.errors import BeamlineError, ConfigError
+from core.settings import warehouse_dir
+from core.views import INVENTORY, VIEWS
 from readside.snapshots import (
     CURRENT_FILE,
     Snapshot,
@@ -39,8 +41,6 @@ from readside.snapshots import (
     load_snapshot,
     read_manifest,
 )
-from transforms.errors import BeamlineError, ConfigError
-from transforms.views import INVENTORY, VIEWS
 
 __all__ = [
     "FORMATS",
@@ -68,7 +68,7 @@ class QueryFailed(BeamlineError):
 
 def default_warehouse_dir() -> Path:
     """Where pipelines write and readers read unless ``--warehouse`` says otherwise."""
-    return state_dir() / "warehouse"
+    return warehouse_dir()
 
 
 def parse_as_of(text: str | dt.datetime | None) -> int | None:

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from transforms.errors import BeamlineError, ConfigError
-from transforms.views import VIEWS, ViewSpec
+from core.errors import BeamlineError, ConfigError
+from core.views import VIEWS, ViewSpec
 
 __all__ = [
     "CATALOG_SQL",

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from core.settings import prism_binary
 from infra.kafka_broker import KafkaBroker, free_port
-from infra.paths import prism_binary
 
 
 @pytest.fixture(scope="session")

@@ -89,7 +89,7 @@ def expected_views(truth: Truth) -> dict[str, object]:
 
 
 def views_or_none(warehouse: Path) -> dict[str, object] | None:
-    from transforms.errors import BeamlineError
+    from core.errors import BeamlineError
 
     try:
         return views(warehouse)

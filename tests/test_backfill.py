@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
+from core.views import SALES_BY_WINDOW
 from tests.e2e_helpers import describe_diff, expected_views, views
 from tests.truth import recompute_retail
 from transforms.backfill import (
@@ -26,7 +27,6 @@ from transforms.backfill import (
 )
 from transforms.kafka import KafkaBatch, KafkaRecord
 from transforms.sinks import WriteToWarehouse, _strictly_ordered
-from transforms.views import SALES_BY_WINDOW
 
 
 def _value(event_id: str, store: str, item: str, quantity: int, minute: int) -> bytes:

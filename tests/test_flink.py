@@ -28,6 +28,8 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
+from core.errors import ServiceError, SetupMissing
+from core.settings import PROJECT_ROOT
 from infra.flink_cluster import (
     BEAM_VERSION,
     JAVA_MODULE_OPTS,
@@ -37,10 +39,8 @@ from infra.flink_cluster import (
     flink_libs_dir,
     flink_runner_args,
 )
-from infra.paths import PROJECT_ROOT
 from infra.process import find_java, free_port
 from tests.cli_helpers import assert_one_line_error, run_cli
-from transforms.errors import ServiceError, SetupMissing
 
 pytestmark = pytest.mark.slow
 

@@ -28,9 +28,9 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewPartitions, NewTopic
 
+from core.errors import ConfigError, KafkaUnavailable
 from infra.kafka_broker import KafkaBroker, free_port
 from pipelines.runner import PRISM_NO_SPLITS
-from transforms.errors import ConfigError, KafkaUnavailable
 from transforms.kafka import (
     _RANGE_COST,
     _TP,

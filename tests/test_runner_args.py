@@ -11,6 +11,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions
 from kafka import KafkaProducer
 
+from core.errors import ConfigError
 from pipelines import inventory, runner
 from pipelines.runner import (
     AUTO_WORKERS_FROM_RECORDS,
@@ -22,7 +23,6 @@ from pipelines.runner import (
     resolve_argv,
     run_pipeline,
 )
-from transforms.errors import ConfigError
 from transforms.kafka import PROGRESS_DIR_ENV, _LocalProgress
 
 

@@ -18,10 +18,10 @@ import duckdb
 import pyarrow as pa
 import pytest
 
+from core.errors import BeamlineError
 from readside.query import Reader, run_query
 from readside.snapshots import list_snapshots
 from transforms import sinks
-from transforms.errors import BeamlineError
 from transforms.sinks import Warehouse, _CommitBatchesFn
 
 UTC = dt.timezone.utc

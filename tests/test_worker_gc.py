@@ -14,15 +14,11 @@ import apache_beam as beam
 import pytest
 from kafka import KafkaProducer
 
+from core.errors import ConfigError
+from core.settings import WORKER_GC_THRESHOLD, gc_threshold
 from pipelines.options import BeamlineOptions
-from transforms.errors import ConfigError
 from transforms.kafka import ReadFromKafka
-from transforms.worker_gc import (
-    CPYTHON_DEFAULT_THRESHOLD,
-    WORKER_GC_THRESHOLD,
-    gc_threshold_from_env,
-    tune_worker_gc,
-)
+from transforms.worker_gc import CPYTHON_DEFAULT_THRESHOLD, tune_worker_gc
 
 
 @pytest.fixture
@@ -69,14 +65,14 @@ def test_never_lowers_the_threshold_and_none_means_hands_off(default_gc: None, t
 )
 def test_threshold_from_the_environment(monkeypatch: pytest.MonkeyPatch, env: str, want: int) -> None:
     monkeypatch.setenv("BEAMLINE_GC_THRESHOLD", env)
-    assert gc_threshold_from_env() == want
+    assert gc_threshold() == want
 
 
 @pytest.mark.parametrize("env", ["lots", "-5", "1.5"])
 def test_a_bad_environment_value_is_one_clear_error(monkeypatch: pytest.MonkeyPatch, env: str) -> None:
     monkeypatch.setenv("BEAMLINE_GC_THRESHOLD", env)
     with pytest.raises(ConfigError, match="BEAMLINE_GC_THRESHOLD"):
-        gc_threshold_from_env()
+        gc_threshold()
 
 
 @pytest.mark.parametrize("bad", [0, -1, 2.5, True])

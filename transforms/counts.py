@@ -55,10 +55,10 @@ from apache_beam.transforms.userstate import (
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
 
-from transforms import topics
+from core import topics
+from core.views import SALES_BY_WINDOW
 from transforms.events import MAX_MICROS, DeadLetter, Sale, event_payload, micros_to_datetime
 from transforms.kafka import KafkaRecord
-from transforms.views import SALES_BY_WINDOW
 
 __all__ = [
     "COUNT_STATE",

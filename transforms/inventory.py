@@ -53,7 +53,7 @@ from apache_beam.transforms.userstate import (
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
 
-from transforms import topics
+from core import topics
 from transforms.events import DeadLetter, Sale, Shipment, event_payload, micros_to_datetime
 
 __all__ = [

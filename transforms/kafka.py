@@ -41,8 +41,8 @@ from apache_beam.transforms.window import GlobalWindow, TimestampedValue
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
+from core.errors import BeamlineError, ConfigError, KafkaUnavailable
 from transforms.coders import EstimatedPickleCoder
-from transforms.errors import BeamlineError, ConfigError, KafkaUnavailable
 from transforms.worker_gc import WORKER_GC_THRESHOLD, tune_worker_gc
 
 __all__ = [

@@ -39,6 +39,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from core.errors import BeamlineError, ConfigError
+from core.views import VIEWS, ViewSpec, get_view
 from readside.snapshots import (
     CATALOG_SQL,
     CURRENT_FILE,
@@ -57,8 +59,6 @@ from readside.snapshots import (
     quote_ident,
     read_manifest,
 )
-from transforms.errors import BeamlineError, ConfigError
-from transforms.views import VIEWS, ViewSpec, get_view
 
 __all__ = ["CommitResult", "Warehouse", "WarehouseMissing", "WriteToWarehouse"]
 

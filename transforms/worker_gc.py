@@ -19,33 +19,14 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 
-from transforms.errors import ConfigError
+from core.settings import WORKER_GC_THRESHOLD
 
-__all__ = ["WORKER_GC_THRESHOLD", "gc_threshold_from_env", "tune_worker_gc"]
+__all__ = ["WORKER_GC_THRESHOLD", "tune_worker_gc"]
 
 _LOG = logging.getLogger(__name__)
 
-WORKER_GC_THRESHOLD = 50_000
-"""Young-generation threshold a Beamline reader sets in its worker process."""
-
 CPYTHON_DEFAULT_THRESHOLD = 700
-_ENV = "BEAMLINE_GC_THRESHOLD"
-
-
-def gc_threshold_from_env() -> int:
-    """The threshold to use: env ``BEAMLINE_GC_THRESHOLD`` (0: leave the GC alone), else the default."""
-    text = os.environ.get(_ENV, "").strip()
-    if not text:
-        return WORKER_GC_THRESHOLD
-    try:
-        value = int(text)
-    except ValueError:
-        raise ConfigError(f"{_ENV} must be a whole number (0 leaves the GC alone); got {text!r}") from None
-    if value < 0:
-        raise ConfigError(f"{_ENV} must be 0 or more; got {value}")
-    return value
 
 
 def tune_worker_gc(threshold: int | None) -> bool:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from transforms.errors import ConfigError
+from core.errors import ConfigError
 
 __all__ = [
     "DEAD_LETTERS",

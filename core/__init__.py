@@ -1,0 +1,1 @@
+"""What every layer shares: errors, the topic and view registries, settings."""
