@@ -30,7 +30,7 @@ __all__ = ["main", "run"]
 def run(bootstrap: str, warehouse: Path, shipments: str, sales: str, commit_every_s: float) -> dict[str, int]:
     """Consume and commit until SIGTERM/SIGINT; return counters."""
 
-    from transforms.sinks import Warehouse
+    from warehouse.writer import Warehouse
 
     stopping = False
 

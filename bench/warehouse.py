@@ -22,8 +22,9 @@ import duckdb
 import pyarrow as pa
 
 from bench.machine import cpu_model
-from readside.query import Reader, run_query
-from transforms.sinks import Warehouse
+from readside.query import run_query
+from warehouse.reader import Reader
+from warehouse.writer import Warehouse
 
 __all__ = ["main"]
 
@@ -203,9 +204,9 @@ def _report(figures: dict[str, float], rows: int, lookups: int) -> str:
         f"{figures['concurrent_reader_errors']:.0f} errors, {figures['concurrent_torn_answers']:.0f} torn answers | "
         "0 errors, 0 torn |",
         "",
-        "Lookups use one `readside.query.Reader` (a sandboxed in-memory DuckDB over the snapshot's",
+        "Lookups use one `warehouse.reader.Reader` (a sandboxed in-memory DuckDB over the snapshot's",
         "files, reopened only when a new snapshot is published). Upserts go through",
-        "`transforms.sinks.Warehouse.commit` with durable writes (fsync of data, manifest and folder).",
+        "`warehouse.writer.Warehouse.commit` with durable writes (fsync of data, manifest and folder).",
         "",
     ]
     return "\n".join(lines)

@@ -25,7 +25,7 @@ class InjectedSinkFault(RuntimeError):
 
 def install(marker: Path, nth: int) -> None:
     """Make the ``nth`` publish of a commit in this process fail once (unless ``marker`` exists)."""
-    from transforms.sinks import Warehouse
+    from warehouse.writer import Warehouse
 
     lock = threading.Lock()
     publishes = 0
@@ -52,7 +52,7 @@ def install(marker: Path, nth: int) -> None:
 def main(argv: list[str]) -> int:
     marker, nth, *args = argv
     install(Path(marker), int(nth))
-    from pipelines.cli import main as beamline
+    from cli.main import main as beamline
 
     return beamline(args)
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from readside.cli import add_commands
+from cli.read import add_commands
 from readside.query import QueryRefused, Reader, connect, run_query
-from transforms.sinks import Warehouse
+from warehouse.writer import Warehouse
 
 UTC = dt.timezone.utc
 WHEN = dt.datetime(2026, 11, 26, 10, 0, tzinfo=UTC)

@@ -19,10 +19,11 @@ import pyarrow as pa
 import pytest
 
 from core.errors import BeamlineError
-from readside.query import Reader, run_query
-from readside.snapshots import list_snapshots
-from transforms import sinks
-from transforms.sinks import Warehouse, _CommitBatchesFn
+from readside.query import run_query
+from transforms.sinks import _CommitBatchesFn
+from warehouse.format import list_snapshots
+from warehouse.reader import Reader
+from warehouse.writer import GroupCommitter, Warehouse, _strictly_ordered
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
@@ -133,12 +134,12 @@ def test_strictly_ordered_means_each_key_once_in_key_order() -> None:
     def table(*rows: tuple[Any, ...]) -> pa.Table:
         return pa.table({"a": [r[0] for r in rows], "b": [r[1] for r in rows]})
 
-    assert sinks._strictly_ordered(table((1, "x"), (1, "y"), (2, "a")), ["a", "b"])
-    assert sinks._strictly_ordered(table((1, "x")), ["a", "b"])
-    assert not sinks._strictly_ordered(table((1, "x"), (1, "x")), ["a", "b"])  # a key twice
-    assert not sinks._strictly_ordered(table((1, "y"), (1, "x")), ["a", "b"])  # out of order on the second column
-    assert not sinks._strictly_ordered(table((2, "a"), (1, "b")), ["a", "b"])
-    assert not sinks._strictly_ordered(table((1, "x"), (None, "y")), ["a", "b"])  # unknown: take the slow way
+    assert _strictly_ordered(table((1, "x"), (1, "y"), (2, "a")), ["a", "b"])
+    assert _strictly_ordered(table((1, "x")), ["a", "b"])
+    assert not _strictly_ordered(table((1, "x"), (1, "x")), ["a", "b"])  # a key twice
+    assert not _strictly_ordered(table((1, "y"), (1, "x")), ["a", "b"])  # out of order on the second column
+    assert not _strictly_ordered(table((2, "a"), (1, "b")), ["a", "b"])
+    assert not _strictly_ordered(table((1, "x"), (None, "y")), ["a", "b"])  # unknown: take the slow way
 
 
 @pytest.mark.parametrize("max_known_rows", [0, 50_000])
@@ -146,7 +147,7 @@ def test_batches_already_in_key_order_are_stored_as_any_other(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_known_rows: int
 ) -> None:
     # In key order, each key once: the writer skips its dedupe and sort, with or without stored files.
-    monkeypatch.setattr(sinks, "KNOWN_VERSIONS_MAX_ROWS", max_known_rows)
+    monkeypatch.setattr("warehouse.writer.KNOWN_VERSIONS_MAX_ROWS", max_known_rows)
     ordered, shuffled = Warehouse(tmp_path / "ordered"), Warehouse(tmp_path / "shuffled")
     rng = random.Random(5)
     written = []
@@ -374,7 +375,7 @@ def test_writers_that_remember_versions_give_the_answers_the_files_give(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_known_rows: int
 ) -> None:
     """Random replays, reorders and duplicates from two writers (two processes): every view is the truth."""
-    monkeypatch.setattr(sinks, "KNOWN_VERSIONS_MAX_ROWS", max_known_rows)
+    monkeypatch.setattr("warehouse.writer.KNOWN_VERSIONS_MAX_ROWS", max_known_rows)
     rng = random.Random(11)
     first, second = Warehouse(tmp_path / "wh", max_files_per_view=4), Warehouse(tmp_path / "wh")
     newest: dict[str, int] = {}
@@ -481,7 +482,7 @@ def test_commit_many_puts_several_views_in_one_snapshot(warehouse: Warehouse) ->
     assert [r["offset"] for r in answer["dead_letters"]] == [7, 8]
 
 
-def _committers(writer: sinks._GroupCommitter, calls: list[tuple[str, Any]]) -> tuple[list[Any], list[Any]]:
+def _committers(writer: GroupCommitter, calls: list[tuple[str, Any]]) -> tuple[list[Any], list[Any]]:
     """Start one thread per (view, rows) while the test holds the commit lock; return threads and their errors."""
     import threading
 
@@ -499,7 +500,7 @@ def _committers(writer: sinks._GroupCommitter, calls: list[tuple[str, Any]]) -> 
     return threads, errors
 
 
-def _wait_for_queue(writer: sinks._GroupCommitter, n: int) -> None:
+def _wait_for_queue(writer: GroupCommitter, n: int) -> None:
     import time
 
     deadline = time.monotonic() + 30
@@ -509,7 +510,7 @@ def _wait_for_queue(writer: sinks._GroupCommitter, n: int) -> None:
 
 
 def test_group_commit_writes_waiting_callers_rows_as_one_snapshot(warehouse: Warehouse) -> None:
-    writer = sinks._GroupCommitter(warehouse)
+    writer = GroupCommitter(warehouse)
     calls = [
         ("inventory", inventory_rows(3, keys=4)),
         ("inventory", inventory_rows(5, keys=2)),  # newer rows for two of the same keys
@@ -531,7 +532,7 @@ def test_group_commit_writes_waiting_callers_rows_as_one_snapshot(warehouse: War
 def test_a_failed_group_commit_fails_every_caller_in_it_and_publishes_nothing(
     warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    writer = sinks._GroupCommitter(warehouse)
+    writer = GroupCommitter(warehouse)
 
     def disk_full(*args: Any, **kwargs: Any) -> None:
         raise OSError(28, "No space left on device")

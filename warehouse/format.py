@@ -1,9 +1,10 @@
-"""The warehouse's on-disk format, as readers and the writer both see it.
+"""The warehouse's on-disk format, as the writer and the readers both see it.
 
 A warehouse folder holds immutable Parquet files and one immutable JSON manifest
 per snapshot; ``CURRENT`` names the newest manifest and is replaced atomically.
-This module only reads that format (the writer is :mod:`transforms.sinks`), so
-the read side never imports Beam.
+The layout is defined here once, so :mod:`warehouse.writer` (which makes it)
+and :mod:`warehouse.reader` (which only reads it) cannot disagree about it, and
+neither needs the other.
 
 Layout::
 
@@ -12,6 +13,7 @@ Layout::
     snapshots/snapshot-<id>-<us>.json   id and commit time (µs since epoch) in the name
     data/<view>/<id>-<uuid>.parquet     rows sorted by key, immutable
     catalog.sql                         views of the newest snapshot for the duckdb CLI
+    .lock                               writers take an exclusive fcntl lock on it
 """
 
 from __future__ import annotations
@@ -31,21 +33,27 @@ from core.views import VIEWS, ViewSpec
 __all__ = [
     "CATALOG_SQL",
     "CURRENT_FILE",
+    "DATA_DIR",
+    "EPOCH",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "LOCK_FILE",
     "MARKER_FILE",
+    "SNAPSHOTS_DIR",
     "Snapshot",
     "WarehouseMissing",
     "catalog_sql",
     "check_root",
+    "current_manifest",
     "dedupe_sql",
     "empty_view_sql",
+    "key_columns_sql",
     "list_snapshots",
     "load_snapshot",
     "manifest_name",
     "quote_ident",
     "read_manifest",
+    "view_dir",
 ]
 
 MARKER_FILE = "beamline-warehouse.json"
@@ -54,13 +62,16 @@ FORMAT_VERSION = 1
 CURRENT_FILE = "CURRENT"
 LOCK_FILE = ".lock"
 CATALOG_SQL = "catalog.sql"
+SNAPSHOTS_DIR = "snapshots"
+DATA_DIR = "data"
+# Commit times are stored as whole microseconds since this instant.
+EPOCH = dt.datetime.fromtimestamp(0, dt.timezone.utc)
 
 
 class WarehouseMissing(BeamlineError):
     """The warehouse folder is absent or is not a Beamline warehouse."""
 
 
-# -- the on-disk format (shared by the writer and the read side) -------------------
 @dataclass(frozen=True)
 class Snapshot:
     """One consistent state of every view: the files that make it up."""
@@ -73,16 +84,26 @@ class Snapshot:
     @property
     def committed_at(self) -> dt.datetime:
         """Commit time as an aware UTC datetime."""
-        return dt.datetime.fromtimestamp(0, dt.timezone.utc) + dt.timedelta(microseconds=self.committed_at_us)
+        return EPOCH + dt.timedelta(microseconds=self.committed_at_us)
 
     def paths(self, view: str) -> list[str]:
         """Absolute paths of the files of ``view`` in this snapshot."""
         return [str(self.root / rel) for rel, _ in self.files.get(view, ())]
 
 
+def view_dir(view: str) -> str:
+    """The folder of a view's Parquet files, relative to the warehouse root (as manifests list them)."""
+    return f"{DATA_DIR}/{view}"
+
+
 def quote_ident(name: str) -> str:
     """A SQL identifier for a registry column name (never for user input)."""
     return '"' + name.replace('"', '""') + '"'
+
+
+def key_columns_sql(spec: ViewSpec) -> str:
+    """The view's key columns, quoted and comma-separated (for PARTITION BY, GROUP BY, ORDER BY)."""
+    return ", ".join(quote_ident(k) for k in spec.key)
 
 
 def dedupe_sql(spec: ViewSpec, source: str, visible_only: bool) -> str:
@@ -92,12 +113,13 @@ def dedupe_sql(spec: ViewSpec, source: str, visible_only: bool) -> str:
     if spec.version_column is None:
         # Insert-once: a key is written by one commit only, no duplicates to drop.
         return f"SELECT {select} FROM {source}"
-    keys = ", ".join(quote_ident(k) for k in spec.key)
+    keys = key_columns_sql(spec)
     ver = quote_ident(spec.version_column)
     return f"SELECT {select} FROM {source} QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {ver} DESC) = 1"
 
 
 def check_root(root: Path) -> None:
+    """Raise WarehouseMissing, saying what to run, unless ``root`` is a warehouse of this format."""
     if not root.is_dir():
         raise WarehouseMissing(
             f"warehouse {root} does not exist; run `beamline run inventory --mode batch --warehouse {root}` "
@@ -132,10 +154,15 @@ def _parse_manifest_name(name: str) -> tuple[int, int] | None:
         return None
 
 
+def current_manifest(root: Path) -> str:
+    """The name of the newest manifest, as ``CURRENT`` holds it (raises OSError if it is unreadable)."""
+    return (root / CURRENT_FILE).read_text().strip()
+
+
 def list_snapshots(root: str | os.PathLike[str]) -> list[tuple[int, int, str]]:
     """All snapshots as (id, commit time µs, manifest name), oldest first."""
     out = []
-    for name in os.listdir(Path(root) / "snapshots"):
+    for name in os.listdir(Path(root) / SNAPSHOTS_DIR):
         parsed = _parse_manifest_name(name)
         if parsed:
             out.append((parsed[0], parsed[1], name))
@@ -143,7 +170,7 @@ def list_snapshots(root: str | os.PathLike[str]) -> list[tuple[int, int, str]]:
 
 
 def read_manifest(root: Path, name: str) -> Snapshot:
-    doc = json.loads((root / "snapshots" / name).read_text())
+    doc = json.loads((root / SNAPSHOTS_DIR / name).read_text())
     files = {view: tuple((f["path"], int(f["rows"])) for f in entries) for view, entries in doc["views"].items()}
     return Snapshot(root, int(doc["snapshot_id"]), int(doc["committed_at_us"]), files)
 
@@ -153,7 +180,7 @@ def load_snapshot(root: str | os.PathLike[str], as_of_us: int | None = None) -> 
     path = Path(root).absolute()
     check_root(path)
     if as_of_us is None:
-        return read_manifest(path, (path / CURRENT_FILE).read_text().strip())
+        return read_manifest(path, current_manifest(path))
     snaps = list_snapshots(path)
     eligible = [s for s in snaps if s[1] <= as_of_us]
     if not eligible:
