@@ -1,4 +1,4 @@
-"""The plain kafka-python consumer every baseline loop reads with, tuned like ReadFromKafka's."""
+"""The plain kafka-python consumer every baseline loop reads with, with ReadFromKafka's poll and fetch sizes."""
 
 from __future__ import annotations
 
@@ -11,13 +11,9 @@ def plain_consumer(bootstrap: str, topics: list[str]) -> tuple[Any, list[Any]]:
     """A consumer assigned every partition of ``topics`` from their start, and those partitions."""
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        max_poll_records=10_000,
-        fetch_max_bytes=64 * 1024 * 1024,
-        max_partition_fetch_bytes=8 * 1024 * 1024,
-    )
+    from transforms.kafka.kafka_python import FETCH_TUNING
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **FETCH_TUNING)
     tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
     consumer.assign(tps)
     consumer.seek_to_beginning(*tps)

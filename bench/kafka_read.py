@@ -32,8 +32,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from bench.consumers import plain_consumer
 from bench.machine import cpu_model
 from infra.kafka_broker import KafkaBroker, free_port
-from transforms.kafka import ReadFromKafka
-from transforms.worker_gc import WORKER_GC_THRESHOLD
+from transforms.kafka import KafkaConnection, ReadFromKafka
+from transforms.kafka.worker_gc import WORKER_GC_THRESHOLD
 
 __all__ = ["main"]
 
@@ -96,15 +96,11 @@ def _plain_confluent_loop(bootstrap: str, topic: str, count: int) -> tuple[float
     """The confluent baseline: one consumer, all partitions, consume batches until every record is seen."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+    from transforms.kafka.confluent import FETCH_TUNING
+
+    # ReadFromKafka's fetch settings: large fetches, and no 1 s pause per 100k records queued.
     consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": "bench-plain-loop",
-            "enable.auto.commit": False,
-            "fetch.max.bytes": 64 * 1024 * 1024,
-            "max.partition.fetch.bytes": 8 * 1024 * 1024,
-            "fetch.queue.backoff.ms": 10,  # as ReadFromKafka's consumer: no 1 s pause per 100k queued
-        }
+        {"bootstrap.servers": bootstrap, "group.id": "bench-plain-loop", "enable.auto.commit": False, **FETCH_TUNING}
     )
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -132,7 +128,7 @@ def _beam_read(bootstrap: str, topic: str, count: int, workers: int, client: str
         out = Path(out_dir) / "count.txt"
         started, cpu_started = time.perf_counter(), time.process_time()
         with beam.Pipeline("FnApiRunner", options=options) as pipeline:
-            read = ReadFromKafka(bootstrap, topic, stop="end", client=client)
+            read = ReadFromKafka(KafkaConnection(bootstrap, client=client), topic, stop="end")
             total = pipeline | read | beam.combiners.Count.Globally()
             total | beam.Map(lambda n: out.write_text(str(n)))
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started

@@ -21,7 +21,6 @@ import base64
 import subprocess
 import time
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,12 +40,9 @@ from infra.process import (
 __all__ = [
     "BrokerStatus",
     "KafkaBroker",
-    "count_records",
-    "ensure_topics",
     "find_java",
     "free_port",
     "port_is_free",
-    "wait_for_kafka",
 ]
 
 DEFAULT_PORT = 9092
@@ -58,86 +54,32 @@ def default_data_dir() -> Path:
     return state_dir() / "kafka"
 
 
-def wait_for_kafka(bootstrap_servers: str, timeout_s: float = 10.0) -> None:
-    """Block until a broker answers a metadata request, or raise KafkaUnavailable.
+def _answers(bootstrap_servers: str, timeout_s: float) -> bool:
+    """Whether a broker at ``bootstrap_servers`` answers a metadata request within ``timeout_s``.
 
-    A bounded wait: callers get a clear error instead of a client that retries
-    forever against an address where nothing listens.
+    The broker's own readiness probe, with kafka-python directly: infra knows
+    nothing of Beamline's Kafka package (``transforms.kafka.wait_for_kafka``
+    waits for any cluster, with its settings).
     """
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
-    from core.errors import KafkaUnavailable
-
-    deadline = time.monotonic() + timeout_s
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        remaining_ms = max(1000, int((deadline - time.monotonic()) * 1000))
-        try:
-            admin = KafkaAdminClient(
-                bootstrap_servers=bootstrap_servers,
-                request_timeout_ms=min(remaining_ms, 5000),
-                bootstrap_timeout_ms=min(remaining_ms, 3000),
-            )
-        except (KafkaError, OSError, ValueError) as exc:
-            last_error = exc
-            time.sleep(0.2)
-            continue
-        try:
-            admin.describe_cluster()
-            return
-        except (KafkaError, OSError) as exc:
-            last_error = exc
-            time.sleep(0.2)
-        finally:
-            admin.close()
-    raise KafkaUnavailable(
-        f"no Kafka broker answered at {bootstrap_servers} within {timeout_s:.0f}s "
-        f"({type(last_error).__name__ if last_error else 'timeout'}); start one with "
-        "`beamline kafka start` or pass --bootstrap-servers HOST:PORT"
-    )
-
-
-def ensure_topics(
-    bootstrap_servers: str, names: Iterable[str], partitions: int = 4, *, timeout_s: float = 10.0
-) -> list[str]:
-    """Create the topics that do not exist yet; return the names created."""
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-    from kafka.errors import TopicAlreadyExistsError
-
-    wait_for_kafka(bootstrap_servers, timeout_s=timeout_s)
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    timeout_ms = max(1000, int(timeout_s * 1000))
     try:
-        existing = set(admin.list_topics())
-        missing = sorted(set(names) - existing)
-        if missing:
-            try:
-                admin.create_topics([NewTopic(name, partitions, 1) for name in missing])
-            except TopicAlreadyExistsError:
-                pass  # another producer created it between our list and create
-        return missing
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap_servers,
+            request_timeout_ms=min(timeout_ms, 5000),
+            bootstrap_timeout_ms=min(timeout_ms, 3000),
+        )
+    except (KafkaError, OSError, ValueError):
+        return False
+    try:
+        admin.describe_cluster()
+        return True
+    except (KafkaError, OSError):
+        return False
     finally:
         admin.close()
-
-
-def count_records(bootstrap_servers: str, names: Iterable[str], *, timeout_s: float = 10.0) -> int:
-    """Records between the earliest and the end offsets of the topics, now."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    wait_for_kafka(bootstrap_servers, timeout_s=timeout_s)
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
-    try:
-        partitions = [
-            TopicPartition(topic, p) for topic in names for p in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
-        if not partitions:
-            return 0
-        starts = consumer.beginning_offsets(partitions)
-        ends = consumer.end_offsets(partitions)
-        return sum(ends[tp] - starts[tp] for tp in partitions)
-    finally:
-        consumer.close()
 
 
 @dataclass(frozen=True)
@@ -198,8 +140,18 @@ class KafkaBroker:
         pid = read_pid(self.pid_file)
         return BrokerStatus(pid is not None, pid, self._configured_port(), self.data_dir)
 
-    def start(self, port: int = DEFAULT_PORT, *, timeout_s: float = READY_TIMEOUT_S) -> BrokerStatus:
-        """Start the broker and return once it answers metadata requests."""
+    def start(
+        self, port: int = DEFAULT_PORT, *, timeout_s: float = READY_TIMEOUT_S, auto_create_topics: bool = False
+    ) -> BrokerStatus:
+        """Start the broker and return once it answers metadata requests.
+
+        ``auto_create_topics`` lets the broker create a topic that a client
+        asks for and that does not exist (``auto.create.topics.enable``), as
+        clients that produce to a new topic without creating it first expect:
+        without it they wait a minute for the topic and fail. It is off by
+        default: Beamline creates its topics explicitly, and a typo in a topic
+        name should be an error, not a new, empty topic.
+        """
         current = self.status()
         if current.running:
             raise ServiceError(
@@ -213,7 +165,7 @@ class KafkaBroker:
         require_free_port(port, hint="pass --port with a free port")
         self._prepare_data_dir()
         controller_port = free_port()
-        self._write_config(port, controller_port)
+        self._write_config(port, controller_port, auto_create_topics=auto_create_topics)
         if not (self.segments_dir / "meta.properties").exists():
             self._format_storage(java, libs)
 
@@ -233,18 +185,9 @@ class KafkaBroker:
         process = spawn(cmd, self.log_file, self.pid_file)
         bootstrap = f"127.0.0.1:{port}"
         deadline = time.monotonic() + timeout_s
-        from core.errors import KafkaUnavailable
-
-        def answers() -> bool:
-            try:
-                wait_for_kafka(bootstrap, timeout_s=min(5.0, max(1.0, deadline - time.monotonic())))
-            except KafkaUnavailable:
-                return False
-            return True
-
         wait_started(
             process,
-            answers,
+            lambda: _answers(bootstrap, min(5.0, max(1.0, deadline - time.monotonic()))),
             what="the Kafka broker",
             expectation=f"answer on {bootstrap}",
             log_file=self.log_file,
@@ -274,7 +217,7 @@ class KafkaBroker:
                 f"data dir {self.data_dir} is unusable ({exc.strerror or exc}); pass --data-dir with a writable folder"
             ) from None
 
-    def _write_config(self, port: int, controller_port: int) -> None:
+    def _write_config(self, port: int, controller_port: int, *, auto_create_topics: bool = False) -> None:
         settings = {
             "process.roles": "broker,controller",
             "node.id": "1",
@@ -293,7 +236,7 @@ class KafkaBroker:
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
-            "auto.create.topics.enable": "false",
+            "auto.create.topics.enable": "true" if auto_create_topics else "false",
             # The log is the source of truth: keep it until someone decides otherwise.
             "log.retention.ms": "-1",
             "message.max.bytes": str(8 * 1024 * 1024),

@@ -2,7 +2,8 @@
 
 Every call first checks, with a bounded wait, that a broker answers: with no
 broker the user gets one line saying what to start instead of a client that
-retries forever.
+retries forever. Records go out through kafka-python's producer, with the
+connection's settings (security included) in kafka-python's names.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from core.errors import ConfigError, KafkaUnavailable
-from infra.kafka_broker import ensure_topics, wait_for_kafka
 from producers.retail import GeneratedRecord
+from transforms.kafka import KafkaConnection, client_config, ensure_topics, wait_for_kafka
 
 __all__ = ["ProduceSummary", "ensure_topics", "file_records", "send_records"]
 
@@ -43,8 +44,16 @@ class ProduceSummary:
         return f"{self.sent} events produced in {self.elapsed_s:.1f}s ({rate:,.0f}/s): {topics} [{kind_text}]"
 
 
+def _producer_settings(connection: KafkaConnection) -> dict[str, Any]:
+    """The connection's settings that kafka-python's producer takes, in its names (whatever the connection's client)."""
+    from kafka import KafkaProducer
+
+    settings = client_config("kafka-python", connection.settings)
+    return {name: value for name, value in settings.items() if name in KafkaProducer.DEFAULT_CONFIG}
+
+
 def send_records(
-    bootstrap_servers: str,
+    connection: KafkaConnection | str,
     records: Iterable[GeneratedRecord],
     *,
     total: int | None = None,
@@ -55,19 +64,22 @@ def send_records(
 
     Progress goes to ``progress`` about once a second. A record the broker does
     not acknowledge raises: nothing is reported as produced that was not.
+    ``connection`` is a :class:`KafkaConnection`, or only the brokers.
     """
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
-    wait_for_kafka(bootstrap_servers, timeout_s=CONNECT_TIMEOUT_S)
-    producer = KafkaProducer(
-        bootstrap_servers=bootstrap_servers,
-        acks="all",
-        linger_ms=5,
-        batch_size=256 * 1024,
-        max_request_size=8 * 1024 * 1024,
-        enable_idempotence=True,
-    )
+    kafka = KafkaConnection.of(connection)
+    wait_for_kafka(kafka, timeout_s=CONNECT_TIMEOUT_S)
+    settings: dict[str, Any] = {
+        "acks": "all",
+        "linger_ms": 5,
+        "batch_size": 256 * 1024,
+        "max_request_size": 8 * 1024 * 1024,
+        "enable_idempotence": True,
+        **_producer_settings(kafka),
+    }
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, **settings)
     summary = ProduceSummary()
     started = time.monotonic()
     last_report = started
@@ -101,7 +113,7 @@ def send_records(
             future.get(timeout=60)
     except KafkaError as exc:
         raise KafkaUnavailable(
-            f"the broker at {bootstrap_servers} did not acknowledge a record ({type(exc).__name__}: {exc}); "
+            f"the broker at {kafka.bootstrap_servers} did not acknowledge a record ({type(exc).__name__}: {exc}); "
             "check that it is running and the topic exists"
         ) from None
     finally:

@@ -32,23 +32,26 @@ from core.errors import ConfigError, KafkaUnavailable
 from infra.kafka_broker import KafkaBroker, free_port
 from pipelines.runner import PRISM_NO_SPLITS
 from transforms.kafka import (
-    _RANGE_COST,
-    _TP,
     KAFKA_CLIENTS,
     LOCAL_PROGRESS,
     METRICS_NAMESPACE,
     PROGRESS_DIR_ENV,
     KafkaBatch,
     KafkaBatchCoder,
+    KafkaConnection,
     KafkaRecord,
     ReadFromKafka,
+    ReadTiming,
+    StartAt,
+    StopAt,
     WriteToKafka,
-    _equal_shares,
-    _new_consumer,
-    _OffsetTracker,
-    _Partition,
-    _PartitionWatermark,
+    count_records,
+    ensure_topics,
+    wait_for_kafka,
 )
+from transforms.kafka.partitions import _RANGE_COST, _equal_shares, _Partition
+from transforms.kafka.read import _OffsetTracker, _PartitionWatermark
+from transforms.kafka.records import _TP
 
 BIG_VALUE = bytes(range(256)) * 4096  # 1 MiB
 
@@ -115,6 +118,12 @@ def client(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture
+def kafka(bootstrap_servers: str, client: str) -> KafkaConnection:
+    """The session's broker, through each Kafka client."""
+    return KafkaConnection(bootstrap_servers, client=client)
+
+
 def _group(client: str, group: str) -> dict[str, str]:
     """A consumer group setting in the client's own dialect."""
     return {"group.id" if client == "confluent" else "group_id": group}
@@ -143,27 +152,27 @@ def backfill_topic(bootstrap_servers: str) -> tuple[str, list[tuple[Any, ...]]]:
     return topic, expected
 
 
-def _read_all(pipeline: beam.Pipeline, bootstrap: str, topic: str, expected: list[Any], **kw: Any) -> None:
+def _read_all(
+    pipeline: beam.Pipeline, connection: KafkaConnection | str, topic: str, expected: list[Any], **kw: Any
+) -> None:
     with pipeline as p:
-        got = p | ReadFromKafka(bootstrap, topic, stop="end", **kw) | beam.ParDo(_Fingerprint())
+        got = p | ReadFromKafka(connection, topic, stop="end", **kw) | beam.ParDo(_Fingerprint())
         assert_that(got, equal_to(expected))
 
 
 # -- bounded reads (backfill) -----------------------------------------------------------
 
 
-def test_bounded_read_returns_exactly_the_log_on_fnapi(
-    bootstrap_servers: str, backfill_topic: Any, client: str
-) -> None:
+def test_bounded_read_returns_exactly_the_log_on_fnapi(backfill_topic: Any, kafka: KafkaConnection) -> None:
     topic, expected = backfill_topic
     assert len(expected) == 20_000 and any(e[4] is None for e in expected) and any(e[6] for e in expected)
-    _read_all(_fn_api(), bootstrap_servers, topic, expected, client=client)
+    _read_all(_fn_api(), kafka, topic, expected)
 
 
 def test_kafka_python_polls_come_from_beamlines_record_decoder(bootstrap_servers: str, backfill_topic: Any) -> None:
     """The pinned kafka-python takes Beamline's decoder; a release that did not would fall back silently."""
     topic, expected = backfill_topic
-    consumer = _new_consumer(ReadFromKafka(bootstrap_servers, topic, stop="end")._spec)
+    consumer = ReadFromKafka(bootstrap_servers, topic, stop="end")._spec.new_consumer()
     try:
         assert consumer._tuples is True
         tp = _TP(topic, 0)
@@ -217,12 +226,10 @@ def _fewer_than(limit: int) -> Callable[[list[int]], None]:
     return check
 
 
-def test_batched_bounded_read_returns_exactly_the_log_in_batches(
-    bootstrap_servers: str, backfill_topic: Any, client: str
-) -> None:
+def test_batched_bounded_read_returns_exactly_the_log_in_batches(backfill_topic: Any, kafka: KafkaConnection) -> None:
     topic, expected = backfill_topic
     with _fn_api() as p:
-        batches = p | ReadFromKafka(bootstrap_servers, topic, stop="end", client=client, batched=True)
+        batches = p | ReadFromKafka(kafka, topic, stop=StopAt("end"), batched=True)
         got = batches | beam.ParDo(_UnpackBatch())
         assert_that(got, equal_to(expected), label="Records")
         # Batching is the point: far fewer elements than records.
@@ -240,7 +247,9 @@ def test_bounded_read_returns_exactly_the_log_with_two_worker_processes(
     options = PipelineOptions(direct_num_workers=2, direct_running_mode="multi_processing")
     pipeline = beam.Pipeline("FnApiRunner", options=options)
     small_polls = {"max_poll_records": 500}
-    _read_all(pipeline, bootstrap_servers, topic, expected, max_bundle_s=0.01, consumer_config=small_polls)
+    _read_all(
+        pipeline, bootstrap_servers, topic, expected, timing=ReadTiming(max_bundle_s=0.01), consumer_config=small_polls
+    )
     # The workers' readers told the launcher how many records they read, every one.
     assert LOCAL_PROGRESS.in_other_processes(str(tmp_path)) == len(expected)
 
@@ -308,14 +317,14 @@ def test_equal_shares_cut_bounded_ranges_into_shares_dealt_in_turn() -> None:
 
 
 def test_bounded_read_returns_exactly_the_log_on_prism(
-    bootstrap_servers: str, backfill_topic: Any, prism_location: str, client: str
+    backfill_topic: Any, prism_location: str, kafka: KafkaConnection
 ) -> None:
     topic, expected = backfill_topic
-    _read_all(_prism(prism_location), bootstrap_servers, topic, expected, client=client)
+    _read_all(_prism(prism_location), kafka, topic, expected)
 
 
 def test_bounded_read_finishes_in_streaming_mode_on_prism(
-    bootstrap_servers: str, make_topic: Callable[..., str], prism_location: str, client: str
+    bootstrap_servers: str, make_topic: Callable[..., str], prism_location: str, kafka: KafkaConnection
 ) -> None:
     topic = make_topic(partitions=3)
     producer = KafkaProducer(bootstrap_servers=bootstrap_servers)
@@ -330,7 +339,7 @@ def test_bounded_read_finishes_in_streaming_mode_on_prism(
     # Partition 2 is empty: its range is empty and must not keep the read alive.
     expected = [(m.partition, m.offset) for m in metas]
     with _prism(prism_location, streaming=True) as p:
-        records = p | ReadFromKafka(bootstrap_servers, topic, stop="end", client=client)
+        records = p | ReadFromKafka(kafka, topic, stop="end")
         got = records | beam.Map(lambda r: (r.partition, r.offset))
         assert_that(got, equal_to(expected))
         per_window = (
@@ -344,7 +353,7 @@ def test_bounded_read_finishes_in_streaming_mode_on_prism(
 
 
 def test_stop_and_start_by_offsets_and_time(
-    bootstrap_servers: str, make_topic: Callable[..., str], client: str
+    bootstrap_servers: str, make_topic: Callable[..., str], kafka: KafkaConnection
 ) -> None:
     topic = make_topic(partitions=1)
     producer = KafkaProducer(bootstrap_servers=bootstrap_servers)
@@ -357,20 +366,15 @@ def test_stop_and_start_by_offsets_and_time(
     with _fn_api() as p:
         by_offsets = (
             p
-            | "Offsets"
-            >> ReadFromKafka(bootstrap_servers, topic, start={(topic, 0): 5}, stop={(topic, 0): 15}, client=client)
+            | "Offsets" >> ReadFromKafka(kafka, topic, start={(topic, 0): 5}, stop={(topic, 0): 15})
             | "O" >> beam.Map(lambda r: r.offset)
         )
         by_time = (
             p
-            | "Time" >> ReadFromKafka(bootstrap_servers, topic, start=moment, stop="end", client=client)
+            | "Time" >> ReadFromKafka(kafka, topic, start=StartAt(moment), stop="end")
             | "T" >> beam.Map(lambda r: r.offset)
         )
-        until_time = (
-            p
-            | "Until" >> ReadFromKafka(bootstrap_servers, topic, stop=moment, client=client)
-            | "U" >> beam.Map(lambda r: r.offset)
-        )
+        until_time = p | "Until" >> ReadFromKafka(kafka, topic, stop=moment) | "U" >> beam.Map(lambda r: r.offset)
         assert_that(by_offsets, equal_to(list(range(5, 15))), label="by offsets")
         assert_that(by_time, equal_to(list(range(20, 50))), label="from time")
         assert_that(until_time, equal_to(list(range(20))), label="until time")
@@ -400,32 +404,21 @@ def _drain(consumer: KafkaConsumer, into: list[Any]) -> None:
 
 @pytest.mark.slow
 def test_unbounded_read_on_prism_follows_new_records_partitions_and_idle_watermark(
-    bootstrap_servers: str, make_topic: Callable[..., str], prism_location: str, client: str
+    bootstrap_servers: str, make_topic: Callable[..., str], prism_location: str, kafka: KafkaConnection
 ) -> None:
     source = make_topic(partitions=2)
     raw_out = make_topic(partitions=1)
     window_out = make_topic(partitions=1)
     p = _prism(prism_location, streaming=True, splits=False)
-    records = p | ReadFromKafka(
-        bootstrap_servers,
-        source,
-        discovery_interval_s=1.0,
-        allowed_skew_s=1.0,
-        resume_delay_s=0.2,
-        max_bundle_s=1,
-        client=client,
-    )
-    (
-        records
-        | "Raw" >> beam.Map(lambda r: (None, r.value))
-        | "WriteRaw" >> WriteToKafka(bootstrap_servers, raw_out, client=client)
-    )
+    timing = ReadTiming(discovery_interval_s=1.0, allowed_skew_s=1.0, resume_delay_s=0.2, max_bundle_s=1)
+    records = p | ReadFromKafka(kafka, source, timing=timing)
+    (records | "Raw" >> beam.Map(lambda r: (None, r.value)) | "WriteRaw" >> WriteToKafka(kafka, raw_out))
     (
         records
         | "Window" >> beam.WindowInto(window.FixedWindows(2))
         | "Count" >> beam.CombineGlobally(beam.combiners.CountCombineFn()).without_defaults()
         | "Label" >> beam.ParDo(_WindowCount())
-        | "WriteWindows" >> WriteToKafka(bootstrap_servers, window_out, client=client)
+        | "WriteWindows" >> WriteToKafka(kafka, window_out)
     )
     # History from two minutes ago, in the log before the pipeline starts: its
     # window must still count it (the watermark may not run ahead of the log).
@@ -497,18 +490,20 @@ def test_unbounded_read_on_prism_follows_new_records_partitions_and_idle_waterma
 
 @pytest.mark.slow
 def test_unbounded_read_survives_a_broker_restart_without_loss_or_duplicates(
-    kafka_broker: KafkaBroker, bootstrap_servers: str, make_topic: Callable[..., str], prism_location: str, client: str
+    kafka_broker: KafkaBroker,
+    bootstrap_servers: str,
+    make_topic: Callable[..., str],
+    prism_location: str,
+    kafka: KafkaConnection,
 ) -> None:
     source = make_topic(partitions=2)
     out = make_topic(partitions=1)
     p = _prism(prism_location, streaming=True, splits=False)
     (
         p
-        | ReadFromKafka(
-            bootstrap_servers, source, discovery_interval_s=2.0, resume_delay_s=0.2, max_bundle_s=1, client=client
-        )
+        | ReadFromKafka(kafka, source, timing=ReadTiming(discovery_interval_s=2.0, resume_delay_s=0.2, max_bundle_s=1))
         | beam.Map(lambda r: (None, r.value))
-        | WriteToKafka(bootstrap_servers, out, timeout_s=30, client=client)  # exactly once: the default
+        | WriteToKafka(kafka, out, timeout_s=30)  # exactly once: the default
     )
     result = p.run()
     consumer = _committed_reader(bootstrap_servers, out)
@@ -552,7 +547,7 @@ def test_unbounded_read_survives_a_broker_restart_without_loss_or_duplicates(
 
 
 def test_restart_from_committed_offsets_continues_where_the_last_run_committed(
-    bootstrap_servers: str, make_topic: Callable[..., str], prism_location: str, client: str
+    bootstrap_servers: str, make_topic: Callable[..., str], prism_location: str, client: str, kafka: KafkaConnection
 ) -> None:
     topic = make_topic(partitions=2)
     group = f"group-{uuid.uuid4().hex[:8]}"
@@ -567,13 +562,12 @@ def test_restart_from_committed_offsets_continues_where_the_last_run_committed(
         first = (
             p
             | ReadFromKafka(
-                bootstrap_servers,
+                kafka,
                 topic,
                 start="committed",
                 stop=first_stop,
                 consumer_config=config,
                 commit_offsets=True,
-                client=client,
             )
             | beam.Map(lambda r: (r.partition, r.offset))
         )
@@ -590,13 +584,12 @@ def test_restart_from_committed_offsets_continues_where_the_last_run_committed(
         second = (
             p
             | ReadFromKafka(
-                bootstrap_servers,
+                kafka,
                 topic,
                 start="committed",
                 stop="end",
                 consumer_config=config,
                 commit_offsets=True,
-                client=client,
             )
             | beam.Map(lambda r: (r.partition, r.offset))
         )
@@ -608,7 +601,7 @@ def test_restart_from_committed_offsets_continues_where_the_last_run_committed(
 
 @pytest.mark.parametrize("exactly_once", [True, False], ids=["exactly-once", "at-least-once"])
 def test_write_then_read_round_trips(
-    bootstrap_servers: str, make_topic: Callable[..., str], client: str, exactly_once: bool
+    make_topic: Callable[..., str], kafka: KafkaConnection, exactly_once: bool
 ) -> None:
     topic = make_topic(partitions=4)
     events = [{"id": i, "body": "x" * (i % 50)} for i in range(2_000)]
@@ -617,17 +610,16 @@ def test_write_then_read_round_trips(
             p
             | beam.Create(events)
             | WriteToKafka(
-                bootstrap_servers,
+                kafka,
                 topic,
                 key_fn=lambda e: None if e["id"] % 10 == 0 else str(e["id"]).encode(),
                 value_fn=lambda e: e["body"].encode(),
-                client=client,
                 exactly_once=exactly_once,
             )
         )
     expected = [(None if e["id"] % 10 == 0 else str(e["id"]).encode(), e["body"].encode()) for e in events]
     p = _fn_api()
-    got = p | ReadFromKafka(bootstrap_servers, topic, stop="end", client=client) | beam.Map(lambda r: (r.key, r.value))
+    got = p | ReadFromKafka(kafka, topic, stop="end") | beam.Map(lambda r: (r.key, r.value))
     assert_that(got, equal_to(expected))
     result = p.run()
     result.wait_until_finish()
@@ -669,27 +661,27 @@ def _stable_end(bootstrap: str, topic: str) -> bool:
         uncommitted.close()
 
 
-def _write_fn(bootstrap: str, topic: str, client: str, **kw: Any) -> Any:
+def _write_fn(connection: KafkaConnection, topic: str, **kw: Any) -> Any:
     """WriteToKafka's DoFn, to drive its bundles the way a runner does."""
-    fn = WriteToKafka(bootstrap, topic, client=client, **kw)._fn
+    fn = WriteToKafka(connection, topic, **kw)._fn
     fn.setup()
     return fn
 
 
 def test_a_retried_bundle_is_visible_once_to_read_committed_readers(
-    bootstrap_servers: str, make_topic: Callable[..., str], client: str
+    bootstrap_servers: str, make_topic: Callable[..., str], kafka: KafkaConnection
 ) -> None:
     topic = make_topic(partitions=1)
     bundle = [(None, b"r%d" % i) for i in range(20)]
     # Attempt 1 sends every record (acknowledged: max_pending=5 waits for each
     # five), then fails before finish_bundle; the runner tears the DoFn down.
-    first = _write_fn(bootstrap_servers, topic, client, max_pending=5)
+    first = _write_fn(kafka, topic, max_pending=5)
     first.start_bundle()
     for element in bundle:
         first.process(element)
     first.teardown()
     # Attempt 2 runs the same bundle on a fresh instance, as Beam does after a failure.
-    second = _write_fn(bootstrap_servers, topic, client)
+    second = _write_fn(kafka, topic)
     second.start_bundle()
     for element in bundle:
         second.process(element)
@@ -709,10 +701,10 @@ def test_a_retried_bundle_is_visible_once_to_read_committed_readers(
 
 
 def test_at_least_once_writer_shows_a_failed_bundle(
-    bootstrap_servers: str, make_topic: Callable[..., str], client: str
+    bootstrap_servers: str, make_topic: Callable[..., str], kafka: KafkaConnection
 ) -> None:
     topic = make_topic(partitions=1)
-    fn = _write_fn(bootstrap_servers, topic, client, max_pending=5, exactly_once=False)
+    fn = _write_fn(kafka, topic, max_pending=5, exactly_once=False)
     fn.start_bundle()
     for i in range(10):
         fn.process((None, b"r%d" % i))
@@ -721,7 +713,7 @@ def test_at_least_once_writer_shows_a_failed_bundle(
 
 
 def test_a_failed_pipeline_leaves_nothing_visible_to_read_committed_readers(
-    bootstrap_servers: str, make_topic: Callable[..., str], client: str
+    bootstrap_servers: str, make_topic: Callable[..., str], kafka: KafkaConnection
 ) -> None:
     topic = make_topic(partitions=1)
 
@@ -736,7 +728,7 @@ def test_a_failed_pipeline_leaves_nothing_visible_to_read_committed_readers(
                 p
                 | beam.Create(range(100), reshuffle=False)  # in order, one bundle
                 | beam.Map(fail_at_50)
-                | WriteToKafka(bootstrap_servers, topic, client=client, max_pending=10)
+                | WriteToKafka(kafka, topic, max_pending=10)
             )
     assert _values(bootstrap_servers, topic, "read_committed") == []
     assert len(_values(bootstrap_servers, topic, "read_uncommitted")) == 50  # written, then aborted
@@ -745,11 +737,11 @@ def test_a_failed_pipeline_leaves_nothing_visible_to_read_committed_readers(
 
 @pytest.mark.slow
 def test_a_dead_writers_transaction_is_aborted_by_the_broker_at_its_timeout(
-    bootstrap_servers: str, make_topic: Callable[..., str], client: str
+    bootstrap_servers: str, make_topic: Callable[..., str], client: str, kafka: KafkaConnection
 ) -> None:
     topic = make_topic(partitions=1)
     timeout_key = "transaction.timeout.ms" if client == "confluent" else "transaction_timeout_ms"
-    fn = _write_fn(bootstrap_servers, topic, client, max_pending=5, producer_config={timeout_key: 3000})
+    fn = _write_fn(kafka, topic, max_pending=5, producer_config={timeout_key: 3000})
     fn.start_bundle()
     for i in range(10):
         fn.process((None, b"r%d" % i))
@@ -763,7 +755,7 @@ def test_a_dead_writers_transaction_is_aborted_by_the_broker_at_its_timeout(
 
 
 def test_bounded_read_ends_over_transaction_markers(
-    bootstrap_servers: str, make_topic: Callable[..., str], client: str
+    bootstrap_servers: str, make_topic: Callable[..., str], kafka: KafkaConnection
 ) -> None:
     committed_last, aborted_last, open_last = (make_topic(partitions=1) for _ in range(3))
     producer = KafkaProducer(bootstrap_servers=bootstrap_servers, transactional_id=f"test-{uuid.uuid4().hex}")
@@ -788,7 +780,7 @@ def test_bounded_read_ends_over_transaction_markers(
             for topic in (committed_last, aborted_last, open_last):
                 got = (
                     p
-                    | f"Read {topic}" >> ReadFromKafka(bootstrap_servers, topic, stop="end", client=client)
+                    | f"Read {topic}" >> ReadFromKafka(kafka, topic, stop="end")
                     | f"Values {topic}" >> beam.Map(lambda r: r.value)
                 )
                 assert_that(got, equal_to([b"c%d" % i for i in range(5)]), label=f"committed of {topic}")
@@ -804,26 +796,27 @@ def test_exactly_once_settings_are_checked_when_the_write_is_built(
     topic = make_topic()
     with pytest.raises(ConfigError, match="transactional_id"):
         WriteToKafka(bootstrap_servers, topic, producer_config={"transactional_id": "mine"})
+    confluent = KafkaConnection(bootstrap_servers, client="confluent")
     with pytest.raises(ConfigError, match=r"transactional\.id"):
-        WriteToKafka(bootstrap_servers, topic, producer_config={"transactional.id": "mine"}, client="confluent")
+        WriteToKafka(confluent, topic, producer_config={"transactional.id": "mine"})
     with pytest.raises(ConfigError, match="acks"):
         WriteToKafka(bootstrap_servers, topic, producer_config={"acks": 1})
     with pytest.raises(ConfigError, match="acks"):
-        WriteToKafka(bootstrap_servers, topic, producer_config={"acks": 1}, client="confluent")
+        WriteToKafka(confluent, topic, producer_config={"acks": 1})
     with pytest.raises(ConfigError, match="transactional_id_prefix"):
         WriteToKafka(bootstrap_servers, topic, transactional_id_prefix=" ")
     # Plain at-least-once writes may lower acks (kafka-python then drops idempotence itself).
     WriteToKafka(bootstrap_servers, topic, producer_config={"acks": 1}, exactly_once=False)
     config = {"acks": "1", "enable.idempotence": False}
-    WriteToKafka(bootstrap_servers, topic, producer_config=config, exactly_once=False, client="confluent")
+    WriteToKafka(confluent, topic, producer_config=config, exactly_once=False)
 
 
-def test_write_fails_the_bundle_when_the_broker_does_not_acknowledge(bootstrap_servers: str, client: str) -> None:
+def test_write_fails_the_bundle_when_the_broker_does_not_acknowledge(kafka: KafkaConnection) -> None:
     missing = f"missing-{uuid.uuid4().hex[:8]}"
     started = time.monotonic()
     with pytest.raises(Exception, match=r"KafkaWriteError|did not acknowledge|could not send") as info:
         with _fn_api() as p:
-            write = WriteToKafka(bootstrap_servers, missing, timeout_s=2, validate=False, client=client)
+            write = WriteToKafka(kafka, missing, timeout_s=2, validate=False)
             p | beam.Create([(b"k", b"v")]) | write
     assert missing in str(info.value)
     assert time.monotonic() - started < 30
@@ -851,48 +844,76 @@ def test_unknown_consumer_setting_is_one_clear_error(bootstrap_servers: str, mak
 
 def test_confluent_settings_use_librdkafka_names(bootstrap_servers: str, make_topic: Callable[..., str]) -> None:
     topic = make_topic()
+    confluent = KafkaConnection(bootstrap_servers, client="confluent")
     with pytest.raises(ConfigError, match=r"fetch\.max\.byte"):
-        ReadFromKafka(bootstrap_servers, topic, consumer_config={"fetch.max.byte": 1}, client="confluent")
+        ReadFromKafka(confluent, topic, consumer_config={"fetch.max.byte": 1})
     with pytest.raises(ConfigError, match=r"auto\.offset\.reset"):
-        ReadFromKafka(bootstrap_servers, topic, consumer_config={"auto.offset.reset": "latest"}, client="confluent")
+        ReadFromKafka(confluent, topic, consumer_config={"auto.offset.reset": "latest"})
     with pytest.raises(ConfigError, match=r"group\.id"):
-        ReadFromKafka(bootstrap_servers, topic, start="committed", client="confluent")
+        ReadFromKafka(confluent, topic, start="committed")
     with pytest.raises(ConfigError, match=r"compresion\.type"):
-        WriteToKafka(bootstrap_servers, topic, producer_config={"compresion.type": "gzip"}, client="confluent")
+        WriteToKafka(confluent, topic, producer_config={"compresion.type": "gzip"})
     with pytest.raises(ConfigError, match="client must be one of"):
-        ReadFromKafka(bootstrap_servers, topic, client="librdkafka")
+        KafkaConnection(bootstrap_servers, client="librdkafka")
 
 
 def test_confluent_client_not_installed_is_one_clear_error(
     bootstrap_servers: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "confluent_kafka", None)  # makes the import fail
+    confluent = KafkaConnection(bootstrap_servers, client="confluent")  # no settings: nothing to check yet
     with pytest.raises(ConfigError, match="pip install confluent-kafka"):
-        ReadFromKafka(bootstrap_servers, "anything", client="confluent")
+        ReadFromKafka(confluent, "anything")
     with pytest.raises(ConfigError, match="pip install confluent-kafka"):
-        WriteToKafka(bootstrap_servers, "anything", client="confluent")
+        WriteToKafka(confluent, "anything")
 
 
-def test_unknown_topic_is_an_error_at_construction(bootstrap_servers: str, client: str) -> None:
+def test_unknown_topic_is_an_error_at_construction(kafka: KafkaConnection) -> None:
     missing = f"no-such-topic-{uuid.uuid4().hex[:8]}"
     with pytest.raises(ConfigError, match=missing):
-        ReadFromKafka(bootstrap_servers, missing, stop="end", client=client)
+        ReadFromKafka(kafka, missing, stop="end")
     with pytest.raises(ConfigError, match=missing):
-        WriteToKafka(bootstrap_servers, missing, client=client)
+        WriteToKafka(kafka, missing)
 
 
-def test_unknown_topic_is_an_error_at_start_when_not_validated(bootstrap_servers: str, client: str) -> None:
+def test_unknown_topic_is_an_error_at_start_when_not_validated(kafka: KafkaConnection) -> None:
     missing = f"no-such-topic-{uuid.uuid4().hex[:8]}"
     with pytest.raises(Exception, match=f"{missing} does not exist"):
         with _fn_api() as p:
-            p | ReadFromKafka(bootstrap_servers, missing, stop="end", validate=False, client=client)
+            p | ReadFromKafka(kafka, missing, stop="end", validate=False)
 
 
+@pytest.mark.kafka  # waits out a bounded connect timeout
 def test_unreachable_broker_fails_fast(client: str) -> None:
     nowhere = f"127.0.0.1:{free_port()}"
     started = time.monotonic()
     with pytest.raises(KafkaUnavailable, match=nowhere):
-        ReadFromKafka(nowhere, "anything", timeout_s=2, client=client)
+        ReadFromKafka(KafkaConnection(nowhere, client=client), "anything", timing=ReadTiming(timeout_s=2))
+    assert time.monotonic() - started < 15
+
+
+# -- topics and brokers ------------------------------------------------------------------------
+
+
+def test_topic_helpers_work_through_either_client(kafka: KafkaConnection, bootstrap_servers: str) -> None:
+    names = [f"admin-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    assert ensure_topics(kafka, names, partitions=3) == sorted(names)
+    assert ensure_topics(kafka, names) == []  # nothing left to create
+    producer = KafkaProducer(bootstrap_servers=bootstrap_servers)
+    for i in range(7):
+        producer.send(names[i % 2], value=b"%d" % i, partition=i % 3)
+    producer.close()
+    assert count_records(kafka, names) == 7
+    assert count_records(kafka, [names[0], "no-such-topic"]) == 4
+    assert _partition_count(bootstrap_servers, names[1]) == 3
+
+
+def test_waiting_for_a_missing_broker_is_bounded_and_says_what_to_do(client: str) -> None:
+    nowhere = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with pytest.raises(KafkaUnavailable, match="beamline kafka start") as info:
+        wait_for_kafka(KafkaConnection(nowhere, client=client), timeout_s=2)
+    assert nowhere in str(info.value)
     assert time.monotonic() - started < 15
 
 

@@ -22,8 +22,8 @@ from kafka.record.memory_records import MemoryRecords
 from kafka.record.util import calc_crc32c
 from kafka.structs import TopicPartition
 
-from transforms import kafka_records
 from transforms.kafka import KafkaRecord
+from transforms.kafka import records as kafka_records
 
 TP = TopicPartition("events", 3)
 GZIP = DefaultRecordBatchBuilder.CODEC_GZIP

@@ -18,7 +18,7 @@ from core.errors import ConfigError
 from core.settings import WORKER_GC_THRESHOLD, gc_threshold
 from pipelines.options import BeamlineOptions
 from transforms.kafka import ReadFromKafka
-from transforms.worker_gc import CPYTHON_DEFAULT_THRESHOLD, tune_worker_gc
+from transforms.kafka.worker_gc import CPYTHON_DEFAULT_THRESHOLD, tune_worker_gc
 
 
 @pytest.fixture
@@ -84,7 +84,7 @@ def test_read_refuses_a_bad_threshold(bad: object) -> None:
 def test_pipeline_option_takes_zero_or_more() -> None:
     assert BeamlineOptions(["--gc_threshold=0"]).gc_threshold == 0
     assert BeamlineOptions(["--gc-threshold=9000"]).gc_threshold == 9000
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError, match="--gc_threshold must be at least 0"):
         BeamlineOptions(["--gc_threshold=-1"]).view_as(BeamlineOptions).gc_threshold  # noqa: B018
 
 
