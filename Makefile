@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: help setup demo test test-fast lint format bench clean-state
+.PHONY: help setup demo test test-fast test-unit lint format bench clean-state
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -51,13 +51,19 @@ test: setup ## Set up, then run the whole test suite (fails if no test ran)
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
+test-unit: $(VENV)/.installed ## Pure logic, the warehouse, the sandbox, in-process pipelines: no broker, Prism or Java (under a minute)
+	$(PY) -m pytest -n 2 -m "not slow and not kafka and not services" $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
 test-fast: setup ## Run the fast tier only (skips tests marked slow)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
-lint: setup ## ruff check and format check
+lint: $(VENV)/.installed ## ruff (lint + format), the import layers (import-linter) and the types (mypy)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 format: setup ## Apply ruff formatting and safe fixes
 	$(VENV)/bin/ruff check --fix .

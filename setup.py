@@ -22,7 +22,9 @@ setup(
     version="0.1.0",
     description="Event-sourced, CQRS-style views from Kafka topics on Apache Beam",
     python_requires=">=3.10",
-    packages=find_packages(include=["cli*", "core*", "pipelines*", "transforms*", "warehouse*", "infra*", "producers*", "readside*"]),
+    packages=find_packages(
+        include=["cli*", "core*", "pipelines*", "transforms*", "warehouse*", "infra*", "producers*", "readside*"]
+    ),
     install_requires=read_requirements("requirements.txt"),
     extras_require={
         "dev": read_requirements("requirements-dev.txt"),
@@ -31,5 +33,5 @@ setup(
         # which is why `make bench` installs it into a virtualenv of its own.
         "bench": read_requirements("requirements-bench.txt"),
     },
-    entry_points={"console_scripts": ["beamline=pipelines.cli:main"]},
+    entry_points={"console_scripts": ["beamline=cli.main:main"]},
 )

@@ -421,11 +421,14 @@ def _compare(name: str, got: Inventory, want: Inventory, failures: list[str]) ->
 
 # Each sample is charged to the innermost frame that matches one of these (first match from the leaf up).
 _CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
-    ("kafka-python fetch + record parsing", ("kafka/",)),
+    ("kafka-python fetch + record parsing", ("packages/kafka/",)),
     ("event JSON decode + validation (transforms/events)", ("transforms/events.py",)),
     ("inventory DoFn (transforms/inventory)", ("transforms/inventory.py",)),
     ("sales windows (transforms/counts, TupleCombineFn)", ("transforms/counts.py", "combiners.py")),
-    ("warehouse sink (transforms/sinks, duckdb, pyarrow)", ("transforms/sinks.py", "duckdb", "pyarrow")),
+    (
+        "warehouse sink (transforms/sinks, warehouse/, duckdb, pyarrow)",
+        ("transforms/sinks.py", "warehouse/", "duckdb", "pyarrow"),
+    ),
     ("other Beamline code (ReadFromKafka loop, dead letters, wiring)", ("transforms/", "pipelines/")),
     ("Beam coders (pickling elements between stages)", ("coders", "pickle")),
     ("Beam runner: element passing, GBK buffering, data channel", ("apache_beam/",)),
@@ -508,9 +511,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
-    from infra.kafka_broker import KafkaBroker, ensure_topics, free_port
+    from infra.kafka_broker import KafkaBroker, free_port
     from producers.retail import RetailConfig, generate_retail
     from producers.send import send_records
+    from transforms.kafka import ensure_topics
 
     load_before = _load()
     figures: dict[str, dict[str, Any]] = {}

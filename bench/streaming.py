@@ -350,7 +350,7 @@ def commit_cadence(warehouse: Path) -> dict[str, tuple[int, float]]:
 
     Visibility comes in commits, so this says how often a reader could see anything new.
     """
-    from readside.snapshots import list_snapshots, read_manifest
+    from warehouse.format import list_snapshots, read_manifest
 
     try:
         snapshots = list_snapshots(warehouse)
@@ -554,7 +554,7 @@ class Beamline(System):
     def command(self) -> tuple[list[str], dict[str, str]]:
         t = self.topics
         argv = [
-            sys.executable, "-m", "pipelines.cli", "run", "inventory", "--mode", "streaming", "--runner", "direct",
+            sys.executable, "-m", "cli", "run", "inventory", "--mode", "streaming", "--runner", "direct",
             "--bootstrap-servers", self.bootstrap, "--warehouse", str(self.warehouse),
             f"--shipments_topic={t.shipments}", f"--sales_topic={t.sales}", f"--dead_letter_topic={t.dead_letters}",
             *self.extra,
@@ -762,7 +762,7 @@ def run_phase(
 
 def run_system(system: System, bootstrap: str, s: Settings) -> SystemResult:
     """Start the system, prove it is live with a probe event, run the three phases, stop it."""
-    from infra.kafka_broker import ensure_topics
+    from transforms.kafka import ensure_topics
 
     result = SystemResult(system.name)
     t = system.topics
@@ -882,7 +882,7 @@ def run_memory(bootstrap: str, work: Path, s: Settings) -> MemoryResult:
     times start now and run ahead of the wall clock (the broker refuses record
     times more than an hour ahead, so the span stays under that).
     """
-    from infra.kafka_broker import ensure_topics
+    from transforms.kafka import ensure_topics
 
     result = MemoryResult()
     topics = Topics.fresh("memory")

@@ -10,8 +10,9 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from cli.options import add_warehouse
 from core.errors import BeamlineError
-from readside.query import FORMATS, Reader, default_warehouse_dir, format_result
+from readside.query import FORMATS, Reader, format_result
 
 __all__ = ["add_commands", "lookup_command", "query_command"]
 
@@ -61,11 +62,7 @@ lookup_command = _guarded(_lookup)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--warehouse",
-        default=str(default_warehouse_dir()),
-        help="warehouse folder a pipeline wrote with --warehouse (default %(default)s)",
-    )
+    add_warehouse(parser)
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default %(default)s)")
     parser.add_argument(
         "--as-of",

@@ -7,6 +7,9 @@ errors as one line and exits non-zero instead of showing a traceback.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 __all__ = [
     "BeamlineError",
     "ConfigError",
@@ -14,6 +17,7 @@ __all__ = [
     "PipelineFailed",
     "ServiceError",
     "SetupMissing",
+    "report_errors",
 ]
 
 
@@ -39,3 +43,19 @@ class KafkaUnavailable(BeamlineError):
 
 class PipelineFailed(BeamlineError):
     """A pipeline run ended in a state other than done or cancelled-on-request."""
+
+
+def report_errors(action: Callable[[], int | None], prefix: str = "beamline: error:", code: int = 1) -> int:
+    """Run ``action``; print a BeamlineError as one line on stderr and return an exit code.
+
+    Ctrl-C is exit 130 with one line, as shells expect. Anything else is a bug
+    in Beamline and keeps its traceback.
+    """
+    try:
+        return int(action() or 0)
+    except BeamlineError as exc:
+        print(f"{prefix} {exc}", file=sys.stderr)
+        return code
+    except KeyboardInterrupt:
+        print("beamline: interrupted", file=sys.stderr)
+        return 130

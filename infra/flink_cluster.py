@@ -497,7 +497,7 @@ class FlinkCluster:
             stale.unlink()
         rpc_port = free_port()
         self._write_config(rpc_port)
-        state = {
+        state: dict[str, Any] = {
             "flink_version": FLINK_VERSION,
             "rest_port": cfg.rest_port,
             "rpc_port": rpc_port,

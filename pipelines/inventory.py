@@ -30,12 +30,11 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
 from core.errors import ConfigError
-from infra.kafka_broker import ensure_topics
-from pipelines.options import BeamlineOptions, KafkaOptions, WarehouseOptions, bootstrap_servers
+from pipelines.options import BeamlineOptions, KafkaOptions, WarehouseOptions, kafka_connection
 from pipelines.runner import RunSummary, main_for, run_pipeline
 from transforms.backfill import BackfillRetail
 from transforms.events import DecodeEvents, dead_letter_to_kafka, dead_letter_to_row
-from transforms.kafka import ReadFromKafka, WriteToKafka
+from transforms.kafka import ReadFromKafka, WriteToKafka, ensure_topics
 from transforms.retail import StreamRetail
 from transforms.sinks import WriteToWarehouse
 
@@ -62,13 +61,12 @@ def read_log(
     group_key = "group.id" if kafka.kafka_client == "confluent" else "group_id"
     consumer_config = {group_key: kafka.consumer_group} if kafka.consumer_group else None
     return pipeline | label >> ReadFromKafka(
-        bootstrap_servers(options),
+        kafka_connection(options),
         topic,
         start="earliest",
         stop="end" if batch else None,
         consumer_config=consumer_config,
         commit_offsets=bool(kafka.consumer_group),
-        client=kafka.kafka_client,
         batched=batched,
         gc_threshold=options.view_as(BeamlineOptions).gc_threshold or None,
         readers=readers,
@@ -86,7 +84,8 @@ def write_dead_letters(dead_letters: Sequence[beam.PCollection], options: Pipeli
     """
     kafka = options.view_as(KafkaOptions)
     warehouse = options.view_as(WarehouseOptions).warehouse
-    ensure_topics(bootstrap_servers(options), [kafka.dead_letter_topic])
+    connection = kafka_connection(options)
+    ensure_topics(connection, [kafka.dead_letter_topic])
     for n, letters in enumerate(dead_letters):
         suffix = str(n) if n else ""
         _ = (
@@ -97,8 +96,7 @@ def write_dead_letters(dead_letters: Sequence[beam.PCollection], options: Pipeli
         _ = (
             letters
             | f"DeadLetterRecords{suffix}" >> beam.Map(dead_letter_to_kafka)
-            | f"DeadLettersToKafka{suffix}"
-            >> WriteToKafka(bootstrap_servers(options), kafka.dead_letter_topic, client=kafka.kafka_client)
+            | f"DeadLettersToKafka{suffix}" >> WriteToKafka(connection, kafka.dead_letter_topic)
         )
 
 
@@ -155,7 +153,7 @@ def run(argv: Sequence[str] | None = None) -> RunSummary:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return main_for(build, argv, topics_read)
+    return main_for(build, argv, topics_read, prog="python -m pipelines.inventory")
 
 
 if __name__ == "__main__":

@@ -35,11 +35,10 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import DebugOptions, DirectOptions, PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineState
 
-from core.errors import PipelineFailed, SetupMissing
+from core.errors import PipelineFailed, SetupMissing, report_errors
 from core.settings import prism_binary
-from infra.kafka_broker import count_records
-from pipelines.options import BeamlineOptions, bootstrap_servers
-from transforms.kafka import LOCAL_PROGRESS, PROGRESS_DIR_ENV
+from pipelines.options import BeamlineOptions, kafka_connection, options_help, without_secrets
+from transforms.kafka import LOCAL_PROGRESS, PROGRESS_DIR_ENV, count_records
 
 __all__ = [
     "AUTO_WORKERS_FROM_RECORDS",
@@ -249,19 +248,25 @@ def run_pipeline(
     given = list(sys.argv[1:] if argv is None else argv)
     args = resolve_argv(given)
     options = PipelineOptions(args)
-    options.view_as(beam.options.pipeline_options.SetupOptions).save_main_session = False
+    # The runner (and a job service's UI) gets the options without client secrets: the
+    # pipeline's steps are built from ``options`` and carry their settings themselves.
+    runner_options = PipelineOptions(without_secrets(args))
+    for each in (options, runner_options):
+        each.view_as(beam.options.pipeline_options.SetupOptions).save_main_session = False
     streaming = options.view_as(BeamlineOptions).mode == "streaming"
-    counted = not streaming and progress_topics is not None
-    if counted:
+    counted_topics = progress_topics(options) if progress_topics is not None and not streaming else None
+    counted = counted_topics is not None
+    if counted_topics is not None:
         # Counted before the pipeline is built: the worker count it decides
         # shapes the read (each worker gets an equal share of the records).
-        total = count_records(bootstrap_servers(options), progress_topics(options))
+        total = count_records(kafka_connection(options), counted_topics)
         workers = auto_workers(given, total, available_cores())
         if workers > 1:
-            direct = options.view_as(DirectOptions)
-            direct.direct_num_workers = workers
-            direct.direct_running_mode = "multi_processing"
-    pipeline = beam.Pipeline(options=options)
+            for each in (options, runner_options):
+                direct = each.view_as(DirectOptions)
+                direct.direct_num_workers = workers
+                direct.direct_running_mode = "multi_processing"
+    pipeline = beam.Pipeline(options=runner_options)
     build(pipeline, options)
 
     with contextlib.ExitStack() as stack:
@@ -320,8 +325,11 @@ def main_for(
     build: Callable[[beam.Pipeline, PipelineOptions], None],
     argv: Sequence[str] | None = None,
     progress_topics: Callable[[PipelineOptions], list[str]] | None = None,
+    prog: str = "python -m pipelines.PIPELINE",
 ) -> int:
-    """``python -m pipelines.X`` entry: run, print the summary, errors as one line."""
-    from pipelines.cli import report_errors
-
-    return report_errors(lambda: print(run_pipeline(build, argv, progress_topics=progress_topics).describe()))
+    """``python -m pipelines.X`` entry: run, print the summary, errors as one line; ``--help`` lists the options."""
+    given = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in given or "--help" in given:
+        print(options_help(prog))
+        return 0
+    return report_errors(lambda: print(run_pipeline(build, given, progress_topics=progress_topics).describe()))

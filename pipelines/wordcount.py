@@ -16,12 +16,11 @@ from collections.abc import Sequence
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from infra.kafka_broker import ensure_topics
 from pipelines.inventory import read_log, write_dead_letters
-from pipelines.options import BeamlineOptions, KafkaOptions, WarehouseOptions, bootstrap_servers
+from pipelines.options import BeamlineOptions, KafkaOptions, WarehouseOptions, kafka_connection
 from pipelines.runner import RunSummary, main_for, run_pipeline
 from transforms.counts import CountWords, word_count_to_kafka
-from transforms.kafka import WriteToKafka
+from transforms.kafka import WriteToKafka, ensure_topics
 from transforms.sinks import WriteToWarehouse
 
 __all__ = ["build", "main", "run"]
@@ -31,15 +30,15 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions) -> None:
     """Add the word count's steps to ``pipeline``."""
     kafka = options.view_as(KafkaOptions)
     warehouse = options.view_as(WarehouseOptions).warehouse
-    ensure_topics(bootstrap_servers(options), [kafka.word_counts_topic])
+    connection = kafka_connection(options)
+    ensure_topics(connection, [kafka.word_counts_topic])
     lines = read_log(pipeline, "ReadLines", kafka.text_topic, options)
     counts, dead = lines | "CountWords" >> CountWords(mode=options.view_as(BeamlineOptions).mode)
     _ = counts | "WriteWordCounts" >> WriteToWarehouse(warehouse, "word_counts")
     _ = (
         counts
         | "WordCountRecords" >> beam.Map(word_count_to_kafka)
-        | "WordCountsToKafka"
-        >> WriteToKafka(bootstrap_servers(options), kafka.word_counts_topic, client=kafka.kafka_client)
+        | "WordCountsToKafka" >> WriteToKafka(connection, kafka.word_counts_topic)
     )
     write_dead_letters([dead], options)
 
@@ -56,7 +55,7 @@ def run(argv: Sequence[str] | None = None) -> RunSummary:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return main_for(build, argv, topics_read)
+    return main_for(build, argv, topics_read, prog="python -m pipelines.wordcount")
 
 
 if __name__ == "__main__":

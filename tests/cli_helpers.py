@@ -13,7 +13,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     """``beamline ARGS...`` with this interpreter; returns the finished process."""
     return subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *args],
+        [sys.executable, "-m", "cli", *args],
         cwd=PROJECT_ROOT,
         env=env if env is not None else dict(os.environ),
         capture_output=True,

@@ -57,6 +57,24 @@ def prism_location() -> str:
     return str(path)
 
 
+# Fixtures that need a running service; a test using one is marked so `make test-unit` can leave it out.
+_SERVICE_FIXTURES = {
+    "kafka_broker": "kafka",
+    "bootstrap_servers": "kafka",
+    "make_topic": "kafka",
+    "prism_location": "services",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses a service fixture (``kafka``, ``services``), however indirectly."""
+    for item in items:
+        for fixture in getattr(item, "fixturenames", ()):
+            marker = _SERVICE_FIXTURES.get(fixture)
+            if marker:
+                item.add_marker(marker)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
     """Keep each phase's report on the test item, so a fixture's teardown can tell whether the test failed."""

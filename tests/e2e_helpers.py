@@ -129,7 +129,7 @@ def describe_diff(got: object, want: object, limit: int = 5) -> str:
 def start_streaming(log: RetailLog, stderr_path: Path) -> subprocess.Popen:
     """``beamline run inventory --mode streaming`` in its own process group."""
     return subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", *log.run_args("streaming")],
+        [sys.executable, "-m", "cli", *log.run_args("streaming")],
         cwd=PROJECT_ROOT,
         stdout=subprocess.DEVNULL,
         stderr=open(stderr_path, "ab"),

@@ -26,7 +26,8 @@ from transforms.backfill import (
     _WindowSums,
 )
 from transforms.kafka import KafkaBatch, KafkaRecord
-from transforms.sinks import WriteToWarehouse, _strictly_ordered
+from transforms.sinks import WriteToWarehouse
+from warehouse.writer import _strictly_ordered
 
 
 def _value(event_id: str, store: str, item: str, quantity: int, minute: int) -> bytes:

@@ -27,6 +27,7 @@ def _read_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 60) 
     return seen
 
 
+@pytest.mark.services
 def test_records_survive_a_stop_and_start_on_the_same_data_dir(tmp_path):
     broker = KafkaBroker(tmp_path / "data", heap="512m")
     port = free_port()
@@ -52,6 +53,25 @@ def test_records_survive_a_stop_and_start_on_the_same_data_dir(tmp_path):
         assert len(back) == len(sent)  # no record twice
     finally:
         broker.stop()
+
+
+@pytest.mark.services
+def test_a_broker_started_with_auto_create_topics_creates_a_topic_a_producer_asks_for(tmp_path):
+    broker = KafkaBroker(tmp_path / "data", heap="512m")
+    bootstrap = broker.start(free_port(), auto_create_topics=True).bootstrap_servers
+    try:
+        producer = KafkaProducer(bootstrap_servers=bootstrap, max_block_ms=30_000)
+        sent = producer.send("never-created", value=b"one").get(timeout=30)
+        producer.close()
+        assert (sent.topic, sent.offset) == ("never-created", 0)
+    finally:
+        broker.stop()
+    assert "auto.create.topics.enable=true\n" in broker.config_file.read_text()
+
+
+def test_the_broker_creates_no_topic_on_demand_by_default(kafka_broker):
+    # A typo in a topic name must be an error, not a new topic.
+    assert "auto.create.topics.enable=false\n" in kafka_broker.config_file.read_text()
 
 
 def test_status_reports_the_running_session_broker(kafka_broker):
@@ -92,6 +112,7 @@ def test_an_unusable_data_dir_is_reported_in_one_line(tmp_path):
     assert_one_line_error(result, "data dir", "--data-dir")
 
 
+@pytest.mark.kafka  # waits out the bounded connect timeout (about 10 s)
 @pytest.mark.parametrize("verb", [["retail", "--events", "10"], ["file", "{lines}", "--topic", "t"]])
 def test_produce_without_a_broker_fails_fast_in_one_line(verb, tmp_path):
     lines = tmp_path / "lines.txt"

@@ -26,7 +26,6 @@ import pytest
 from infra.kafka_broker import KafkaBroker
 from producers.retail import GeneratedRecord, RetailConfig, generate_retail
 from producers.send import send_records
-from readside.snapshots import WarehouseMissing, load_snapshot
 from tests.cli_helpers import PROJECT_ROOT
 from tests.conftest import body_failed
 from tests.e2e_helpers import (
@@ -37,6 +36,7 @@ from tests.e2e_helpers import (
     stop_pipeline,
     wait_for_views,
 )
+from warehouse.format import WarehouseMissing, load_snapshot
 
 pytestmark = pytest.mark.slow
 

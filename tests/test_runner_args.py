@@ -23,7 +23,7 @@ from pipelines.runner import (
     resolve_argv,
     run_pipeline,
 )
-from transforms.kafka import PROGRESS_DIR_ENV, _LocalProgress
+from transforms.kafka.progress import PROGRESS_DIR_ENV, _LocalProgress
 
 
 def _timeout(argv: list[str]) -> int:

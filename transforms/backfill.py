@@ -85,7 +85,8 @@ class _Events(NamedTuple):
         return cls([], array("i"), array("q"), [], [], array("q"), array("q"))
 
     def extend(self, other: _Events) -> None:
-        for mine, theirs in zip(self, other, strict=True):
+        columns: tuple[Any, ...] = tuple(self)
+        for mine, theirs in zip(columns, other, strict=True):
             mine.extend(theirs)
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
@@ -127,8 +128,8 @@ class _DecodeColumns(beam.DoFn):
         # object pickles as a reference.
         self._names = {}
 
-    def process(self, element: KafkaBatch | KafkaRecord) -> Iterator[Any]:  # type: ignore[override]
-        records = element.records if type(element) is KafkaBatch else (element,)
+    def process(self, element: KafkaBatch | KafkaRecord) -> Iterator[Any]:
+        records = element.records if isinstance(element, KafkaBatch) else (element,)
         names = self._names
         buckets = self._buckets
         kinds = self._kinds
@@ -273,7 +274,7 @@ class _SumBucket(beam.DoFn):
         self._applied = Metrics.counter("beamline", "inventory_events_applied")
         self._duplicates = Metrics.counter("beamline", "inventory_duplicates")
 
-    def process(self, element: tuple[tuple[str, int], _Events]) -> Iterator[Any]:  # type: ignore[override]
+    def process(self, element: tuple[tuple[str, int], _Events]) -> Iterator[Any]:
         (kind, _bucket), events = element
         rows = list(_first_in_log(events))
         kept = np.array(rows, dtype=np.int64)
@@ -419,11 +420,12 @@ class BackfillRetail(beam.PTransform):
             events = decoded[0].events
         else:
             shipments, sales = records
+            by_kind: tuple[tuple[EventKind, beam.PCollection], ...] = (("shipment", shipments), ("sale", sales))
             decoded = [
                 pcoll
                 | f"Decode{kind.title()}s"
                 >> beam.ParDo(_DecodeColumns(kind, self._buckets)).with_outputs(DEAD_LETTERS_TAG, main="events")
-                for kind, pcoll in (("shipment", shipments), ("sale", sales))
+                for kind, pcoll in by_kind
             ]
             events = [d.events for d in decoded] | "AllEvents" >> beam.Flatten()
         sums = (

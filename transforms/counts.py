@@ -59,6 +59,7 @@ from core import topics
 from core.views import SALES_BY_WINDOW
 from transforms.events import MAX_MICROS, DeadLetter, Sale, event_payload, micros_to_datetime
 from transforms.kafka import KafkaRecord
+from transforms.params import KEY_PARAM, TIMESTAMP_PARAM
 
 __all__ = [
     "COUNT_STATE",
@@ -94,7 +95,7 @@ DEAD_LETTERS_TAG = "dead_letters"
 DEFAULT_WINDOW_SIZE = timedelta(hours=1)
 # A longer window holds every representable time; the bound keeps window ends within int64 micros.
 LONGEST_WINDOW = datetime.max - datetime.min
-DEFAULT_ALLOWED_LATENESS = timedelta(days=1)
+DEFAULT_ALLOWED_LATENESS = timedelta(hours=1)
 DEFAULT_EARLY_DELAY = timedelta(seconds=10)
 
 # The key's open windows, closed-until frontier and timer bookkeeping
@@ -172,7 +173,7 @@ class SalesWindowDoFn(beam.DoFn):
         self._early = None if self._batch or early_delay is None else early_delay.total_seconds()
         self._clock = clock
 
-    def process(  # type: ignore[override]
+    def process(
         self,
         element: tuple[tuple[str, str], Sale],
         key_state: Any = _SALES_KEY,
@@ -212,8 +213,8 @@ class SalesWindowDoFn(beam.DoFn):
     @on_timer(WINDOW_TIMER)
     def on_watermark(
         self,
-        key: tuple[str, str] = beam.DoFn.KeyParam,
-        fired: Timestamp = beam.DoFn.TimestampParam,
+        key: tuple[str, str] = KEY_PARAM,
+        fired: Timestamp = TIMESTAMP_PARAM,
         key_state: Any = _SALES_KEY,
         window_timer: Any = _WINDOW_T,
     ) -> Iterator[dict[str, Any]]:
@@ -271,7 +272,7 @@ class EarlySalesWindowDoFn(SalesWindowDoFn):
     cannot run on the batch runner (the FnApiRunner stalls on it).
     """
 
-    def process(  # type: ignore[override]
+    def process(
         self,
         element: tuple[tuple[str, str], Sale],
         key_state: Any = _SALES_KEY,
@@ -283,7 +284,7 @@ class EarlySalesWindowDoFn(SalesWindowDoFn):
     @on_timer(EARLY_TIMER)
     def on_early(
         self,
-        key: tuple[str, str] = beam.DoFn.KeyParam,
+        key: tuple[str, str] = KEY_PARAM,
         key_state: Any = _SALES_KEY,
     ) -> Iterator[dict[str, Any]]:
         st: SalesKeyState = key_state.read() or SalesKeyState()
@@ -301,7 +302,7 @@ class CountTooLate(beam.DoFn):
     def __init__(self) -> None:
         self._too_late = Metrics.counter("beamline", "sales_too_late_for_window")
 
-    def process(self, dead: DeadLetter) -> Iterator[DeadLetter]:  # type: ignore[override]
+    def process(self, dead: DeadLetter) -> Iterator[DeadLetter]:
         self._too_late.inc()
         yield dead
 
@@ -454,7 +455,7 @@ class WordCountDoFn(beam.DoFn):
             raise ValueError(f"mode must be 'streaming' or 'batch', not {mode!r}")
         self._batch = mode == "batch"
 
-    def process(  # type: ignore[override]
+    def process(
         self,
         element: tuple[str, int],
         count_state: Any = _COUNT,
@@ -471,7 +472,7 @@ class WordCountDoFn(beam.DoFn):
             yield from self._flush(word, total)
 
     @on_timer(FINAL_COUNT_TIMER)
-    def _final(self, word: str = beam.DoFn.KeyParam, count_state: Any = _COUNT) -> Iterator[dict[str, Any]]:
+    def _final(self, word: str = KEY_PARAM, count_state: Any = _COUNT) -> Iterator[dict[str, Any]]:
         total = count_state.read()
         if total:
             yield from self._flush(word, total)

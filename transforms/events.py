@@ -514,7 +514,7 @@ class _DecodeFn(beam.DoFn):
         self._global_windows = global_windows
         self._dead = beam.metrics.Metrics.counter("beamline", f"{kind}_dead_letters")
 
-    def process(self, record: KafkaRecord):  # type: ignore[override]
+    def process(self, record: KafkaRecord):
         result = parse_event(record, self._kind, keep_payload=self._keep_payload)
         if isinstance(result, DeadLetter):
             self._dead.inc()

@@ -55,6 +55,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from core import topics
 from transforms.events import DeadLetter, Sale, Shipment, event_payload, micros_to_datetime
+from transforms.params import KEY_PARAM, TIMESTAMP_PARAM
 
 __all__ = [
     "APPLIED_TAG",
@@ -231,7 +232,7 @@ class InventoryDoFn(beam.DoFn):
         st.seen_version = self._version
         _SEEN_CACHE.put((self._step, key), self._version, seen)
 
-    def process(  # type: ignore[override]
+    def process(
         self,
         element: tuple[tuple[str, str], Shipment | Sale],
         seen_state: Any = _SEEN,
@@ -306,8 +307,8 @@ class InventoryDoFn(beam.DoFn):
     @on_timer(EXPIRY_TIMER)
     def expire(
         self,
-        key: tuple[str, str] = beam.DoFn.KeyParam,
-        fired: Timestamp = beam.DoFn.TimestampParam,
+        key: tuple[str, str] = KEY_PARAM,
+        fired: Timestamp = TIMESTAMP_PARAM,
         seen_state: Any = _SEEN,
         key_state: Any = _KEY,
         expiry: Any = _EXPIRY,
@@ -326,7 +327,7 @@ class InventoryDoFn(beam.DoFn):
     @on_timer(FINAL_TIMER)
     def _final(
         self,
-        key: tuple[str, str] = beam.DoFn.KeyParam,
+        key: tuple[str, str] = KEY_PARAM,
         key_state: Any = _KEY,
     ) -> Iterator[dict[str, Any]]:
         st = key_state.read()
@@ -369,7 +370,7 @@ class GroupedInventoryFn(beam.DoFn):
         self._applied = Metrics.counter("beamline", "inventory_events_applied")
         self._duplicates = Metrics.counter("beamline", "inventory_duplicates")
 
-    def process(self, element: tuple[tuple[str, str], Iterable[Shipment | Sale]]) -> Iterator[Any]:  # type: ignore[override]
+    def process(self, element: tuple[tuple[str, str], Iterable[Shipment | Sale]]) -> Iterator[Any]:
         key, events = element
         st = KeyState()
         seen: set[tuple[str, str]] = set()

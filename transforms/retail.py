@@ -80,6 +80,7 @@ from transforms.inventory import (
     inventory_row,
 )
 from transforms.kafka import GLOBAL_WINDOWS
+from transforms.params import KEY_PARAM, TIMESTAMP_PARAM
 
 __all__ = ["DEFAULT_SHARDS", "SHARD_HEAD", "SHARD_LOG", "StreamRetail", "StreamRetailResult", "shard_of"]
 
@@ -286,10 +287,10 @@ class _ShardedRetailFn(beam.DoFn):
         if pending:
             _ShardedRetailFn._want(head, name, min(pending), timer)
 
-    def process(  # type: ignore[override]
+    def process(
         self,
         element: tuple[int, _ShardEvents],
-        stamp: Timestamp = beam.DoFn.TimestampParam,
+        stamp: Timestamp = TIMESTAMP_PARAM,
         head_state: Any = _HEAD,
         log_state: Any = _LOG,
         expiry: Any = _EXPIRY,
@@ -382,8 +383,8 @@ class _ShardedRetailFn(beam.DoFn):
     @on_timer(EXPIRY_TIMER)
     def _expire(
         self,
-        shard: int = beam.DoFn.KeyParam,
-        fired: Timestamp = beam.DoFn.TimestampParam,
+        shard: int = KEY_PARAM,
+        fired: Timestamp = TIMESTAMP_PARAM,
         head_state: Any = _HEAD,
         log_state: Any = _LOG,
         expiry: Any = _EXPIRY,
@@ -404,8 +405,8 @@ class _ShardedRetailFn(beam.DoFn):
     @on_timer(WINDOW_TIMER)
     def _on_watermark(
         self,
-        shard: int = beam.DoFn.KeyParam,
-        fired: Timestamp = beam.DoFn.TimestampParam,
+        shard: int = KEY_PARAM,
+        fired: Timestamp = TIMESTAMP_PARAM,
         head_state: Any = _HEAD,
         log_state: Any = _LOG,
         window: Any = _WINDOW,
@@ -420,7 +421,7 @@ class _ShardedRetailFn(beam.DoFn):
     @on_timer(EARLY_TIMER)
     def _on_early(
         self,
-        shard: int = beam.DoFn.KeyParam,
+        shard: int = KEY_PARAM,
         head_state: Any = _HEAD,
         log_state: Any = _LOG,
     ) -> Iterator[Any]:
@@ -497,7 +498,7 @@ class _KeyByShard(beam.DoFn):
         self._events = {}
         self._stamps = {}
 
-    def process(self, event: Shipment | Sale) -> None:  # type: ignore[override]
+    def process(self, event: Shipment | Sale) -> None:
         if event.event_time > self._newest:
             self._newest = event.event_time
         stamp = max(event.event_time, self._newest - self._slack)
