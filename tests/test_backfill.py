@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
+from core.errors import ConfigError
 from core.views import SALES_BY_WINDOW
 from tests.e2e_helpers import describe_diff, expected_views, views
 from tests.truth import recompute_retail
@@ -159,13 +160,13 @@ def test_backfill_equals_the_recompute_on_a_random_log(tmp_path: Path, batch: in
 
 
 def test_backfill_refuses_nonsense_settings() -> None:
-    with pytest.raises(ValueError, match="window_size"):
+    with pytest.raises(ConfigError, match="window_size"):
         BackfillRetail(window_size=timedelta(0))
-    with pytest.raises(ValueError, match="buckets"):
+    with pytest.raises(ConfigError, match="buckets"):
         BackfillRetail(buckets=0)
-    with pytest.raises(ValueError, match="a shipment topic and a sale topic"):
+    with pytest.raises(ConfigError, match="a shipment topic and a sale topic"):
         BackfillRetail(topics={"a": "sale", "b": "sale"})
-    with pytest.raises(ValueError, match="needs topics"), beam.Pipeline(runner=FnApiRunner()) as pipeline:
+    with pytest.raises(ConfigError, match="needs topics"), beam.Pipeline(runner=FnApiRunner()) as pipeline:
         _ = pipeline | beam.Create([b""]) | BackfillRetail()
 
 

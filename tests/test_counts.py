@@ -23,6 +23,7 @@ from apache_beam.testing.test_stream import TestStream as BeamTestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
+from core.errors import ConfigError
 from pipelines.runner import PRISM_NO_SPLITS
 from transforms.counts import (
     CountTooLate,
@@ -316,9 +317,9 @@ def test_word_count_kafka_pair() -> None:
 
 
 def test_sales_by_window_rejects_bad_sizes() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         SalesByWindow(window_size=timedelta(0))
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         SalesByWindow(allowed_lateness=timedelta(seconds=-1))
 
 

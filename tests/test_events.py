@@ -12,6 +12,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from core.errors import ConfigError
 from transforms.events import (
     DeadLetter,
     DecodeEvents,
@@ -330,5 +331,5 @@ def test_decode_events_pipeline_splits_events_and_dead_letters() -> None:
 
 
 def test_decode_events_rejects_unknown_kind() -> None:
-    with pytest.raises(ValueError, match="kind"):
+    with pytest.raises(ConfigError, match="kind"):
         DecodeEvents("refund")  # type: ignore[arg-type]

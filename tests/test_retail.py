@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from apache_beam.utils.timestamp import Timestamp
 
+from core.errors import ConfigError
 from tests.fake_state import FakeBag, FakeCell, FakeTimer
 from transforms.events import Sale, Shipment
 from transforms.retail import StreamRetail, _KeyByShard, _replay, shard_of
@@ -147,7 +148,7 @@ def test_shards_are_stable_and_spread(shards: int) -> None:
 
 
 def test_shards_must_be_positive() -> None:
-    with pytest.raises(ValueError, match="shards"):
+    with pytest.raises(ConfigError, match="shards"):
         StreamRetail(shards=0)
 
 
@@ -183,5 +184,5 @@ def test_each_bundle_sends_one_element_per_shard_with_its_events_in_order() -> N
 
 
 def test_late_slack_must_not_be_negative() -> None:
-    with pytest.raises(ValueError, match="late_slack"):
+    with pytest.raises(ConfigError, match="late_slack"):
         StreamRetail(late_slack=timedelta(seconds=-1))

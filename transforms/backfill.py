@@ -43,9 +43,10 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
+from core.errors import ConfigError
 from transforms.coders import EstimatedPickleCoder
 from transforms.counts import DEFAULT_WINDOW_SIZE, LONGEST_WINDOW, windows_table
-from transforms.events import DEAD_LETTERS_TAG, DeadLetter, EventKind, decode_fields
+from transforms.events import DEAD_LETTERS_TAG, NO_TIME, DeadLetter, EventKind, decode_fields
 from transforms.inventory import inventory_row
 from transforms.kafka import KafkaBatch, KafkaRecord
 
@@ -53,7 +54,6 @@ __all__ = ["BUCKETS", "BackfillResult", "BackfillRetail"]
 
 BUCKETS = 16
 _WINDOWS_TAG = "windows"
-_NO_TIME = -(2**63)
 
 
 # Sizes for Beam's byte counters, in pickled bytes per item measured on
@@ -291,7 +291,7 @@ class _SumBucket(beam.DoFn):
         keys = len(code_of)
         totals = np.zeros(keys, dtype=quantities.dtype)
         np.add.at(totals, codes, quantities)
-        latest = np.full(keys, _NO_TIME, dtype=np.int64)
+        latest = np.full(keys, NO_TIME, dtype=np.int64)
         np.maximum.at(latest, codes, times)
         counts = np.bincount(codes, minlength=keys)
         sale = kind == "sale"
@@ -308,7 +308,7 @@ class _MergeSums(beam.CombineFn):
     """Adds partial sums of one (store_id, item_id)."""
 
     def create_accumulator(self) -> _Sums:
-        return [0, 0, 0, _NO_TIME]
+        return [0, 0, 0, NO_TIME]
 
     def add_input(self, acc: _Sums, part: _Sums) -> _Sums:
         acc[0] += part[0]
@@ -399,11 +399,11 @@ class BackfillRetail(beam.PTransform):
     ) -> None:
         super().__init__()
         if not timedelta(0) < window_size <= LONGEST_WINDOW:
-            raise ValueError(f"window_size must be positive and at most {LONGEST_WINDOW.days:,} days")
+            raise ConfigError(f"window_size must be positive and at most {LONGEST_WINDOW.days:,} days")
         if buckets < 1:
-            raise ValueError("buckets must be at least 1")
+            raise ConfigError("buckets must be at least 1")
         if topics is not None and sorted(set(topics.values())) != ["sale", "shipment"]:
-            raise ValueError(f"topics must name a shipment topic and a sale topic, got {dict(topics)}")
+            raise ConfigError(f"topics must name a shipment topic and a sale topic, got {dict(topics)}")
         self._size = window_size // timedelta(microseconds=1)
         self._buckets = buckets
         self._topics = dict(topics) if topics is not None else None
@@ -411,7 +411,7 @@ class BackfillRetail(beam.PTransform):
     def expand(self, records: beam.PCollection | tuple[beam.PCollection, beam.PCollection]) -> BackfillResult:
         if isinstance(records, beam.PCollection):
             if self._topics is None:
-                raise ValueError("one input collection needs topics={topic: kind} to tell shipments from sales")
+                raise ConfigError("one input collection needs topics={topic: kind} to tell shipments from sales")
             decoded = [
                 records
                 | "Decode"

@@ -56,8 +56,9 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
 
 from core import topics
+from core.errors import ConfigError
 from core.views import SALES_BY_WINDOW
-from transforms.events import MAX_MICROS, DeadLetter, Sale, event_payload, micros_to_datetime
+from transforms.events import MAX_MICROS, NO_TIME, DeadLetter, Sale, duration_micros, event_payload, micros_to_datetime
 from transforms.kafka import KafkaRecord
 from transforms.params import KEY_PARAM, TIMESTAMP_PARAM
 
@@ -121,11 +122,6 @@ _NEVER = 2**63 - 1
 # Portable runners (Prism, Flink) keep timer times in milliseconds, so every
 # deadline is a whole millisecond: a window's last instant is end - 1 ms.
 _MS = 1_000
-_NO_TIME = -(2**63)
-
-
-def _micros(delta: timedelta) -> int:
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 @dataclass
@@ -139,7 +135,7 @@ class _Window:
 
 @dataclass
 class SalesKeyState:
-    closed_until: int = _NO_TIME  # every window ending at or before this is closed
+    closed_until: int = NO_TIME  # every window ending at or before this is closed
     timer_at: int | None = None
     early_pending: bool = False
     # window_start micros -> _Window, for the key's windows that are still open.
@@ -162,14 +158,14 @@ class SalesWindowDoFn(beam.DoFn):
         clock: Callable[[], float] = time.time,
     ) -> None:
         if mode not in ("streaming", "batch"):
-            raise ValueError(f"mode must be 'streaming' or 'batch', not {mode!r}")
+            raise ConfigError(f"mode must be 'streaming' or 'batch', not {mode!r}")
         if window_size <= timedelta(0) or allowed_lateness < timedelta(0):
-            raise ValueError("window_size must be positive and allowed_lateness not negative")
+            raise ConfigError("window_size must be positive and allowed_lateness not negative")
         if window_size % timedelta(milliseconds=1) or allowed_lateness % timedelta(milliseconds=1):
-            raise ValueError("window_size and allowed_lateness must be whole milliseconds")
+            raise ConfigError("window_size and allowed_lateness must be whole milliseconds")
         self._batch = mode == "batch"
-        self._size = _micros(window_size)
-        self._lateness = _micros(allowed_lateness)
+        self._size = duration_micros(window_size)
+        self._lateness = duration_micros(allowed_lateness)
         self._early = None if self._batch or early_delay is None else early_delay.total_seconds()
         self._clock = clock
 
@@ -330,7 +326,7 @@ class SalesByWindow(beam.PTransform):
         fn_class = EarlySalesWindowDoFn if early else SalesWindowDoFn
         self._fn = fn_class(mode, window_size, allowed_lateness, early_delay, clock)
         self._batch = mode == "batch"
-        self._size = _micros(window_size)
+        self._size = duration_micros(window_size)
 
     def expand(self, events: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
         if self._batch and events.is_bounded:
@@ -452,7 +448,7 @@ class WordCountDoFn(beam.DoFn):
 
     def __init__(self, mode: Mode = "streaming") -> None:
         if mode not in ("streaming", "batch"):
-            raise ValueError(f"mode must be 'streaming' or 'batch', not {mode!r}")
+            raise ConfigError(f"mode must be 'streaming' or 'batch', not {mode!r}")
         self._batch = mode == "batch"
 
     def process(

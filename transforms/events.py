@@ -27,6 +27,7 @@ from apache_beam.transforms.window import GlobalWindows, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
+from core.errors import ConfigError
 from transforms.kafka import GLOBAL_WINDOWS, KafkaRecord
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "EVENTS_TAG",
     "MAX_MICROS",
     "MAX_QUANTITY",
+    "NO_TIME",
     "DeadLetter",
     "DecodeEvents",
     "Event",
@@ -44,6 +46,7 @@ __all__ = [
     "dead_letter_to_kafka",
     "dead_letter_to_row",
     "decode_fields",
+    "duration_micros",
     "event_payload",
     "micros_to_datetime",
     "parse_event",
@@ -64,6 +67,8 @@ _EPOCH_NAIVE = datetime(1970, 1, 1)
 # The range of an aware UTC datetime, in epoch micros.
 _MIN_MICROS = -62_135_596_800_000_000
 MAX_MICROS = 253_402_300_799_999_999
+# "No time yet": below every event time, in the same epoch microseconds.
+NO_TIME = -(2**63)
 
 EventKind: TypeAlias = Literal["shipment", "sale"]
 
@@ -217,6 +222,11 @@ def _parse_rfc3339_exact(text: str) -> int:
     if not _MIN_MICROS <= micros <= MAX_MICROS:
         raise ValueError(f"event_time {text!r}: date value out of range in UTC")
     return micros
+
+
+def duration_micros(delta: timedelta) -> int:
+    """A duration in whole microseconds, exactly (no float on the way)."""
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def micros_to_datetime(micros: int) -> datetime:
@@ -535,7 +545,7 @@ class DecodeEvents(beam.PTransform):
     def __init__(self, kind: EventKind, *, keep_payload: bool = True) -> None:
         super().__init__()
         if kind not in _EVENT_TYPES:
-            raise ValueError(f"kind must be 'shipment' or 'sale', not {kind!r}")
+            raise ConfigError(f"kind must be 'shipment' or 'sale', not {kind!r}")
         self._kind = kind
         self._keep_payload = keep_payload
 

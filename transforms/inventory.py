@@ -54,7 +54,8 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
 
 from core import topics
-from transforms.events import DeadLetter, Sale, Shipment, event_payload, micros_to_datetime
+from core.errors import ConfigError
+from transforms.events import NO_TIME, DeadLetter, Sale, Shipment, duration_micros, event_payload, micros_to_datetime
 from transforms.params import KEY_PARAM, TIMESTAMP_PARAM
 
 __all__ = [
@@ -102,20 +103,14 @@ _KEY = beam.DoFn.StateParam(KEY_STATE)
 _EXPIRY = beam.DoFn.TimerParam(EXPIRY_TIMER)
 _FINAL = beam.DoFn.TimerParam(FINAL_TIMER)
 
-_NO_TIME = -(2**63)
-
-
-def _micros(delta: timedelta) -> int:
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
 
 @dataclass
 class KeyState:
     shipped: int = 0
     sold: int = 0
     events: int = 0
-    last_event_time: int = _NO_TIME
-    expired_before: int = _NO_TIME  # ids with event_time < this are forgotten
+    last_event_time: int = NO_TIME
+    expired_before: int = NO_TIME  # ids with event_time < this are forgotten
     expiry_at: int | None = None  # when the expiry timer is set for
     final_set: bool = False
     seen_version: int = 0  # names the bag's contents; see InventoryDoFn._seen
@@ -198,11 +193,11 @@ class InventoryDoFn(beam.DoFn):
 
     def __init__(self, mode: Mode = "streaming", horizon: timedelta = DEFAULT_HORIZON) -> None:
         if mode not in ("streaming", "batch"):
-            raise ValueError(f"mode must be 'streaming' or 'batch', not {mode!r}")
+            raise ConfigError(f"mode must be 'streaming' or 'batch', not {mode!r}")
         if horizon <= timedelta(0):
-            raise ValueError("horizon must be positive")
+            raise ConfigError("horizon must be positive")
         self._mode = mode
-        self._horizon = _micros(horizon)
+        self._horizon = duration_micros(horizon)
         # Whole milliseconds: portable runners keep timer times in milliseconds.
         self._bucket = max(1_000, self._horizon // _EXPIRY_BUCKETS_PER_HORIZON // 1_000 * 1_000)
         self._applied = Metrics.counter("beamline", "inventory_events_applied")

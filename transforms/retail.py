@@ -61,6 +61,7 @@ from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateS
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
+from core.errors import ConfigError
 from transforms.coders import EstimatedPickleCoder
 from transforms.counts import (
     DEFAULT_ALLOWED_LATENESS,
@@ -548,9 +549,9 @@ class StreamRetail(beam.PTransform):
     ) -> None:
         super().__init__()
         if shards < 1:
-            raise ValueError("shards must be at least 1")
+            raise ConfigError("shards must be at least 1")
         if late_slack < timedelta(0):
-            raise ValueError("late_slack must not be negative")
+            raise ConfigError("late_slack must not be negative")
         self._shards = shards
         self._slack = late_slack
         self._fn = _ShardedRetailFn(
