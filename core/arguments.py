@@ -23,7 +23,8 @@ def whole_number(option: str, minimum: int = 0, maximum: int | None = None, unit
         try:
             value = int(str(text).strip())
         except ValueError:
-            raise ConfigError(f"{option} must be a whole number{unit}; got {text!r}") from None
+            what = f"a whole number of{unit}" if unit else "a whole number"
+            raise ConfigError(f"{option} must be {what}; got {text!r}") from None
         if value < minimum:
             raise ConfigError(f"{option} must be at least {minimum:,}{unit}; got {value:,}")
         if maximum is not None and value > maximum:
