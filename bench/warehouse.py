@@ -1,8 +1,10 @@
-"""Warehouse benchmark: point-lookup latency and upsert throughput on 1M rows.
+"""Warehouse benchmark: point-lookup latency and upsert throughput on 1M rows, and concurrent writers.
 
 Goals (issue 4): lookup p99 under 20 ms on a 1M-row inventory view; upserts at
-least 200k rows/s. Writes the figures, the machine and the date to
-``bench/results/warehouse.md``. Run: ``python -m bench.warehouse``.
+least 200k rows/s. Issue 21: at least 50 small commits/s in total from 4
+writer processes committing to one warehouse at once (no lock: they race for
+each snapshot id and the losers retry). Writes the figures, the machine and
+the date to ``bench/results/warehouse.md``. Run: ``python -m bench.warehouse``.
 """
 
 from __future__ import annotations
@@ -69,6 +71,48 @@ def _reader_loop(root: str, stop_at: float, out: mp.Queue) -> None:
             if errors == 1:
                 print(f"reader error: {e}", flush=True)
     out.put((queries, errors, torn))
+
+
+def _writer_loop(root: str, writer: int, commits: int, start_at: float, out: mp.Queue) -> None:
+    wh = Warehouse(root)
+    while time.monotonic() < start_at:  # every writer starts at once
+        time.sleep(0.001)
+    lat = []
+    t0 = time.perf_counter()
+    for n in range(commits):
+        t = time.perf_counter()
+        # A small commit: 10 new words, as a busy stream's bundle would bring.
+        wh.commit("word_counts", [{"word": f"w{writer}-{n}-{j}", "count": 1} for j in range(10)])
+        lat.append(time.perf_counter() - t)
+    out.put((time.perf_counter() - t0, wh.lost_races, lat))
+    wh.close()
+
+
+def concurrent_writers(writers: int, commits: int) -> dict[str, float]:
+    """``writers`` processes commit ``commits`` small batches each to one new warehouse at once."""
+    with tempfile.TemporaryDirectory(prefix="beamline-bench-") as tmp:
+        root = str(Path(tmp) / "warehouse")
+        Warehouse(root).close()
+        ctx = mp.get_context("spawn")
+        out: mp.Queue = ctx.Queue()
+        start_at = time.monotonic() + 5.0  # after every process has imported and opened the warehouse
+        procs = [ctx.Process(target=_writer_loop, args=(root, w, commits, start_at, out)) for w in range(writers)]
+        for p in procs:
+            p.start()
+        results = [out.get() for _ in procs]
+        for p in procs:
+            p.join()
+        lat = [x for r in results for x in r[2]]
+        snapshots = len(os.listdir(Path(root) / "snapshots"))
+    assert snapshots > writers * commits, snapshots  # one per commit, the empty first one and compactions
+    return {
+        "writers_commits_per_s": writers * commits / max(r[0] for r in results),
+        "writers_lost_races_per_commit": sum(r[1] for r in results) / (writers * commits),
+        "writers_commit_p50_ms": statistics.median(lat) * 1000,
+        "writers_commit_p99_ms": _percentile(lat, 99) * 1000,
+        "writers": writers,
+        "writers_commits": commits,
+    }
 
 
 def run(rows: int, lookups: int) -> dict[str, float]:
@@ -176,6 +220,7 @@ def run(rows: int, lookups: int) -> dict[str, float]:
 def _report(figures: dict[str, float], rows: int, lookups: int) -> str:
     ok_lookup = figures["lookup_p99_ms"] < 20
     ok_upsert = figures["upsert_rows_per_s"] >= 200_000
+    ok_writers = figures["writers_commits_per_s"] >= 50
     lines = [
         "# Warehouse benchmark",
         "",
@@ -203,10 +248,17 @@ def _report(figures: dict[str, float], rows: int, lookups: int) -> str:
         f"{figures['concurrent_commit_p50_ms']:.1f} ms each) | {figures['concurrent_reader_queries']:.0f} queries, "
         f"{figures['concurrent_reader_errors']:.0f} errors, {figures['concurrent_torn_answers']:.0f} torn answers | "
         "0 errors, 0 torn |",
+        f"| commits/s with {figures['writers']:.0f} concurrent writers ({figures['writers']:.0f} processes x "
+        f"{figures['writers_commits']:.0f} commits of 10 rows, no lock) | {figures['writers_commits_per_s']:.1f} "
+        f"commits/s | >= 50 commits/s: {'met' if ok_writers else 'MISSED'} |",
+        f"| the same: lost races per commit (each retried on the newest snapshot); commit p50 / p99 | "
+        f"{figures['writers_lost_races_per_commit']:.2f}; {figures['writers_commit_p50_ms']:.1f} / "
+        f"{figures['writers_commit_p99_ms']:.1f} ms | |",
         "",
         "Lookups use one `warehouse.reader.Reader` (a sandboxed in-memory DuckDB over the snapshot's",
-        "files, reopened only when a new snapshot is published). Upserts go through",
-        "`warehouse.writer.Warehouse.commit` with durable writes (fsync of data, manifest and folder).",
+        "files, reopened only when a new snapshot is published). Commits go through",
+        "`warehouse.writer.Warehouse.commit` with durable writes: each commit fsyncs its data file, the data",
+        "folder, the manifest, `snapshots/`, `CURRENT`, `catalog.sql` and the warehouse folder (seven fsyncs).",
         "",
     ]
     return "\n".join(lines)
@@ -217,10 +269,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--lookups", type=int, default=2000)
+    parser.add_argument("--writers", type=int, default=4, help="concurrent writer processes (default 4)")
+    parser.add_argument("--writer-commits", type=int, default=150, help="small commits per writer (default 150)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     load_before = os.getloadavg()[0]
     figures = run(args.rows, args.lookups)
+    figures.update(concurrent_writers(args.writers, args.writer_commits))
     figures["load_before"] = load_before
     text = _report(figures, args.rows, args.lookups)
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -1,29 +1,39 @@
 """The warehouse's on-disk format, as the writer and the readers both see it.
 
 A warehouse folder holds immutable Parquet files and one immutable JSON manifest
-per snapshot; ``CURRENT`` names the newest manifest and is replaced atomically.
-The layout is defined here once, so :mod:`warehouse.writer` (which makes it)
-and :mod:`warehouse.reader` (which only reads it) cannot disagree about it, and
-neither needs the other.
+per snapshot. The layout is defined here once, so :mod:`warehouse.writer`
+(which makes it) and :mod:`warehouse.reader` (which only reads it) cannot
+disagree about it, and neither needs the other.
 
 Layout::
 
     beamline-warehouse.json             marks the folder as a warehouse (format version)
-    CURRENT                             name of the newest manifest, replaced atomically
-    snapshots/snapshot-<id>-<us>.json   id and commit time (µs since epoch) in the name
+    snapshots/snapshot-<id>.json        manifest of snapshot <id> (12 digits), created once, never changed
+    snapshots/snapshot-<id>-<us>.json   the same, as format 1 named it (read, never written)
     data/<view>/<id>-<uuid>.parquet     rows sorted by key, immutable
-    catalog.sql                         views of the newest snapshot for the duckdb CLI
-    .lock                               writers take an exclusive fcntl lock on it
+    CURRENT                             a hint: the name of a recent manifest
+    catalog.sql                         views of a recent snapshot for the duckdb CLI
+
+The manifests are the truth. Snapshot ids have no gaps, so the newest manifest
+is found from ``CURRENT`` by probing the ids after it (one ``stat`` each), or
+by listing ``snapshots/`` when ``CURRENT`` is missing, unreadable or names no
+manifest. Every manifest records up to which id snapshots have expired
+(``expired_through``); older manifests may linger a while, and count as gone.
+The commit protocol that keeps these promises is :mod:`warehouse.protocol`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import errno
+import itertools
 import json
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
@@ -39,37 +49,59 @@ __all__ = [
     "FORMAT_VERSION",
     "LOCK_FILE",
     "MARKER_FILE",
+    "READABLE_FORMAT_VERSIONS",
     "SNAPSHOTS_DIR",
     "Snapshot",
+    "SnapshotExpired",
+    "WarehouseInconsistent",
     "WarehouseMissing",
     "catalog_sql",
     "check_root",
     "current_manifest",
     "dedupe_sql",
     "empty_view_sql",
+    "expired_error",
     "key_columns_sql",
     "list_snapshots",
     "load_snapshot",
+    "manifest_id",
     "manifest_name",
+    "oldest_snapshot",
     "quote_ident",
     "read_manifest",
+    "verify_snapshots",
     "view_dir",
 ]
 
 MARKER_FILE = "beamline-warehouse.json"
 FORMAT_NAME = "beamline-warehouse"
-FORMAT_VERSION = 1
+# 2: manifests are created with put-if-absent under names that hold only the id; no lock file.
+FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
 CURRENT_FILE = "CURRENT"
+# Format 1 writers serialised on an fcntl lock of this file; only the upgrade to format 2 takes it now.
 LOCK_FILE = ".lock"
 CATALOG_SQL = "catalog.sql"
 SNAPSHOTS_DIR = "snapshots"
 DATA_DIR = "data"
 # Commit times are stored as whole microseconds since this instant.
 EPOCH = dt.datetime.fromtimestamp(0, dt.timezone.utc)
+# CURRENT lags the newest manifest by at most the commits in flight; past this many ids, list instead.
+_PROBE_LIMIT = 64
+# A resolution that races an expiry (the manifest it found is deleted) starts again this often.
+_RESOLVE_TRIES = 3
 
 
 class WarehouseMissing(BeamlineError):
     """The warehouse folder is absent or is not a Beamline warehouse."""
+
+
+class WarehouseInconsistent(BeamlineError):
+    """The warehouse's manifests or files contradict each other; nothing destructive runs on it."""
+
+
+class SnapshotExpired(ConfigError):
+    """The snapshot asked for (pinned, or as of a time) has expired; ask for a newer one."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +112,8 @@ class Snapshot:
     snapshot_id: int
     committed_at_us: int
     files: Mapping[str, tuple[tuple[str, int], ...]]  # view -> ((relative path, rows), ...)
+    # Snapshots with an id up to this one have expired (-1: none), as of this snapshot.
+    expired_through: int = -1
 
     @property
     def committed_at(self) -> dt.datetime:
@@ -88,7 +122,8 @@ class Snapshot:
 
     def paths(self, view: str) -> list[str]:
         """Absolute paths of the files of ``view`` in this snapshot."""
-        return [str(self.root / rel) for rel, _ in self.files.get(view, ())]
+        root = str(self.root)
+        return [os.path.join(root, rel) for rel, _ in self.files.get(view, ())]
 
 
 def view_dir(view: str) -> str:
@@ -119,7 +154,7 @@ def dedupe_sql(spec: ViewSpec, source: str, visible_only: bool) -> str:
 
 
 def check_root(root: Path) -> None:
-    """Raise WarehouseMissing, saying what to run, unless ``root`` is a warehouse of this format."""
+    """Raise WarehouseMissing, saying what to run, unless ``root`` is a warehouse of a format this reads."""
     if not root.is_dir():
         raise WarehouseMissing(
             f"warehouse {root} does not exist; run `beamline run inventory --mode batch --warehouse {root}` "
@@ -133,62 +168,295 @@ def check_root(root: Path) -> None:
             f"{root} is not a Beamline warehouse (no valid {MARKER_FILE}); pass --warehouse with the folder "
             "a pipeline wrote to, or run `beamline run inventory --warehouse DIR` to create one"
         ) from None
-    if meta.get("format") != FORMAT_NAME or meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format") != FORMAT_NAME or meta.get("format_version") not in READABLE_FORMAT_VERSIONS:
         raise WarehouseMissing(
             f"{root} holds warehouse format {meta.get('format')!r} v{meta.get('format_version')}, this Beamline "
-            f"reads {FORMAT_NAME} v{FORMAT_VERSION}; rebuild it with `beamline run ... --warehouse DIR`"
+            f"reads {FORMAT_NAME} v{READABLE_FORMAT_VERSIONS[-1]}; rebuild it with `beamline run ... --warehouse DIR`"
         )
 
 
-def manifest_name(snapshot_id: int, committed_at_us: int) -> str:
-    return f"snapshot-{snapshot_id:012d}-{committed_at_us}.json"
+# -- manifest names --------------------------------------------------------------------
+def manifest_name(snapshot_id: int) -> str:
+    """The name of snapshot ``snapshot_id``'s manifest: fixed width, so names sort as ids do."""
+    return f"snapshot-{snapshot_id:012d}.json"
 
 
-def _parse_manifest_name(name: str) -> tuple[int, int] | None:
+def _parse_manifest_name(name: str) -> tuple[int, int | None] | None:
+    """(id, commit time µs for a format-1 name, else None), or None if ``name`` is no manifest name."""
     if not (name.startswith("snapshot-") and name.endswith(".json")):
         return None
-    try:
-        sid, us = name[len("snapshot-") : -len(".json")].split("-")
-        return int(sid), int(us)
-    except ValueError:
+    parts = name[len("snapshot-") : -len(".json")].split("-")
+    if not all(p.isdigit() for p in parts):
         return None
+    if len(parts) == 1:
+        return int(parts[0]), None
+    if len(parts) == 2:
+        return int(parts[0]), int(parts[1])
+    return None
+
+
+def manifest_id(name: str) -> int | None:
+    """The snapshot id a manifest name holds, or None if ``name`` is not a manifest name."""
+    parsed = _parse_manifest_name(name)
+    return parsed[0] if parsed else None
+
+
+def _listed(root: Path) -> dict[int, str]:
+    """Manifest names in ``snapshots/`` by id (a format-2 name wins over a format-1 name of the same id)."""
+    out: dict[int, str] = {}
+    for name in os.listdir(root / SNAPSHOTS_DIR):
+        parsed = _parse_manifest_name(name)
+        if parsed and (parsed[0] not in out or parsed[1] is None):
+            out[parsed[0]] = name
+    return out
+
+
+def _exists(path: str | Path) -> bool:
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _hint(root: Path) -> tuple[int, str] | None:
+    """The manifest ``CURRENT`` names, if it names one that exists."""
+    try:
+        with open(os.path.join(root, CURRENT_FILE), "rb") as f:
+            name = f.read(256).decode().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    sid = manifest_id(name)
+    if sid is None or not _exists(os.path.join(root, SNAPSHOTS_DIR, name)):
+        return None
+    return sid, name
 
 
 def current_manifest(root: Path) -> str:
-    """The name of the newest manifest, as ``CURRENT`` holds it (raises OSError if it is unreadable)."""
-    return (root / CURRENT_FILE).read_text().strip()
+    """The name of the newest manifest: ``CURRENT`` as a hint, then the ids after it, else a listing.
+
+    Raises OSError if ``snapshots/`` cannot be listed, WarehouseInconsistent if it holds no manifest.
+    """
+    hint = _hint(root)
+    if hint is not None:
+        sid, name = hint
+        folder = os.path.join(root, SNAPSHOTS_DIR)
+        for _ in range(_PROBE_LIMIT):
+            after = manifest_name(sid + 1)
+            if not _exists(os.path.join(folder, after)):
+                return name
+            sid, name = sid + 1, after
+    listed = _listed(root)
+    if not listed:
+        raise WarehouseInconsistent(
+            f"{root / SNAPSHOTS_DIR} holds no manifest, so no snapshot can be read; restore the folder from a "
+            "backup or rebuild the warehouse with `beamline run ... --mode batch`"
+        )
+    return listed[max(listed)]
 
 
-def list_snapshots(root: str | os.PathLike[str]) -> list[tuple[int, int, str]]:
-    """All snapshots as (id, commit time µs, manifest name), oldest first."""
-    out = []
-    for name in os.listdir(Path(root) / SNAPSHOTS_DIR):
-        parsed = _parse_manifest_name(name)
-        if parsed:
-            out.append((parsed[0], parsed[1], name))
-    return sorted(out)
-
-
+# -- manifests -------------------------------------------------------------------------
 def read_manifest(root: Path, name: str) -> Snapshot:
-    doc = json.loads((root / SNAPSHOTS_DIR / name).read_text())
-    files = {view: tuple((f["path"], int(f["rows"])) for f in entries) for view, entries in doc["views"].items()}
-    return Snapshot(root, int(doc["snapshot_id"]), int(doc["committed_at_us"]), files)
+    """The snapshot a manifest describes (FileNotFoundError if it is gone, WarehouseInconsistent if invalid)."""
+    raw = (root / SNAPSHOTS_DIR / name).read_bytes()
+    try:
+        doc = json.loads(raw)
+        files = {
+            view: tuple((str(f["path"]), int(f["rows"])) for f in entries) for view, entries in doc["views"].items()
+        }
+        snap = Snapshot(
+            root, int(doc["snapshot_id"]), int(doc["committed_at_us"]), files, int(doc.get("expired_through", -1))
+        )
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise WarehouseInconsistent(
+            f"manifest {name} of {root} is not a valid manifest ({type(exc).__name__}: {exc}); "
+            "restore it from a backup, nothing was changed"
+        ) from None
+    if manifest_id(name) not in (None, snap.snapshot_id):
+        raise WarehouseInconsistent(f"manifest {name} of {root} holds snapshot {snap.snapshot_id}, not its own id")
+    return snap
+
+
+def _read_id(root: Path, listed: Mapping[int, str], sid: int) -> Snapshot:
+    name = listed.get(sid, manifest_name(sid))
+    return read_manifest(root, name)
+
+
+def _kept_ids(root: Path, newest: Snapshot) -> tuple[dict[int, str], int]:
+    """The listing and the oldest kept id: the first present above the newest's ``expired_through``."""
+    listed = _listed(root)
+    kept = [sid for sid in listed if newest.expired_through < sid <= newest.snapshot_id]
+    return listed, min(kept, default=newest.snapshot_id)
+
+
+def _retrying(root: Path, resolve: Any) -> Any:
+    """Run ``resolve`` again when an expiry deleted a manifest it had found (it then finds newer ones)."""
+    for _ in range(_RESOLVE_TRIES - 1):
+        try:
+            return resolve()
+        except FileNotFoundError:
+            time.sleep(0.001)
+    try:
+        return resolve()
+    except FileNotFoundError as exc:
+        raise WarehouseInconsistent(
+            f"a manifest of {root} vanished while it was read ({exc.filename}); run `beamline warehouse check`"
+        ) from None
 
 
 def load_snapshot(root: str | os.PathLike[str], as_of_us: int | None = None) -> Snapshot:
-    """The newest snapshot, or the newest committed at or before ``as_of_us``."""
+    """The newest snapshot, or the newest committed at or before ``as_of_us``.
+
+    Raises SnapshotExpired if the snapshot for ``as_of_us`` has expired, naming the oldest kept one.
+    """
     path = Path(root).absolute()
     check_root(path)
-    if as_of_us is None:
-        return read_manifest(path, current_manifest(path))
-    snaps = list_snapshots(path)
-    eligible = [s for s in snaps if s[1] <= as_of_us]
-    if not eligible:
-        first = Snapshot(path, snaps[0][0], snaps[0][1], {}).committed_at.isoformat() if snaps else "none"
-        raise ConfigError(f"no snapshot at or before the requested time; the oldest kept snapshot is {first}")
-    return read_manifest(path, eligible[-1][2])
+
+    def resolve() -> Snapshot:
+        newest = read_manifest(path, current_manifest(path))
+        if as_of_us is None or newest.committed_at_us <= as_of_us:
+            return newest
+        listed, lo = _kept_ids(path, newest)
+        oldest = _read_id(path, listed, lo)
+        if as_of_us < oldest.committed_at_us:
+            raise _before_history(path, oldest, as_of_us)
+        # Commit times grow with ids: t(lo) <= as_of < t(hi).
+        found, hi = oldest, newest.snapshot_id
+        while hi - found.snapshot_id > 1:
+            mid = _read_id(path, listed, (found.snapshot_id + hi) // 2)
+            if mid.committed_at_us <= as_of_us:
+                found = mid
+            else:
+                hi = mid.snapshot_id
+        return found
+
+    snap: Snapshot = _retrying(path, resolve)
+    return snap
 
 
+def _before_history(root: Path, oldest: Snapshot, as_of_us: int) -> ConfigError:
+    asked = (EPOCH + dt.timedelta(microseconds=as_of_us)).isoformat()
+    kept = f"the oldest kept snapshot is {oldest.snapshot_id}, committed {oldest.committed_at.isoformat()}"
+    if oldest.snapshot_id > 0:
+        return SnapshotExpired(f"no snapshot at or before {asked} is kept (older ones have expired); {kept}")
+    return ConfigError(f"no snapshot at or before {asked}: the warehouse did not exist yet; {kept}")
+
+
+def oldest_snapshot(root: str | os.PathLike[str]) -> Snapshot:
+    """The oldest snapshot not expired: the earliest a pinned reader or ``--as-of`` can still get."""
+    path = Path(root).absolute()
+    check_root(path)
+
+    def resolve() -> Snapshot:
+        newest = read_manifest(path, current_manifest(path))
+        listed, lo = _kept_ids(path, newest)
+        return newest if lo == newest.snapshot_id else _read_id(path, listed, lo)
+
+    snap: Snapshot = _retrying(path, resolve)
+    return snap
+
+
+def expired_error(root: str | os.PathLike[str], snapshot_id: int) -> SnapshotExpired | None:
+    """A SnapshotExpired naming the oldest kept snapshot if ``snapshot_id`` has expired, else None.
+
+    For a reader whose snapshot's file or manifest vanished under it: if this
+    gives None, the snapshot is still kept and the file is missing for another
+    reason (see ``verify_snapshots``).
+    """
+    oldest = oldest_snapshot(root)
+    if snapshot_id >= oldest.snapshot_id:
+        return None
+    return SnapshotExpired(
+        f"snapshot {snapshot_id} has expired (its files were deleted by snapshot expiry); the oldest kept "
+        f"snapshot is {oldest.snapshot_id}, committed {oldest.committed_at.isoformat()}; query again, or pass "
+        "a later --as-of"
+    )
+
+
+def list_snapshots(root: str | os.PathLike[str]) -> list[tuple[int, int, str]]:
+    """All kept snapshots as (id, commit time µs, manifest name), oldest first."""
+    path = Path(root).absolute()
+
+    def resolve() -> list[tuple[int, int, str]]:
+        newest = read_manifest(path, current_manifest(path))
+        listed, lo = _kept_ids(path, newest)
+        out = []
+        for sid in range(lo, newest.snapshot_id + 1):
+            name = listed.get(sid, manifest_name(sid))
+            parsed = _parse_manifest_name(name)
+            us = parsed[1] if parsed and parsed[1] is not None else read_manifest(path, name).committed_at_us
+            out.append((sid, us, name))
+        return out
+
+    snaps: list[tuple[int, int, str]] = _retrying(path, resolve)
+    return snaps
+
+
+def verify_snapshots(root: str | os.PathLike[str]) -> list[Snapshot]:
+    """Every manifest present, oldest first, after checking that they and ``CURRENT`` agree.
+
+    Raises WarehouseInconsistent (one line) on the first problem: a file in
+    ``snapshots/`` that is not a valid manifest, a missing id among the kept
+    snapshots, commit times that do not grow with ids, ``CURRENT`` naming a
+    snapshot that is not there, or a data file of a kept snapshot missing. A
+    missing or unreadable ``CURRENT`` is no problem: it is only a hint.
+    """
+    path = Path(root).absolute()
+    check_root(path)
+    snaps: list[Snapshot] = _retrying(path, lambda: _verify(path))
+    return snaps
+
+
+def _verify(root: Path) -> list[Snapshot]:
+    try:
+        pointer: str | None = (root / CURRENT_FILE).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        pointer = None  # read before the listing: it can only name what the listing holds, or older
+    names = sorted(n for n in os.listdir(root / SNAPSHOTS_DIR) if not n.startswith("."))
+    snaps: dict[int, Snapshot] = {}
+    names_by_id: dict[int, str] = {}
+    for name in names:
+        sid = manifest_id(name)
+        if sid is None:
+            raise WarehouseInconsistent(f"{root / SNAPSHOTS_DIR} holds {name!r}, which is not a manifest")
+        if sid in snaps:
+            raise WarehouseInconsistent(f"{root / SNAPSHOTS_DIR} holds two manifests of snapshot {sid}")
+        snaps[sid] = read_manifest(root, name)
+        names_by_id[sid] = name
+    if not snaps:
+        raise WarehouseInconsistent(f"{root / SNAPSHOTS_DIR} holds no manifest")
+    newest = snaps[max(snaps)]
+    kept = [sid for sid in snaps if sid > newest.expired_through]
+    missing = sorted(set(range(min(kept), newest.snapshot_id + 1)) - set(kept))
+    if missing:
+        raise WarehouseInconsistent(
+            f"snapshot {missing[0]} of {root} has no manifest, yet snapshots {min(kept)} to "
+            f"{newest.snapshot_id} are kept; restore it from a backup"
+        )
+    ordered = [snaps[sid] for sid in sorted(snaps)]
+    for before, after in itertools.pairwise(ordered):
+        if after.committed_at_us <= before.committed_at_us:
+            raise WarehouseInconsistent(
+                f"snapshot {after.snapshot_id} of {root} is not committed after snapshot {before.snapshot_id}"
+            )
+    named = manifest_id(pointer) if pointer else None
+    if named is not None and named > newest.snapshot_id:
+        raise WarehouseInconsistent(
+            f"CURRENT of {root} names snapshot {named}, but the newest manifest is {newest.snapshot_id}: "
+            "a manifest was lost; restore it from a backup"
+        )
+    used = {rel: sid for sid in sorted(kept) for entries in snaps[sid].files.values() for rel, _ in entries}
+    for rel, sid in used.items():
+        if _exists(root / rel):
+            continue
+        if current_manifest(root) != names_by_id[newest.snapshot_id]:
+            # A newer snapshot (an expiry running beside this check?) may have expired it: look again.
+            raise FileNotFoundError(errno.ENOENT, "expired while checked", str(root / rel))
+        raise WarehouseInconsistent(f"{rel}, a file of kept snapshot {sid} of {root}, is missing")
+    return ordered
+
+
+# -- SQL for the views -----------------------------------------------------------------
 def catalog_sql(snap: Snapshot) -> str:
     """SQL defining every view of ``snap`` for the duckdb CLI or a notebook (`.read catalog.sql`)."""
     lines = [

@@ -1,15 +1,16 @@
 """The warehouse writer: idempotent, versioned upserts of view rows.
 
 The warehouse is a folder of immutable Parquet files plus one immutable JSON
-manifest per snapshot (the format is :mod:`warehouse.format`). A commit writes
-new files, then a new manifest, then atomically replaces ``CURRENT`` (a
-one-line pointer to the newest manifest). Readers read ``CURRENT`` once and see
-exactly the files of that snapshot, so they never see half a commit and never
-take a lock. Writers in several processes serialise their commits with an
-exclusive ``fcntl`` lock on ``.lock`` (one host, local file system). Nothing is
-rewritten in place: compaction writes a new file and a new snapshot; old files
-stay until :meth:`Warehouse.expire_snapshots` removes snapshots older than a
-retention period, which bounds time travel.
+manifest per snapshot (the format is :mod:`warehouse.format`). Any number of
+writers, in any number of processes on one host or several sharing a POSIX
+file system, commit to it without a lock: each commit publishes snapshot
+``newest + 1`` with a put-if-absent, and a writer that loses the race re-reads
+the newest snapshot, re-applies its rows against it and tries again
+(:mod:`warehouse.protocol`). Readers take no lock either: a manifest is
+complete once it has its name, and nothing is rewritten in place. Compaction
+writes a new file and a new snapshot; old files stay until
+:meth:`Warehouse.expire_snapshots` (:mod:`warehouse.expiry`) removes
+snapshots older than a retention period, which bounds time travel.
 
 Merge on read: a view is, per key, the stored row with the highest version. A
 commit keeps only the incoming rows whose version is higher than every stored
@@ -25,13 +26,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import json
 import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,25 +43,22 @@ import pyarrow.parquet as pq
 
 from core.errors import BeamlineError, ConfigError
 from core.views import VIEWS, ViewSpec, get_view
+from warehouse import expiry, protocol
 from warehouse.format import (
     CATALOG_SQL,
     CURRENT_FILE,
     DATA_DIR,
-    FORMAT_NAME,
-    FORMAT_VERSION,
     LOCK_FILE,
     MARKER_FILE,
     SNAPSHOTS_DIR,
     Snapshot,
+    WarehouseInconsistent,
     WarehouseMissing,
-    catalog_sql,
     check_root,
     current_manifest,
     dedupe_sql,
     key_columns_sql,
-    list_snapshots,
     load_snapshot,
-    manifest_name,
     quote_ident,
     read_manifest,
     view_dir,
@@ -76,16 +73,18 @@ __all__ = [
     "release_shared_writer",
 ]
 
-ROW_GROUP_SIZE = 32_768
 # A view up to this many rows keeps its key -> version map in the writer's
 # memory (some tens of MB at the limit): a commit then finds the newer rows
 # without a DuckDB query over the view's files, which was two thirds of a small
-# commit (16 ms -> 3 ms for 60 rows into a 250-row view). The map is used only
-# while the view's files are those this writer last saw; otherwise it is read
-# again from the files (a larger view or batch: the anti-join decides).
+# commit (16 ms -> 3 ms for 60 rows into a 250-row view). When other writers
+# committed in between, only the files they added are read into the map; after
+# a compaction it is read again from the files (a larger view or batch: the
+# anti-join decides).
 KNOWN_VERSIONS_MAX_ROWS = 50_000
 # How long the Beam sink keeps snapshots (time travel) unless told otherwise.
 DEFAULT_RETENTION = dt.timedelta(days=7)
+
+Versions = dict[tuple[Any, ...], Any]
 
 
 @dataclass(frozen=True)
@@ -98,73 +97,63 @@ class CommitResult:
     rows_written: int
 
 
-def _now_us() -> int:
-    return time.time_ns() // 1000
-
-
-def _fsync_write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _replace_file(root: Path, name: str, data: bytes, *, durable: bool = True) -> None:
-    """Replace ``root/name`` by way of a temporary file and a rename: a reader sees the old file or the new one."""
-    tmp = root / f".{name}.{uuid.uuid4().hex}"
-    if durable:
-        _fsync_write(tmp, data)
-    else:
-        tmp.write_bytes(data)
-    os.replace(tmp, root / name)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _coerce_timestamp(value: Any) -> Any:
     # Beam's Timestamp carries its own conversion; datetimes and None pass through.
     to_dt = getattr(value, "to_utc_datetime", None)
     return to_dt(has_tz=True) if to_dt is not None else value
 
 
+@dataclass
+class _Fresh:
+    """One view's rows in a commit that keeps losing races: what survived the version rule, and its file."""
+
+    base: frozenset[str]  # the view's files in the snapshot ``table`` was checked against
+    table: pa.Table
+    versions: Versions | None
+    path: str | None = None  # the file written for ``table`` (reused while ``table`` does not change)
+    written_at: float = 0.0
+    synced: bool = False  # its folder too
+
+
 class Warehouse:
-    """Writer of one warehouse folder; safe to use from several processes at once."""
+    """Writer of one warehouse folder; any number may commit to one folder at once, from any process or host."""
 
     def __init__(self, root: str | os.PathLike[str], *, max_files_per_view: int = 16) -> None:
         self.root = Path(root).absolute()
         self.max_files_per_view = max_files_per_view
+        # Commits of one Warehouse object run one at a time (its DuckDB and version maps are not shared).
         self._thread_lock = threading.Lock()
         self._con: duckdb.DuckDBPyConnection | None = None
-        # view -> (its files as this writer last saw them, key -> highest stored version)
-        self._known: dict[str, tuple[tuple[str, ...], dict[tuple[Any, ...], Any]]] = {}
+        # view -> (its files in the snapshot the map describes, key -> highest stored version)
+        self._known: dict[str, tuple[tuple[str, ...], Versions]] = {}
+        # How often another writer published the id a commit of this one aimed at (each retried).
+        self.lost_races = 0
         self._init_layout()
 
-    # layout and locking
+    # layout
     def _init_layout(self) -> None:
-        # Several workers may create the same new warehouse at once: the folder
-        # check and the layout happen under the lock, and the marker comes last,
-        # so a second writer sees either nothing of ours or a whole warehouse.
+        # Several writers may create the same new warehouse at once: snapshot 0
+        # is put-if-absent like any other, and the marker comes after it, so a
+        # warehouse with a marker always has a manifest.
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise WarehouseMissing(f"cannot create warehouse {self.root}: {exc.strerror or exc}") from None
-        self._refuse_foreign_folder()  # before the lock file, which would litter it
-        with self._locked():
-            self._refuse_foreign_folder()
-            for sub in (SNAPSHOTS_DIR, *(view_dir(v) for v in VIEWS)):
-                (self.root / sub).mkdir(parents=True, exist_ok=True)
-            if not (self.root / CURRENT_FILE).exists():
-                self._publish(0, _now_us(), {v: () for v in VIEWS})
-            if not (self.root / MARKER_FILE).exists():
-                meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION}
-                _replace_file(self.root, MARKER_FILE, json.dumps(meta).encode())
+        self._refuse_foreign_folder()
+        for sub in (SNAPSHOTS_DIR, DATA_DIR, *(view_dir(v) for v in VIEWS)):
+            (self.root / sub).mkdir(exist_ok=True)
+        protocol.sync_folders([self.root, self.root / DATA_DIR])
+        has_marker = (self.root / MARKER_FILE).exists()
+        if not any(n.startswith("snapshot-") for n in os.listdir(self.root / SNAPSHOTS_DIR)):
+            self._refuse_lost_manifests(has_marker)
+            with contextlib.suppress(protocol.CommitConflict):  # another writer made it first: the same empty state
+                protocol.publish(self.root, 0, time.time_ns() // 1000, {}, operation="create")
+        if not has_marker:
+            protocol.write_marker(self.root)
+        elif _marker_version(self.root) == 1:
+            protocol.upgrade_format(self.root)
         check_root(self.root)
+        self._recover_hints()
 
     def _refuse_foreign_folder(self) -> None:
         if (self.root / MARKER_FILE).exists():
@@ -177,14 +166,24 @@ class Warehouse:
                 "pass an empty or new folder as --warehouse"
             )
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        with self._thread_lock, open(self.root / LOCK_FILE, "a+b") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    def _refuse_lost_manifests(self, has_marker: bool) -> None:
+        """A warehouse whose manifests are gone is not new: starting again at snapshot 0 would reuse ids."""
+        data = [f for v in VIEWS for f in os.listdir(self.root / view_dir(v)) if not f.startswith(".")]
+        if has_marker or data:
+            raise WarehouseInconsistent(
+                f"{self.root / SNAPSHOTS_DIR} holds no manifest although the warehouse exists "
+                f"({len(data)} data files); restore snapshots/ from a backup, or rebuild into a new folder"
+            )
+
+    def _recover_hints(self) -> None:
+        """Point CURRENT and catalog.sql at the newest snapshot if they are missing, garbage or behind."""
+        newest = current_manifest(self.root)
+        try:
+            hint = (self.root / CURRENT_FILE).read_text().strip()
+        except (OSError, UnicodeDecodeError):
+            hint = None
+        if hint != newest or not (self.root / CATALOG_SQL).exists():
+            protocol.write_pointer(self.root, read_manifest(self.root, newest), newest)
 
     def _connection(self) -> duckdb.DuckDBPyConnection:
         if self._con is None:
@@ -204,19 +203,23 @@ class Warehouse:
         return load_snapshot(self.root)
 
     # publishing
-    def _publish(self, snapshot_id: int, committed_at_us: int, files: Mapping[str, Sequence[tuple[str, int]]]) -> None:
-        doc = {
-            "snapshot_id": snapshot_id,
-            "committed_at_us": committed_at_us,
-            "views": {v: [{"path": p, "rows": n} for p, n in files.get(v, ())] for v in VIEWS},
-        }
-        name = manifest_name(snapshot_id, committed_at_us)
-        _fsync_write(self.root / SNAPSHOTS_DIR / name, json.dumps(doc).encode())
-        snap = Snapshot(self.root, snapshot_id, committed_at_us, {v: tuple(files.get(v, ())) for v in VIEWS})
-        _replace_file(self.root, CATALOG_SQL, catalog_sql(snap).encode(), durable=False)
-        # The atomic step: readers see the old snapshot or the new one, never a mix.
-        _replace_file(self.root, CURRENT_FILE, name.encode())
-        _fsync_dir(self.root)
+    def _publish(
+        self,
+        snapshot_id: int,
+        committed_at_us: int,
+        files: Mapping[str, Sequence[tuple[str, int]]],
+        *,
+        operation: str = "commit",
+        expired_through: int = -1,
+    ) -> Snapshot:
+        """Publish the snapshot whose files are written and synced; CommitConflict if another writer has its id."""
+        try:
+            return protocol.publish(
+                self.root, snapshot_id, committed_at_us, files, operation=operation, expired_through=expired_through
+            )
+        except protocol.CommitConflict:
+            self.lost_races += 1
+            raise
 
     # committing
     def to_arrow(self, view: str, rows: pa.Table | Iterable[Mapping[str, Any]]) -> pa.Table:
@@ -267,77 +270,142 @@ class Warehouse:
         tables = {view: t for view, t in tables.items() if t.num_rows}
         if not tables:
             return results
-        with self._locked():
-            parent = self.current()
-            con = self._connection()
-            sid = parent.snapshot_id + 1
-            files = {v: list(parent.files.get(v, ())) for v in VIEWS}
-            learned = []
-            for view, batch in tables.items():
-                spec = get_view(view)
-                stored = tuple(rel for rel, _ in files[view])
-                versions: dict[tuple[Any, ...], Any] | None = None
-                if batch.num_rows <= KNOWN_VERSIONS_MAX_ROWS:
-                    known = self._known.get(view)
-                    versions = (
-                        known[1]
-                        if known is not None and known[0] == stored
-                        else self._load_versions(con, spec, parent, view)
-                    )
-                if versions is not None:
-                    fresh = _newer_than(spec, batch, versions)
-                else:
-                    fresh = self._newer_rows(con, spec, batch, parent.paths(view))
-                if fresh.num_rows:
-                    files[view].append((self._write_file(spec, sid, fresh), fresh.num_rows))
-                    if len(files[view]) > self.max_files_per_view:
-                        files[view] = self._compact(con, spec, sid, files[view])
-                learned.append((view, tuple(rel for rel, _ in files[view]), versions, spec, fresh))
-                results[view] = CommitResult(view, sid if fresh.num_rows else None, batch.num_rows, fresh.num_rows)
-            if any(r.snapshot_id is not None for r in results.values()):
-                self._publish(sid, max(_now_us(), parent.committed_at_us + 1), files)
-            for view, view_files, versions, spec, fresh in learned:
-                self._remember(view, view_files, versions, spec, fresh)
+        with self._thread_lock:
+            fresh: dict[str, _Fresh] = {}
+
+            def plan(parent: Snapshot) -> protocol.Plan | None:
+                sid = parent.snapshot_id + 1
+                files = {v: list(parent.files.get(v, ())) for v in VIEWS}
+                for view, batch in tables.items():
+                    spec = get_view(view)
+                    now = self._fresh_rows(spec, batch, parent, fresh.get(view))
+                    fresh[view] = now
+                    if now.table.num_rows:
+                        files[view].append((self._fresh_file(spec, sid, now), now.table.num_rows))
+                if not any(f.table.num_rows for f in fresh.values()):
+                    return None
+                # A file reused from a lost attempt had its folder synced then.
+                protocol.sync_folders(
+                    (self.root / f.path).parent for f in fresh.values() if f.path is not None and not f.synced
+                )
+                for f in fresh.values():
+                    f.synced = f.path is not None
+                return protocol.Plan(files, "commit")
+
+            try:
+                snap = protocol.commit_with_retries(self.root, plan, self._publish, what=f"committing {list(tables)}")
+            except protocol.CommitGaveUp:
+                self._discard(f.path for f in fresh.values())
+                raise
+            if snap is None:  # other writers' commits made every row stale while this one retried
+                self._discard(f.path for f in fresh.values())
+            for view, f in fresh.items():
+                written = f.table.num_rows if snap is not None else 0
+                sid = snap.snapshot_id if snap is not None and written else None
+                results[view] = CommitResult(view, sid, tables[view].num_rows, written)
+                if snap is not None:
+                    self._remember(view, snap, f)
+            if snap is not None:
+                # The writer whose commit took a view past the limit (and each limit more) compacts it, alone.
+                limit = max(1, self.max_files_per_view)
+                over = [v for v, f in fresh.items() if f.table.num_rows and len(snap.files[v]) % limit == 1 % limit]
+                over = [v for v in over if len(snap.files[v]) > limit]
+                if over:
+                    with contextlib.suppress(protocol.CommitGaveUp):  # the rows are in; the next crossing compacts
+                        self._compact_commit(over, full=False)
             return results
 
-    def _load_versions(
-        self, con: duckdb.DuckDBPyConnection, spec: ViewSpec, parent: Snapshot, view: str
-    ) -> dict[tuple[Any, ...], Any] | None:
-        """The stored key -> version map of a small view (None for a large one: the files decide)."""
-        if sum(n for _, n in parent.files.get(view, ())) > KNOWN_VERSIONS_MAX_ROWS:
-            return None
-        paths = parent.paths(view)
-        if not paths:
-            return {}
-        con.read_parquet(paths).create_view("_known", replace=True)
-        keys = key_columns_sql(spec)
-        version = f"max({quote_ident(spec.version_column)})" if spec.version_column else "NULL"
-        # Through Arrow, as the incoming rows are read, so both sides hold equal Python values.
-        table = con.sql(f"SELECT {keys}, {version} AS _version FROM _known GROUP BY {keys}").to_arrow_table()
-        return dict(zip(_keys_of(spec, table), table.column("_version").to_pylist(), strict=True))
+    def _fresh_rows(self, spec: ViewSpec, batch: pa.Table, parent: Snapshot, before: _Fresh | None) -> _Fresh:
+        """The rows of ``batch`` newer than ``parent`` holds, by the version map or by the files.
 
-    def _remember(
-        self,
-        view: str,
-        files: tuple[str, ...],
-        versions: dict[tuple[Any, ...], Any] | None,
-        spec: ViewSpec,
-        fresh: pa.Table,
-    ) -> None:
+        After a lost race ``before`` holds what survived against an older
+        snapshot: only the files added since then can make more rows stale
+        (stored versions only grow), so only they are read.
+        """
+        entries = parent.files.get(spec.name, ())
+        stored = frozenset(rel for rel, _ in entries)
+        versions = self._versions(spec, parent) if batch.num_rows <= KNOWN_VERSIONS_MAX_ROWS else None
+        if versions is not None:
+            table = _newer_than(spec, batch, versions)
+        elif before is not None:
+            added = [str(self.root / rel) for rel, _ in entries if rel not in before.base]
+            table = self._newer_rows(spec, before.table, added) if added and before.table.num_rows else before.table
+        else:
+            table = self._newer_rows(spec, batch, parent.paths(spec.name))
+        if before is not None and before.path is not None:
+            # Stored versions only grow, so these rows are a subset of the earlier ones: the same count, the same rows.
+            young = time.monotonic() - before.written_at < expiry.ORPHAN_GRACE.total_seconds() / 2
+            if table.num_rows == before.table.num_rows and young:
+                return _Fresh(stored, table, versions, before.path, before.written_at, before.synced)
+            self._discard([before.path])
+        return _Fresh(stored, table, versions)
+
+    def _fresh_file(self, spec: ViewSpec, sid: int, fresh: _Fresh) -> str:
+        if fresh.path is None:
+            fresh.path = self._write_file(spec, sid, fresh.table)
+            fresh.written_at = time.monotonic()
+        return fresh.path
+
+    def _discard(self, paths: Iterable[str | None]) -> None:
+        """Delete files of this writer that no manifest names (a lost race's, or a commit that made nothing)."""
+        for rel in paths:
+            if rel is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.root / rel).unlink()
+
+    def _versions(self, spec: ViewSpec, snap: Snapshot) -> Versions | None:
+        """The key -> version map of a small view in ``snap`` (None for a large one: the files decide)."""
+        entries = snap.files.get(spec.name, ())
+        if sum(n for _, n in entries) > KNOWN_VERSIONS_MAX_ROWS:
+            return None
+        stored = tuple(rel for rel, _ in entries)
+        known = self._known.get(spec.name)
+        if known is not None and known[0] == stored:
+            return known[1]
+        if known is not None and set(known[0]) <= set(stored):
+            versions = known[1]  # other writers added files since: read only those
+            self._read_versions(spec, [rel for rel in stored if rel not in set(known[0])], versions)
+        else:
+            versions = {}
+            self._read_versions(spec, list(stored), versions)
+        self._known[spec.name] = (stored, versions)
+        return versions
+
+    def _read_versions(self, spec: ViewSpec, rels: list[str], versions: Versions) -> None:
+        """Merge the highest version of each key in the files ``rels`` into ``versions``."""
+        if not rels:
+            return
+        columns = [*spec.key, *([spec.version_column] if spec.version_column else [])]
+        # Through Arrow, as the incoming rows are read, so both sides hold equal Python values.
+        # (pyarrow, not DuckDB: for the few small files other writers add, a query costs ten times more.)
+        table = pa.concat_tables(pq.ParquetFile(self.root / rel).read(columns=columns) for rel in rels)
+        if spec.version_column is None:
+            for key in _keys_of(spec, table):
+                versions.setdefault(key, None)
+            return
+        highest = table.group_by(list(spec.key), use_threads=False).aggregate([(spec.version_column, "max")])
+        found = highest.column(f"{spec.version_column}_max").to_pylist()
+        for key, version in zip(_keys_of(spec, highest), found, strict=True):
+            old = versions.get(key)
+            if old is None or old < version:
+                versions[key] = version
+
+    def _remember(self, view: str, snap: Snapshot, fresh: _Fresh) -> None:
         """After a commit: the view's files and versions as they now stand (forgotten if too large)."""
-        if versions is None or len(versions) + fresh.num_rows > KNOWN_VERSIONS_MAX_ROWS:
+        versions = fresh.versions
+        if versions is None or len(versions) + fresh.table.num_rows > KNOWN_VERSIONS_MAX_ROWS:
             self._known.pop(view, None)
             return
-        keys = _keys_of(spec, fresh)
+        spec = get_view(view)
+        keys = _keys_of(spec, fresh.table)
         if spec.version_column is None:
             versions.update(dict.fromkeys(keys))
         else:
-            versions.update(zip(keys, fresh.column(spec.version_column).to_pylist(), strict=True))
-        self._known[view] = (files, versions)
+            versions.update(zip(keys, fresh.table.column(spec.version_column).to_pylist(), strict=True))
+        self._known[view] = (tuple(rel for rel, _ in snap.files.get(view, ())), versions)
 
-    def _newer_rows(
-        self, con: duckdb.DuckDBPyConnection, spec: ViewSpec, batch: pa.Table, paths: list[str]
-    ) -> pa.Table:
+    def _newer_rows(self, spec: ViewSpec, batch: pa.Table, paths: list[str]) -> pa.Table:
+        con = self._connection()
         ordered = _strictly_ordered(batch, spec.key)
         if ordered and not paths:
             return batch  # one row per key, in key order: nothing to drop or sort
@@ -359,67 +427,78 @@ class Warehouse:
 
     def _write_file(self, spec: ViewSpec, sid: int, table: pa.Table) -> str:
         rel = f"{view_dir(spec.name)}/{sid:012d}-{uuid.uuid4().hex}.parquet"
-        path = self.root / rel
-        pq.write_table(table.cast(spec.storage_schema), path, row_group_size=ROW_GROUP_SIZE, compression="zstd")
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
+        protocol.write_data_file(self.root / rel, table.cast(spec.storage_schema))
         return rel
 
-    def _compact(
-        self, con: duckdb.DuckDBPyConnection, spec: ViewSpec, sid: int, files: list[tuple[str, int]]
-    ) -> list[tuple[str, int]]:
-        """Merge small files into one; merge everything once the small ones are a quarter of the largest."""
-        largest = max(files, key=lambda f: f[1])
-        small = [f for f in files if f is not largest]
-        chosen = files if sum(n for _, n in small) * 4 >= largest[1] else small
+    def _merge(self, spec: ViewSpec, sid: int, chosen: list[tuple[str, int]]) -> tuple[str, int]:
+        """One sorted file holding, per key, the highest-version row of the files ``chosen``."""
+        con = self._connection()
         con.read_parquet([str(self.root / p) for p, _ in chosen]).create_view("_compact", replace=True)
         order = key_columns_sql(spec)
         merged = con.sql(f"SELECT * FROM ({dedupe_sql(spec, '_compact', visible_only=False)}) ORDER BY {order}")
         table = merged.to_arrow_table()
-        kept = [f for f in files if f not in chosen]
-        return [*kept, (self._write_file(spec, sid, table), table.num_rows)]
+        return self._write_file(spec, sid, table), table.num_rows
+
+    def _compact_commit(self, views: Sequence[str], *, full: bool) -> Snapshot | None:
+        """Compaction, a commit of its own: merge small files into one (every file if ``full``).
+
+        Past the limit the small files are merged; once they hold a quarter of
+        the rows of the largest, everything is. A merge stays valid while the
+        files it merged are in the newest snapshot (commits only add files), so
+        after a lost race it is reused, not made again.
+        """
+        merged: dict[str, tuple[frozenset[str], tuple[str, int]]] = {}
+
+        def plan(parent: Snapshot) -> protocol.Plan | None:
+            files = {v: list(parent.files.get(v, ())) for v in VIEWS}
+            made: list[Path] = []
+            for view in views:
+                present = {rel for rel, _ in files[view]}
+                prior = merged.pop(view, None)
+                if prior is not None and prior[0] <= present:
+                    files[view] = [f for f in files[view] if f[0] not in prior[0]] + [prior[1]]
+                    merged[view] = prior
+                    continue
+                if prior is not None:  # another writer compacted those files first
+                    (self.root / prior[1][0]).unlink(missing_ok=True)
+                if len(files[view]) < 2 or not (full or len(files[view]) > self.max_files_per_view):
+                    continue
+                largest = max(files[view], key=lambda f: f[1])
+                small = [f for f in files[view] if f is not largest]
+                chosen = files[view] if full or sum(n for _, n in small) * 4 >= largest[1] else small
+                out = self._merge(get_view(view), parent.snapshot_id + 1, chosen)
+                made.append(self.root / out[0])
+                merged[view] = (frozenset(rel for rel, _ in chosen), out)
+                files[view] = [f for f in files[view] if f not in chosen] + [out]
+            if not merged:
+                return None
+            protocol.sync_folders(path.parent for path in made)
+            return protocol.Plan(files, "compact", [self.root / out[0] for _, out in merged.values()])
+
+        return protocol.commit_with_retries(self.root, plan, self._publish, what="compacting")
 
     def compact(self, view: str | None = None) -> int | None:
-        """Merge every view's files into one per view now; returns the new snapshot id."""
-        with self._locked():
-            parent = self.current()
-            files = {v: list(parent.files.get(v, ())) for v in VIEWS}
-            changed = False
-            for v in [view] if view else list(VIEWS):
-                if len(files[v]) > 1:
-                    keep_limit, self.max_files_per_view = self.max_files_per_view, 0
-                    try:
-                        files[v] = self._compact(self._connection(), get_view(v), parent.snapshot_id + 1, files[v])
-                    finally:
-                        self.max_files_per_view = keep_limit
-                    changed = True
-            if not changed:
-                return None
-            sid = parent.snapshot_id + 1
-            self._publish(sid, max(_now_us(), parent.committed_at_us + 1), files)
-            return sid
+        """Merge every view's files into one per view now (a commit like any other); returns the new snapshot id."""
+        views = [get_view(view).name] if view else list(VIEWS)
+        with self._thread_lock:
+            snap = self._compact_commit(views, full=True)
+            return snap.snapshot_id if snap is not None else None
 
-    def expire_snapshots(self, retain: dt.timedelta) -> int:
-        """Delete snapshots older than ``retain`` and files no kept snapshot uses; bounds time travel."""
-        cutoff = _now_us() - int(retain.total_seconds() * 1_000_000)
-        removed = 0
-        with self._locked():
-            snaps = list_snapshots(self.root)
-            current = current_manifest(self.root)
-            keep = [s for s in snaps if s[1] >= cutoff or s[2] == current]
-            for s in snaps:
-                if s not in keep:
-                    (self.root / SNAPSHOTS_DIR / s[2]).unlink()
-                    removed += 1
-            used = {
-                rel for s in keep for entries in read_manifest(self.root, s[2]).files.values() for rel, _ in entries
-            }
-            # Under the lock no commit is half done, so an unlisted file is garbage.
-            for v in VIEWS:
-                for f in (self.root / view_dir(v)).iterdir():
-                    if f"{view_dir(v)}/{f.name}" not in used:
-                        f.unlink()
-        return removed
+    def expire_snapshots(self, retain: dt.timedelta, *, orphan_grace: dt.timedelta | None = None) -> int:
+        """Expire snapshots superseded more than ``retain`` ago and delete what only they used; bounds time travel.
+
+        Refuses (WarehouseInconsistent, nothing deleted) on a warehouse whose
+        manifests or files contradict each other. Returns how many snapshots expired.
+        """
+        with self._thread_lock:
+            return expiry.expire(self.root, retain, self._publish, orphan_grace=orphan_grace)
+
+
+def _marker_version(root: Path) -> Any:
+    try:
+        return json.loads((root / MARKER_FILE).read_text()).get("format_version")
+    except (OSError, ValueError, AttributeError):
+        return None  # check_root says what is wrong with it
 
 
 def _keys_of(spec: ViewSpec, table: pa.Table) -> list[tuple[Any, ...]]:
