@@ -1,7 +1,9 @@
 """The ``query`` and ``lookup`` verbs of the ``beamline`` command line.
 
 Handlers return an exit code; any Beamline error becomes one line on stderr and
-a non-zero code, never a traceback.
+a non-zero code, and Ctrl-C stops the running query and exits 130, never with a
+traceback. Each query runs within limits a user can raise: ``--memory-limit``,
+``--timeout`` and, for the table format, ``--max-rows``.
 """
 
 from __future__ import annotations
@@ -11,35 +13,42 @@ import sys
 from collections.abc import Callable
 
 from cli.options import add_warehouse
-from core.errors import BeamlineError
-from readside.query import FORMATS, Reader, format_result
+from core.arguments import whole_number
+from core.errors import report_errors
+from readside.query import DEFAULT_LIMITS, DEFAULT_MAX_ROWS, FORMATS, QueryLimits, Reader, format_result
+from warehouse.reader import MAX_TIMEOUT_S, parse_memory_limit
 
 __all__ = ["add_commands", "lookup_command", "query_command"]
 
 
 def _guarded(body: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def handler(args: argparse.Namespace) -> int:
-        try:
-            return body(args)
-        except BeamlineError as e:
-            print(f"beamline {args.command_name}: {e}", file=sys.stderr)
-            return 2
+        return report_errors(lambda: body(args))
 
     return handler
 
 
+def _reader(args: argparse.Namespace) -> Reader:
+    limits = QueryLimits(memory_limit=args.memory_limit, timeout=args.timeout or None)
+    return Reader(args.warehouse, args.as_of, limits=limits)
+
+
 def _query(args: argparse.Namespace) -> int:
-    reader = Reader(args.warehouse, args.as_of)
+    reader = _reader(args)
+    params = list(args.param) or None
     try:
-        table = reader.query(args.sql, list(args.param) or None)
+        if args.format == "table":
+            table, left_out = reader.query_capped(args.sql, params, args.max_rows or None)
+        else:
+            table, left_out = reader.query(args.sql, params), 0
     finally:
         reader.close()
-    sys.stdout.write(format_result(table, args.format))
+    sys.stdout.write(format_result(table, args.format, left_out=left_out))
     return 0
 
 
 def _lookup(args: argparse.Namespace) -> int:
-    reader = Reader(args.warehouse, args.as_of)
+    reader = _reader(args)
     try:
         row = reader.lookup_inventory(args.store, args.item)
     finally:
@@ -61,6 +70,13 @@ query_command = _guarded(_query)
 lookup_command = _guarded(_lookup)
 
 
+def _memory_limit(text: str) -> str:
+    return parse_memory_limit(text, "--memory-limit")
+
+
+_memory_limit.__name__ = "size"
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     add_warehouse(parser)
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default %(default)s)")
@@ -69,6 +85,29 @@ def _common(parser: argparse.ArgumentParser) -> None:
         dest="as_of",
         metavar="TIMESTAMP",
         help="answer from the views as they were at this time (RFC 3339, e.g. 2026-11-26T10:00:00Z)",
+    )
+    limits = parser.add_argument_group("limits")
+    limits.add_argument(
+        "--memory-limit",
+        type=_memory_limit,
+        default=DEFAULT_LIMITS.memory_limit,
+        metavar="SIZE",
+        help="memory DuckDB may use for the query, e.g. 512MB, 8GB (default %(default)s)",
+    )
+    limits.add_argument(
+        "--timeout",
+        type=whole_number("--timeout", 0, MAX_TIMEOUT_S),
+        default=int(DEFAULT_LIMITS.timeout or 0),
+        metavar="SECONDS",
+        help="stop the query after this many seconds; 0: no limit (default %(default)s)",
+    )
+    limits.add_argument(
+        "--max-rows",
+        type=whole_number("--max-rows", 0),
+        default=DEFAULT_MAX_ROWS,
+        metavar="N",
+        help="the table format shows at most N rows and says how many more there are; csv and json "
+        "show every row; 0: no limit (default %(default)s)",
     )
 
 
