@@ -10,16 +10,20 @@ PY := $(VENV)/bin/python
 CACHE := .cache
 BENCH_VENV := $(CACHE)/bench-venv
 BEAM_VERSION := 2.77.0
+# The live page's chart library and the API docs' viewer (npm), served by `beamline serve` from .cache/js.
+JS_DIR := $(CACHE)/js
+UPLOT_VERSION := 1.6.32
+SWAGGER_UI_VERSION := 5.36.0
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: help setup demo test test-fast test-unit lint format bench clean-state
+.PHONY: help setup test-setup demo test test-fast test-unit lint format bench screenshot clean-state
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-setup: $(VENV)/.installed $(CACHE)/kafka/.installed $(CACHE)/flink/.installed $(CACHE)/bin/prism ## Create .venv; fetch Kafka and Flink jars and Prism (cached)
+setup: $(VENV)/.installed $(CACHE)/kafka/.installed $(CACHE)/flink/.installed $(CACHE)/bin/prism $(JS_DIR)/.installed-$(UPLOT_VERSION)-$(SWAGGER_UI_VERSION) ## Create .venv; fetch Kafka and Flink jars, Prism, the page's JS (cached)
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-confluent.txt setup.py
 	test -x $(PY) || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
@@ -44,15 +48,34 @@ $(CACHE)/bin/prism:
 	mkdir -p $(CACHE)/bin
 	GOBIN=$(CURDIR)/$(CACHE)/bin go install github.com/apache/beam/sdks/v2/go/cmd/prism@v$(BEAM_VERSION)
 
-demo: setup ## Start a local broker, produce sample events, run the inventory pipeline, query it
+# Pinned npm packages vendored into .cache/js (no install scripts run); the browser fetches nothing elsewhere.
+# Without npm the page still works, without its chart (it says so), and /docs is plain HTML.
+$(JS_DIR)/.installed-$(UPLOT_VERSION)-$(SWAGGER_UI_VERSION):
+	mkdir -p $(JS_DIR)
+	if command -v npm >/dev/null; then \
+	    npm install --prefix $(JS_DIR) --no-save --no-audit --no-fund --ignore-scripts \
+	        uplot@$(UPLOT_VERSION) swagger-ui-dist@$(SWAGGER_UI_VERSION) && touch $@; \
+	else echo "setup: no npm: the live page will have no chart and /docs no Swagger UI"; fi
+
+# The browser test (tests/test_serve_page.py) drives Debian's Chromium through Playwright, which
+# never downloads a browser of its own.
+$(CACHE)/.chromium:
+	command -v chromium >/dev/null || { \
+	    if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y chromium; \
+	    else sudo apt-get update && sudo apt-get install -y chromium; fi; }
+	mkdir -p $(CACHE) && touch $@
+
+test-setup: setup $(CACHE)/.chromium ## What `make test` needs: setup, plus Chromium for the browser test
+
+demo: setup ## Start a local broker, produce sample events, run the inventory pipeline, query it, serve it
 	$(VENV)/bin/beamline demo
 
-test: setup ## Set up, then run the whole test suite (fails if no test ran)
+test: test-setup ## Set up, then run the whole test suite (fails if no test ran)
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 test-unit: $(VENV)/.installed ## Pure logic, the warehouse, the sandbox, in-process pipelines: no broker, Prism or Java (under a minute)
-	$(PY) -m pytest -n 2 -m "not slow and not kafka and not services" $(PYTEST_ARGS); rc=$$?; \
+	$(PY) -m pytest -n 2 -m "not slow and not kafka and not services and not processes" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 test-fast: setup ## Run the fast tier only (skips tests marked slow)
@@ -82,6 +105,9 @@ bench: setup ## Run the benchmarks and rewrite bench/RESULTS.md (installs requir
 	@$(MAKE) --no-print-directory $(BENCH_VENV)/.installed || \
 	    echo "bench: could not install requirements-bench.txt; the Quix Streams baseline will be skipped"
 	$(PY) -m bench
+
+screenshot: test-setup ## Refresh docs/serve-page.png from the browser test
+	BEAMLINE_SCREENSHOT=$(CURDIR)/docs/serve-page.png $(PY) -m pytest -q tests/test_serve_page.py
 
 clean-state: ## Stop the local broker and delete local state (.beamline/)
 	-$(VENV)/bin/beamline kafka stop

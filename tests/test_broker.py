@@ -89,6 +89,7 @@ def test_starting_twice_is_refused_in_one_line(kafka_broker):
     assert kafka_broker.status().running  # the running broker was left alone
 
 
+@pytest.mark.services  # needs the broker jars: the port is checked when the broker would start
 def test_a_taken_port_is_refused_in_one_line(tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -105,6 +106,7 @@ def test_missing_java_is_reported_in_one_line(tmp_path):
     assert_one_line_error(result, "Java not found", "JAVA_HOME")
 
 
+@pytest.mark.services  # needs the broker jars and Java
 def test_an_unusable_data_dir_is_reported_in_one_line(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

@@ -282,6 +282,7 @@ def _reader_process(root: str, ready: Any, done: Any, out: Any) -> None:
     out.put({"queries": queries, "errors": errors, "torn": torn, "seen": sorted(seen), "first_error": first_error})
 
 
+@pytest.mark.processes
 def test_four_reader_processes_see_whole_versions_while_a_writer_commits_100(tmp_path: Path) -> None:
     wh = Warehouse(tmp_path / "wh", max_files_per_view=8)  # compaction happens during the run too
     ctx = mp.get_context("spawn")
@@ -318,6 +319,7 @@ def _writer_process(root: str, parity: int, ready: Any, out: Any) -> None:
     out.put(written)
 
 
+@pytest.mark.processes
 def test_two_writer_processes_commit_to_one_warehouse(tmp_path: Path) -> None:
     root = tmp_path / "wh"
     Warehouse(root).close()

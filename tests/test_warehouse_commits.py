@@ -138,6 +138,7 @@ def _raise_at(root: Path, step: str, pairs: list[tuple[str, int]], monkeypatch: 
     wh.close()
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("how", ["kill", "raise"])
 def test_a_writer_stopped_after_any_step_loses_no_snapshot(
     root: Path, how: str, monkeypatch: pytest.MonkeyPatch, children: multiprocessing.context.ForkServerContext
