@@ -25,6 +25,8 @@ setup(
     packages=find_packages(
         include=["cli*", "core*", "pipelines*", "transforms*", "warehouse*", "infra*", "producers*", "readside*"]
     ),
+    # The live page's HTML, CSS and JS, served by `beamline serve`.
+    package_data={"readside.serve": ["static/*"]},
     install_requires=read_requirements("requirements.txt"),
     extras_require={
         "dev": read_requirements("requirements-dev.txt"),

@@ -176,6 +176,36 @@ BENCHMARKS: tuple[Benchmark, ...] = (
             ),
         ),
     ),
+    Benchmark(
+        "serve",
+        ("--quick",),
+        (
+            Headline(
+                "serve: point lookup p99 at 2,000 lookups/s, 16 clients (ms)",
+                r"\| point lookup p99 at 2,000 lookups/s offered \(16 clients\) \| ([\d.]+) ms",
+                "< 5 ms",
+                "x < 5",
+            ),
+            Headline(
+                "serve: point lookups/s, 16 clients flat out",
+                r"\| point lookups/s, 16 clients flat out \| ([\d,]+) \|",
+                ">= 2,000",
+                "x >= 2000",
+            ),
+            Headline(
+                "serve: freshness p99, commit to answer (ms)",
+                r"\| freshness p99: commit to the service answering from it \| ([\d,]+) ms",
+                "< 200 ms",
+                "x < 200",
+            ),
+            Headline(
+                "serve: lookups/s, service / one DuckDB query per request",
+                r"service / baseline \(a\), lookups/s flat out \| \*\*([\d.]+)x",
+                "(figure)",
+                "True",
+            ),
+        ),
+    ),
 )
 
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cli.options import add_bootstrap, add_warehouse
+from core.arguments import port
 
 __all__ = ["DEMO_EVENTS", "PIPELINES", "add_commands", "pipeline_argv"]
 
@@ -44,7 +45,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """Broker up, sample events in, the inventory pipeline, a few queries out."""
+    """Broker up, sample events in, the inventory pipeline, a few queries out, then the read service."""
     from core import topics
     from infra.kafka_broker import KafkaBroker
     from pipelines import inventory
@@ -53,26 +54,27 @@ def _demo(args: argparse.Namespace) -> int:
     from producers.send import ensure_topics, send_records
     from readside.query import format_result, run_query
 
+    steps = 4 if args.no_serve else 5
     broker = KafkaBroker()
     status = broker.status()
     if not status.running:
         status = broker.start(args.port)
     bootstrap = status.bootstrap_servers or f"127.0.0.1:{args.port}"
-    print(f"[1/4] Kafka broker up at {bootstrap} (data in {status.data_dir})")
+    print(f"[1/{steps}] Kafka broker up at {bootstrap} (data in {status.data_dir})")
 
     created = ensure_topics(bootstrap, [topics.SHIPMENTS, topics.SALES, topics.DEAD_LETTERS])
     if topics.SHIPMENTS in created:
         config = RetailConfig(events=args.events, invalid_rate=0.01, duplicate_rate=0.02)
         summary = send_records(bootstrap, generate_retail(config), total=config.events)
-        print(f"[2/4] {summary.describe()}")
+        print(f"[2/{steps}] {summary.describe()}")
     else:
-        print("[2/4] sample topics already exist: reusing their events (the log is the truth)")
+        print(f"[2/{steps}] sample topics already exist: reusing their events (the log is the truth)")
 
     warehouse = default_warehouse()
     result = inventory.run([f"--bootstrap_servers={bootstrap}", f"--warehouse={warehouse}", "--mode=batch"])
-    print(f"[3/4] inventory pipeline (batch backfill) {result.describe()}; views in {warehouse}")
+    print(f"[3/{steps}] inventory pipeline (batch backfill) {result.describe()}; views in {warehouse}")
 
-    print('[4/4] queries (try your own: beamline query "SELECT ...")')
+    print(f'[4/{steps}] queries (try your own: beamline query "SELECT ...")')
     for title, sql in (
         (
             "Top 5 items by units sold",
@@ -91,7 +93,18 @@ def _demo(args: argparse.Namespace) -> int:
     ):
         print(f"\n{title}:\n{format_result(run_query(sql, warehouse), 'table')}")
     print(f"\nThe broker keeps running at {bootstrap}; stop it with `beamline kafka stop`.")
+    if not args.no_serve:
+        _serve_demo(args, warehouse, steps)
     return 0
+
+
+def _serve_demo(args: argparse.Namespace, warehouse: Any, steps: int) -> None:
+    """The last step: the read service over the demo's views, until Ctrl-C."""
+    from cli.serve import announce
+    from readside.serve import ServeConfig, run
+
+    print(f"\n[{steps}/{steps}] read service (the live page, the JSON API): Ctrl-C stops it", flush=True)
+    run(ServeConfig(warehouse, port=args.serve_port), announce)
 
 
 class _RunHelp(argparse.Action):
@@ -140,4 +153,10 @@ def add_commands(verbs: argparse._SubParsersAction) -> None:
     demo = verbs.add_parser("demo", help="the whole story on a local broker, end to end")
     demo.add_argument("--events", type=int, default=DEMO_EVENTS, help="sample events (default %(default)s)")
     demo.add_argument("--port", type=int, default=9092, help="broker port (default %(default)s)")
+    demo.add_argument(
+        "--no-serve", action="store_true", help="end after the queries, without starting `beamline serve`"
+    )
+    demo.add_argument(
+        "--serve-port", type=port("--serve-port"), default=8000, help="port of the read service (default %(default)s)"
+    )
     demo.set_defaults(func=_demo)

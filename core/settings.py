@@ -35,6 +35,7 @@ __all__ = [
     "kafka_client",
     "kafka_libs_dir",
     "prism_binary",
+    "serve_token",
     "state_dir",
     "warehouse_dir",
 ]
@@ -55,6 +56,7 @@ ENVIRONMENT = {
     "BEAMLINE_GC_THRESHOLD": f"young-generation GC threshold of reader processes (default {WORKER_GC_THRESHOLD})",
     "BEAMLINE_PRISM": "Prism runner binary (default $BEAMLINE_CACHE_DIR/bin/prism)",
     "BEAMLINE_FLINK_JOB_SERVER_JAR": "Beam's Flink job server jar (default: the cached copy, if any)",
+    "BEAMLINE_TOKEN": "bearer token `beamline serve` requires of every request (default: none, loopback only)",
 }
 
 
@@ -99,6 +101,11 @@ def flink_job_server_jar() -> Path | None:
     """The job server jar the user named in the environment, if any."""
     value = _env("BEAMLINE_FLINK_JOB_SERVER_JAR")
     return Path(value) if value else None
+
+
+def serve_token() -> str | None:
+    """The token ``beamline serve`` requires of clients, if any (never shown in ``--help``: it is a secret)."""
+    return _env("BEAMLINE_TOKEN")
 
 
 def bootstrap_servers() -> str:
