@@ -29,6 +29,7 @@ from cli.read import add_commands as add_read_commands
 from core.errors import ConfigError
 from readside.query import run_query
 from readside.serve import ServeConfig, check_bind, create_app
+from readside.serve.answers import encode_cursor
 from readside.serve.security import Guard
 from warehouse.reader import QueryLimits
 from warehouse.writer import Warehouse
@@ -229,9 +230,9 @@ def test_a_view_page_refuses_what_it_cannot_answer_in_one_line(client: TestClien
     one_line_error(client.get("/v1/views/inventory?limit=0"), 400, "limit= must be 1 to 1,000")
     one_line_error(client.get("/v1/views/inventory?limit=1001"), 400, "limit= must be 1 to 1,000")
     one_line_error(client.get("/v1/views/inventory?limit=1&limit=2"), 400, "limit= was given 2 times")
-    one_line_error(client.get("/v1/views/inventory?after=garbage"), 400, "not a cursor of view inventory")
+    one_line_error(client.get("/v1/views/inventory?after=garbage"), 400, "not a valid cursor of view inventory")
     cursor = client.get("/v1/views/dead_letters?limit=1").json()["next"]
-    one_line_error(client.get(f"/v1/views/inventory?after={cursor}"), 400, "not a cursor of view inventory")
+    one_line_error(client.get(f"/v1/views/inventory?after={cursor}"), 400, "not a valid cursor of view inventory")
     one_line_error(client.get("/v1/views/sales_by_window?window_end=tuesday"), 400, "window_end=", "RFC 3339")
     one_line_error(client.get("/v1/views/inventory?as_of=soon"), 400, "as_of='soon' is not a time")
 
@@ -305,7 +306,11 @@ def test_query_runs_one_select_in_the_sandbox(client: TestClient) -> None:
     one_line_error(client.post("/v1/query", json={"sql": "SELECT current_setting('memory_limit')"}), 403, "refused")
     one_line_error(client.post("/v1/query", json={"sql": "SELEKT 1"}), 400, "syntax error")
     one_line_error(client.post("/v1/query", json={"sql": "SELECT * FROM nope"}), 400, "no view named 'nope'")
-    one_line_error(client.post("/v1/query", content=b"{not json"), 400, "the body must be JSON")
+    one_line_error(
+        client.post("/v1/query", content=b"{not json", headers={"Content-Type": "application/json"}),
+        400,
+        "the body must be JSON",
+    )
     one_line_error(client.post("/v1/query", json={"sql": "SELECT 1", "limit": 3}), 400, "unknown field 'limit'")
     one_line_error(client.post("/v1/query", json={"sql": "SELECT $1", "params": [{"a": 1}]}), 400, '"params"')
     one_line_error(client.post("/v1/query", json={"sql": "SELECT 1"}, params={"as_of": "x"}), 400, "as_of=")
@@ -610,3 +615,117 @@ def test_openapi_describes_every_api_route(client: TestClient) -> None:
     }
     reads = {p["name"] for p in schema["paths"]["/v1/views/{view}"]["get"]["parameters"]}
     assert {"as_of", "min_snapshot", "wait", "limit", "after", "store_id", "offset"} <= reads
+
+
+# -- review findings ------------------------------------------------------------------------------
+LONG_SQL = "SELECT sum(hash(range)) FROM range(100000000000)"
+
+
+def test_query_wants_json_and_long_queries_neither_starve_paging_nor_keep_their_slot(warehouse: Path) -> None:
+    limits = QueryLimits(memory_limit="512MB", threads=1, timeout=1.5)
+    with serve(warehouse, limits=limits, query_slots=1) as c:
+        body = b'{"sql": "SELECT 1 AS one"}'
+        form = {"Content-Type": "application/x-www-form-urlencoded"}
+        one_line_error(c.post("/v1/query", content=body, headers=form), 415, "Content-Type: application/json")
+        one_line_error(c.post("/v1/query", content=body), 415, "Content-Type: application/json")
+        one_line_error(c.post("/v1/query", content=body, headers={"Content-Type": "text/plain"}), 415)
+        utf8 = {"Content-Type": "application/json; charset=utf-8"}
+        assert c.post("/v1/query", content=body, headers=utf8).json()["rows"] == [{"one": 1}]
+
+        answers: list[Any] = []
+
+        def long_query() -> None:
+            answers.append(c.post("/v1/query", json={"sql": LONG_SQL}))
+
+        started = time.monotonic()
+        askers = [threading.Thread(target=long_query) for _ in range(2)]
+        for asker in askers:
+            asker.start()
+        time.sleep(0.3)
+        before = time.monotonic()
+        page = c.get("/v1/views/inventory?limit=5")
+        assert page.status_code == 200 and len(page.json()["rows"]) == 5
+        assert time.monotonic() - before < 1.0  # paging has slots of its own
+        for asker in askers:
+            asker.join(30)
+        # One slot: the second query ran once the first one's limit fired (no 503), and both were stopped.
+        assert [a.status_code for a in answers] == [408, 408]
+        for a in answers:
+            one_line_error(a, 408, "stopped after 1.5 s", "--query-timeout", "operator")
+        assert time.monotonic() - started < 15
+
+
+def test_an_id_holding_a_slash_is_looked_up_percent_encoded(client: TestClient, warehouse: Path) -> None:
+    sid = Warehouse(warehouse).commit("inventory", [stock("s/lash", "a/b%c d", 9, 4, 2)]).snapshot_id
+    url = "/v1/inventory/s%2Flash/a%2Fb%25c%20d"
+    slow = client.get(f"{url}?min_snapshot={sid}&wait=5")  # through the router
+    assert slow.status_code == 200 and slow.json()["row"]["store_id"] == "s/lash", slow.text
+    fast = client.get(url)  # the fast path
+    assert fast.status_code == 200 and fast.json()["row"] == slow.json()["row"]
+    assert fast.json()["row"]["item_id"] == "a/b%c d"
+    one_line_error(client.get("/v1/inventory/s/lash/a"), 404, "no route")
+    one_line_error(client.get("/v1/inventory/s/lash/a?as_of=2999-01-01T00:00:00Z"), 404, "no route")
+    one_line_error(client.get("/v1/inventory/%2F/nope"), 404, "no inventory row for store '/' item 'nope'")
+    one_line_error(client.get("/v1/inventory//item-01"), 404, "no route")
+
+
+def test_as_of_and_min_snapshot_together_are_refused(client: TestClient) -> None:
+    for path in ("/v1/views", "/v1/views/inventory", "/v1/inventory/store-1/item-01"):
+        r = client.get(path, params={"as_of": "2999-01-01T00:00:00Z", "min_snapshot": "4"})
+        one_line_error(r, 400, "as_of= and min_snapshot= contradict")
+    r = client.post(
+        "/v1/query", params={"as_of": "2999-01-01T00:00:00Z", "min_snapshot": "4"}, json={"sql": "SELECT 1"}
+    )
+    one_line_error(r, 400, "contradict")
+
+
+def test_an_integer_param_past_64_bits_is_refused(client: TestClient) -> None:
+    for huge in ("123456789012345678901234567890", str(2**63), str(-(2**63) - 1), "18446744073709551616"):
+        body = b'{"sql": "SELECT $1 AS x", "params": [' + huge.encode() + b"]}"
+        r = client.post("/v1/query", content=body, headers={"Content-Type": "application/json"})
+        one_line_error(r, 400, "outside 64 bits")
+    ok = client.post("/v1/query", json={"sql": "SELECT $1 AS x, $2 AS y", "params": [2**63 - 1, 1.5]})
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["rows"] == [{"x": 2**63 - 1, "y": 1.5}]
+
+
+def test_cursor_errors_say_what_is_wrong(tmp_path: Path) -> None:
+    root = tmp_path / "wh"
+    wh = Warehouse(root)
+    for n in range(3):
+        wh.commit("word_counts", [{"word": f"w{n}-{i}", "count": i} for i in range(5)])
+    with serve(root) as c:
+        first = c.get("/v1/views/word_counts?limit=2").json()
+        cursor, sid = first["next"], first["snapshot"]["id"]
+        assert c.get(f"/v1/views/word_counts?limit=2&after={cursor}").status_code == 200
+        from core.views import VIEWS
+        from warehouse.format import load_snapshot
+
+        spec, snap = VIEWS["word_counts"], load_snapshot(root)
+
+        class Edited:
+            def __init__(self, snapshot_id: int, committed_at_us: int) -> None:
+                self.snapshot_id, self.committed_at_us = snapshot_id, committed_at_us
+
+        for edited in (
+            Edited(-1, snap.committed_at_us),
+            Edited(snap.snapshot_id, -1),
+            Edited(sid - 1, snap.committed_at_us),
+        ):
+            bad = encode_cursor(spec, edited, ["w0-1"])  # type: ignore[arg-type]
+            one_line_error(c.get(f"/v1/views/word_counts?after={bad}"), 400, "not a valid cursor of view word_counts")
+        wh.commit("word_counts", [{"word": "later", "count": 1}])
+        time.sleep(0.01)
+        wh.expire_snapshots(dt.timedelta(0))
+        r = c.get(f"/v1/views/word_counts?limit=2&after={cursor}")
+        one_line_error(r, 410, f"this page's snapshot {sid} has expired", "start the walk again without after=")
+    wh.close()
+
+
+def test_a_cors_origin_is_scheme_host_and_port_only(warehouse: Path) -> None:
+    for origin in ("https://a.com/", "https://a.com/path", "file://", "https://a.com?x", "null", "https://A.com"):
+        with pytest.raises(ConfigError, match="--cors-origin must be one origin") as caught:
+            ServeConfig(warehouse, cors_origins=(origin,))
+        assert "\n" not in str(caught.value)
+    for origin in ("https://a.com", "http://localhost:8080", "http://[::1]:3000"):
+        assert ServeConfig(warehouse, cors_origins=(origin,)).cors_origins == (origin,)

@@ -37,6 +37,7 @@ __all__ = [
     "dumps",
     "encode_cursor",
     "error_answer",
+    "invalid_cursor",
     "one_line",
     "snapshot_info",
     "status_of",
@@ -134,15 +135,21 @@ def key_values(spec: ViewSpec, table: pa.Table, row: int) -> list[Any]:
     return out
 
 
+def invalid_cursor(spec: ViewSpec) -> str:
+    return f"after= is not a valid cursor of view {spec.name}; pass the `next` value of the page before"
+
+
 def decode_cursor(text: str, spec: ViewSpec) -> tuple[int, int, list[Any]]:
     """(snapshot id, its commit time µs, key values) from ``after=``; HTTPError 400 if it is not this view's."""
-    bad = HTTPError(400, f"after= is not a cursor of view {spec.name}; pass the `next` value of the page before")
+    bad = HTTPError(400, invalid_cursor(spec))
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         version, view, sid, committed, key = orjson.loads(raw)
     except (binascii.Error, ValueError, TypeError):
         raise bad from None
     if version != _CURSOR_VERSION or view != spec.name or type(sid) is not int or type(committed) is not int:
+        raise bad
+    if not (0 <= sid < 2**63 and 0 <= committed < 2**63):
         raise bad
     if not isinstance(key, list) or len(key) != len(spec.key):
         raise bad

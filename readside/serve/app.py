@@ -28,7 +28,7 @@ from core.errors import BeamlineError
 from readside.serve.answers import SNAPSHOT_HEADER, HTTPError, error_answer, status_of
 from readside.serve.config import ServeConfig
 from readside.serve.page import Pages
-from readside.serve.routes import Routes, Service
+from readside.serve.routes import Routes, Service, lookup_ids
 from readside.serve.security import Guard, TokenCheck
 
 __all__ = ["ServeApp", "create_app"]
@@ -65,8 +65,9 @@ class LookupFastPath:
         if scope["type"] == "http" and scope["method"] == "GET" and not scope["query_string"]:
             path: str = scope["path"]
             if path.startswith(_LOOKUP):
-                store, _, item = path[len(_LOOKUP) :].partition("/")
-                if store and item and "/" not in item:
+                ids = lookup_ids(scope.get("raw_path") or path.encode("utf-8"))
+                if ids is not None:
+                    store, item = ids
                     status, body, sid = self.routes.lookup_now(store, item)
                     headers = [
                         (b"content-type", b"application/json"),
@@ -89,6 +90,7 @@ def create_app(config: ServeConfig, service: Service | None = None) -> ServeApp:
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         service.signal.bind(asyncio.get_running_loop())
         service.slots = asyncio.Semaphore(config.query_slots)
+        service.read_slots = asyncio.Semaphore(config.query_slots)
         await anyio.to_thread.run_sync(service.start)
         try:
             yield
@@ -123,7 +125,8 @@ def create_app(config: ServeConfig, service: Service | None = None) -> ServeApp:
             Route("/v1/health", routes.health, methods=["GET"]),
             Route("/v1/views", routes.views, methods=["GET"]),
             Route("/v1/views/{view}", routes.view_rows, methods=["GET"]),
-            Route("/v1/inventory/{store_id}/{item_id}", routes.inventory, methods=["GET"]),
+            # Store and item are split from the raw path (an id may hold an encoded "/"): see lookup_ids.
+            Route("/v1/inventory/{ids:path}", routes.inventory, methods=["GET"]),
             Route("/v1/query", routes.query, methods=["POST"]),
             Route("/v1/events", routes.events, methods=["GET"]),
         ],

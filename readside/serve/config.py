@@ -9,6 +9,7 @@ address without a token.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,15 @@ DEFAULT_PORT = 8000
 MIN_TOKEN_LENGTH = 16
 # The service's own query limits: tighter than `beamline query`'s (30 s, 4GB), as answers are shared.
 SERVE_LIMITS = QueryLimits(memory_limit="1GB", threads=2, timeout=5.0)
+
+
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://(\[[0-9a-f:.]+\]|[a-z0-9]([a-z0-9.-]*[a-z0-9])?)(:[0-9]{1,5})?")
+
+
+def _is_origin(text: str) -> bool:
+    """Whether ``text`` is an origin as a browser sends it: lower-case scheme://host[:port], nothing after."""
+    match = _ORIGIN.fullmatch(text)
+    return match is not None and (match.group(3) is None or 1 <= int(match.group(3)[1:]) <= 65535)
 
 
 @dataclass(frozen=True)
@@ -82,9 +92,10 @@ class ServeConfig:
                 f"the snapshot poll interval must be above 0 and at most 10 s; got {self.poll_interval_s}"
             )
         for origin in self.cors_origins:
-            if origin == "*" or "://" not in origin:
+            if not _is_origin(origin):
                 raise ConfigError(
-                    f"--cors-origin must be one origin such as https://dashboard.example (no '*'); got {origin!r}"
+                    "--cors-origin must be one origin, scheme://host[:port] in lower case with no path or '/' "
+                    f"at the end, such as https://dashboard.example (no '*'); got {origin!r}"
                 )
 
     @property

@@ -230,6 +230,7 @@ def openapi_schema(config: ServeConfig) -> dict[str, Any]:
         "/v1/inventory/{store_id}/{item_id}": {
             "get": {
                 "summary": "the inventory row of one store and item, from memory",
+                "description": "Percent-encode a `/` inside an id as `%2F`.",
                 "parameters": [
                     {"name": "store_id", "in": "path", "required": True, "schema": {"type": "string"}},
                     {"name": "item_id", "in": "path", "required": True, "schema": {"type": "string"}},
@@ -250,6 +251,7 @@ def openapi_schema(config: ServeConfig) -> dict[str, Any]:
                     "403": _error("refused: the SQL would write or reach outside the views"),
                     "408": _error("the query ran past its time limit and was stopped"),
                     "413": _error("the body is too large"),
+                    "415": _error("the body was not sent as Content-Type: application/json"),
                     **_READ_ERRORS,
                 },
             }

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import re
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, TypeVar
-from urllib.parse import urlencode
+from urllib.parse import unquote, urlencode
 
 import anyio.to_thread
 import orjson
@@ -36,6 +37,7 @@ from readside.serve.answers import (
     decode_cursor,
     dumps,
     encode_cursor,
+    invalid_cursor,
     key_values,
     snapshot_info,
 )
@@ -43,10 +45,10 @@ from readside.serve.config import ServeConfig
 from readside.serve.index import row_dict
 from readside.serve.readers import ReaderPool
 from readside.serve.snapshots import Published, SnapshotSignal, SnapshotWatcher
-from warehouse.format import Snapshot, load_snapshot, quote_ident
-from warehouse.reader import Reader, parse_as_of
+from warehouse.format import Snapshot, SnapshotExpired, load_snapshot, quote_ident
+from warehouse.reader import QueryTimedOut, Reader, parse_as_of
 
-__all__ = ["READ_PARAMS", "Routes", "Service"]
+__all__ = ["READ_PARAMS", "Routes", "Service", "lookup_ids"]
 
 T = TypeVar("T")
 
@@ -68,7 +70,10 @@ class Service:
         self.signal = SnapshotSignal()
         self.watcher = SnapshotWatcher(self.root, config.poll_interval_s, on_publish=self.signal.fire)
         self.readers = ReaderPool(self.root, config.limits)
+        # /v1/query's slots, and the slots of the service's own bounded reads (pages, counts, lookups
+        # as_of another snapshot): long queries cannot starve paging.
         self.slots = asyncio.Semaphore(config.query_slots)
+        self.read_slots = asyncio.Semaphore(config.query_slots)
         self.streams = 0
         self.closing = False  # the server is stopping: event streams end
         self.started_at = time.time()
@@ -109,6 +114,22 @@ def _whole(text: str, name: str, low: int, high: int) -> int:
     if not low <= value <= high:
         raise HTTPError(400, f"{name}= must be {low:,} to {high:,}; got {text[:40]}")
     return value
+
+
+def lookup_ids(raw_path: bytes) -> tuple[str, str] | None:
+    """(store, item) of ``/v1/inventory/{store}/{item}`` from the raw, still percent-encoded path; None if not one.
+
+    The raw path is split first and each part decoded after, so an id holding ``/`` (sent as ``%2F``) works.
+    """
+    rest = raw_path.partition(b"?")[0][len(_LOOKUP) :]
+    parts = rest.split(b"/")
+    if len(parts) != 2:
+        return None
+    store, item = (unquote(part.decode("latin-1")) for part in parts)
+    return (store, item) if store and item else None
+
+
+_LOOKUP = b"/v1/inventory/"
 
 
 def _as_of_us(text: str) -> int:
@@ -195,6 +216,8 @@ class Routes:
         watcher = self.service.watcher
         current = watcher.current
         wanted = _single(params, "min_snapshot")
+        if wanted is not None and _single(params, "as_of") is not None:
+            raise HTTPError(400, "as_of= and min_snapshot= contradict: as_of= names a past snapshot; give one of them")
         wait_text = _single(params, "wait")
         wait = 0.0
         if wait_text is not None:
@@ -240,28 +263,60 @@ class Routes:
         snap: Snapshot = await anyio.to_thread.run_sync(load_snapshot, self.service.root, as_of_us)
         return snap
 
-    async def _on_reader(self, snap: Snapshot, work: Callable[[Reader], T]) -> T:
-        """``work(reader)`` on a sandboxed reader of ``snap``, in a worker thread, once a query slot is free."""
+    async def _on_reader(self, snap: Snapshot, work: Callable[[Reader], T], *, query: bool = False) -> T:
+        """``work(reader)`` on a sandboxed reader of ``snap``, in a worker thread, once a slot is free.
+
+        ``query`` takes one of /v1/query's slots, else one of the service's own reads' (pages, counts):
+        the two never wait for each other. The slot is given back when the query's time limit
+        fires, not when its interrupted thread ends.
+        """
         service = self.service
-        patience = self.config.limits.timeout or 30.0
+        slots = service.slots if query else service.read_slots
+        limit = self.config.limits.timeout or None
+        patience = (limit or 30.0) + 1.0  # a slot frees at the latest when its query's limit fires
         try:
-            await asyncio.wait_for(service.slots.acquire(), patience)
+            await asyncio.wait_for(slots.acquire(), patience)
         except TimeoutError:
+            kind = "query" if query else "read"
             raise HTTPError(
                 503,
-                f"busy: all {self.config.query_slots} query slots stayed taken for {patience:g} s; try again",
+                f"busy: all {self.config.query_slots} {kind} slots stayed taken for {patience:g} s; try again",
                 {"Retry-After": "1"},
             ) from None
+        held = True
+        task: asyncio.Future[T] | None = None
         try:
 
             def run() -> T:
                 with service.readers.borrow(snap) as reader:
                     return work(reader)
 
-            result: T = await anyio.to_thread.run_sync(run)
+            task = asyncio.ensure_future(anyio.to_thread.run_sync(run))
+            if limit is not None:
+                await asyncio.wait({task}, timeout=limit)
+                if not task.done():  # the reader is stopping it: its slot is free from now
+                    slots.release()
+                    held = False
+            try:
+                result: T = await task
+            except QueryTimedOut:
+                raise HTTPError(
+                    408,
+                    f"query stopped after {limit or 0:g} s, this server's --query-timeout; narrow it with WHERE "
+                    "or LIMIT (only the server's operator can raise the limit)",
+                ) from None
             return result
         finally:
-            service.slots.release()
+            if held and task is not None and not task.done():
+                # The client went while its query runs on in its thread: the slot stays taken until it ends.
+                def done(ended: asyncio.Future[T]) -> None:
+                    slots.release()
+                    if not ended.cancelled():
+                        ended.exception()  # retrieved: nobody waits for it any more
+
+                task.add_done_callback(done)
+            elif held:
+                slots.release()
 
     # -- routes --------------------------------------------------------------------------------
     async def health(self, request: Request) -> Response:
@@ -342,7 +397,10 @@ class Routes:
         return 200, dumps({"snapshot": snapshot_info(snap), "row": row_dict((store, item), row)}), snap.snapshot_id
 
     async def inventory(self, request: Request) -> Response:
-        store, item = request.path_params["store_id"], request.path_params["item_id"]
+        ids = lookup_ids(request.scope.get("raw_path") or request.scope["path"].encode("utf-8"))
+        if ids is None:
+            raise HTTPError(404, f"no route {request.url.path[:80]!r}; the API is described at /docs")
+        store, item = ids
         if not request.scope["query_string"]:
             status, body, sid = self.lookup_now(store, item)
             return JSONAnswer(body, status_code=status, headers={SNAPSHOT_HEADER: str(sid)})
@@ -392,9 +450,16 @@ class Routes:
         """The snapshot a cursor's first page read (every page of a walk reads it), and the key to start after."""
         sid, committed_us, key = decode_cursor(after, spec)
         await self._visible(params)
-        snap = await self._resolve(committed_us)
-        if snap.snapshot_id != sid:
-            raise HTTPError(410, f"the cursor's snapshot {sid} has expired; start the walk again without after=")
+        try:
+            snap = await self._resolve(committed_us)
+        except SnapshotExpired:
+            raise HTTPError(
+                410, f"this page's snapshot {sid} has expired; start the walk again without after="
+            ) from None
+        except ConfigError:  # before the warehouse's first snapshot: no page ever read it
+            raise HTTPError(400, invalid_cursor(spec)) from None
+        if snap.snapshot_id != sid:  # commit times grow with ids: this id was not committed then
+            raise HTTPError(400, invalid_cursor(spec))
         as_of = _single(params, "as_of")
         if as_of is not None and (await self._resolve(_as_of_us(as_of))).snapshot_id != sid:
             raise HTTPError(400, f"after= reads snapshot {sid}, which as_of= does not name; drop as_of= when paging")
@@ -414,11 +479,15 @@ class Routes:
         return filters
 
     async def query(self, request: Request) -> Response:
+        kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if kind != "application/json":
+            # Also what keeps a web page from posting here: a JSON POST from another site needs CORS's consent.
+            raise HTTPError(415, f"the body must be sent as Content-Type: application/json; got {kind[:60]!r}")
         params = self._params(request, READ_PARAMS)
         sql, args = _query_body(await request.body())
         snap, _ = await self._snapshot(params)
         cap = self.config.max_rows
-        table, left_out = await self._on_reader(snap, lambda r: r.query_capped(sql, args, cap))
+        table, left_out = await self._on_reader(snap, lambda r: r.query_capped(sql, args, cap), query=True)
         envelope = {"columns": _columns_of(table.schema), "rows_left_out": left_out, "truncated": left_out > 0}
         return _with_rows(envelope, _rows_json(table), snap)
 
@@ -538,8 +607,13 @@ def _query_body(body: bytes) -> tuple[str, list[Any] | None]:
     params = doc.get("params")
     if params is None:
         return doc["sql"], None
+    if isinstance(params, list) and any(type(p) is float for p in params):
+        # orjson reads an integer past 64 bits as a float: read the list again, exactly, to refuse it.
+        exact = json.loads(body).get("params")
+        if isinstance(exact, list) and len(exact) == len(params):
+            params = exact
     if not isinstance(params, list) or not all(p is None or isinstance(p, (str, int, float, bool)) for p in params):
         raise HTTPError(400, '"params" must be a list of strings, numbers, booleans or nulls (bound to $1, $2, ...)')
     if any(isinstance(p, int) and not isinstance(p, bool) and not _INT64[0] <= p <= _INT64[1] for p in params):
-        raise HTTPError(400, '"params" holds an integer outside 64 bits')
+        raise HTTPError(400, '"params" holds an integer outside 64 bits; send it as a string and CAST it in the SQL')
     return doc["sql"], params or None
