@@ -360,6 +360,42 @@ def test_a_damaged_file_is_one_line_naming_it(damage: str, warehouse: Path, caps
     assert code == 0 and err == ""
 
 
+@pytest.mark.parametrize("which", [0, 2])
+@pytest.mark.parametrize("sql", ["SELECT * FROM word_counts", "SELECT count(*) FROM word_counts"])
+def test_a_file_rewritten_with_other_types_is_not_served(
+    which: int, sql: str, warehouse: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = word_count_files(warehouse)[which]
+    pq.write_table(pa.table({"word": [7], "count": ["2"]}), target)  # same names, castable values
+    rel = str(target.relative_to(warehouse))
+    code, out, err = beamline(capsys, "query", sql, "--warehouse", str(warehouse))
+    assert code != 0 and out == ""
+    line = one_error_line(err)
+    assert rel in line and "view word_counts" in line and "word int64, count string" in line, line
+    code, out, err = beamline(capsys, "query", "SELECT count(*) AS n FROM inventory", "--warehouse", str(warehouse))
+    assert code == 0 and err == ""
+
+
+def test_file_schemas_are_read_from_the_footer_once_per_file(warehouse: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    read: list[str] = []
+    real = pq.read_schema
+
+    def counting(path: str, *args: object, **kwargs: object) -> pa.Schema:
+        read.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(pq, "read_schema", counting)
+    reader = Reader(warehouse)
+    for _ in range(3):
+        assert reader.query("SELECT count(*) AS n FROM word_counts").to_pylist() == [{"n": 3}]
+    wh = Warehouse(warehouse)
+    wh.commit("word_counts", [{"word": "arrow", "count": 1}])
+    wh.close()
+    assert reader.query("SELECT count(*) AS n FROM word_counts").to_pylist() == [{"n": 4}]
+    reader.close()
+    assert sorted(read) == sorted(str(p) for p in word_count_files(warehouse))  # each file once, new snapshot too
+
+
 def test_the_notebook_connection_keeps_the_intact_views(warehouse: Path) -> None:
     word_count_files(warehouse)[0].unlink()
     con = connect(warehouse)

@@ -31,6 +31,7 @@ from core.errors import BeamlineError
 from readside.query import run_query
 from tests.commit_worker import STEPS, InjectedFault, after_step, commit_until, inventory_rows
 from warehouse import protocol
+from warehouse.check import check_warehouse
 from warehouse.format import (
     CURRENT_FILE,
     SNAPSHOTS_DIR,
@@ -420,19 +421,12 @@ def test_deleting_current_loses_nothing_and_reuses_no_id(root: Path) -> None:
     assert manifest_ids(root) == [0, 1, 2]
 
 
-@pytest.mark.parametrize("garbage", ["", "\x00\x01garbage", "snapshot-000000000999.json", "../CURRENT"])
+@pytest.mark.parametrize("garbage", ["", "\x00\x01garbage", "snapshot-000000000000.json", "../CURRENT"])
 def test_a_garbage_current_is_only_a_wrong_hint(root: Path, garbage: str) -> None:
-    (root / CURRENT_FILE).write_text(garbage)
+    (root / CURRENT_FILE).write_text(garbage)  # garbage, or behind: recovered from (ahead: see below)
     assert inventory(root) == {"i000": 5, "i001": 3, "i002": 7}
     wh = Warehouse(root)
-    if garbage.startswith("snapshot-"):
-        # It names a snapshot that does not exist: a lost manifest, or garbage? Expiry will not guess.
-        (root / CURRENT_FILE).write_text(garbage)
-        before = tree(root)
-        with pytest.raises(WarehouseInconsistent, match="names snapshot 999"):
-            wh.expire_snapshots(dt.timedelta(0))
-        assert tree(root) == before
-        (root / CURRENT_FILE).write_text(garbage)
+    assert (root / CURRENT_FILE).read_text() == "snapshot-000000000001.json"
     assert wh.commit("inventory", inventory_rows([("i001", 4)])).snapshot_id == 2
     assert wh.expire_snapshots(dt.timedelta(days=7)) == 0  # nothing is old: nothing goes
     assert manifest_ids(root) == [0, 1, 2]
@@ -440,6 +434,108 @@ def test_a_garbage_current_is_only_a_wrong_hint(root: Path, garbage: str) -> Non
     wh.close()
     assert inventory(root) == {"i000": 5, "i001": 4, "i002": 7}
     assert [s[0] for s in list_snapshots(root)] == [3]
+
+
+def _six_snapshots(root: Path) -> None:
+    wh = Warehouse(root)
+    for k in range(4):  # snapshots 2..5: inventory in 5, dead_letters in 4, as in the review
+        view = "dead_letters" if k == 2 else "inventory"
+        wh.commit(view, _dead_letters(k) if view == "dead_letters" else inventory_rows([("i000", 6 + k)]))
+    wh.close()
+    assert (root / CURRENT_FILE).read_text() == "snapshot-000000000005.json"
+
+
+def _dead_letters(k: int) -> list[dict[str, Any]]:
+    return [{"source_topic": "t", "partition": 0, "offset": k, "error": "bad", "payload": b"x"}]
+
+
+def _restore_old_snapshots_folder(root: Path) -> None:
+    for sid in (4, 5):
+        (root / SNAPSHOTS_DIR / f"snapshot-{sid:012d}.json").unlink()
+
+
+def _point_far_ahead(root: Path) -> None:
+    (root / CURRENT_FILE).write_text("snapshot-000000000099.json\n")
+
+
+def _orphans_far_ahead(root: Path) -> None:
+    """Manifests 4 and 5 lost and CURRENT gone too: the data files of snapshot 5 still tell."""
+    _restore_old_snapshots_folder(root)
+    (root / CURRENT_FILE).unlink()
+
+
+@pytest.mark.parametrize(
+    ("damage", "newest"), [(_restore_old_snapshots_folder, 3), (_point_far_ahead, 5), (_orphans_far_ahead, 3)]
+)
+def test_lost_newest_manifests_stop_writers_and_expiry(root: Path, damage: Any, newest: int) -> None:
+    _six_snapshots(root)
+    early = Warehouse(root)  # opened before the damage, as a long-running pipeline's writer
+    damage(root)
+    before = tree(root)
+    for attempt in (
+        lambda: Warehouse(root),
+        lambda: early.commit("inventory", inventory_rows([("i009", 1)])),
+        lambda: early.expire_snapshots(dt.timedelta(days=7), orphan_grace=dt.timedelta(0)),
+        lambda: early.expire_snapshots(dt.timedelta(0), orphan_grace=dt.timedelta(0)),
+        lambda: early.compact(),
+    ):
+        with pytest.raises(WarehouseInconsistent) as err:
+            attempt()
+        line = str(err.value)
+        assert "\n" not in line and f"newest manifest is {newest}" in line, line
+        assert "restore the missing manifests" in line and "Lost manifests" in line, line
+        assert tree(root) == before  # nothing deleted, nothing rewritten (not even CURRENT), no id reused
+    early.close()
+    report = check_warehouse(root)
+    assert not report.ok and any("lost" in p.reason.lower() for p in report.problems), report.problems
+    assert inventory(root)["i000"] == (7 if newest == 3 else 9)  # readers still answer from the manifests there are
+
+
+def test_giving_up_lost_manifests_as_documented_lets_writers_go_on(root: Path, tmp_path: Path) -> None:
+    _six_snapshots(root)
+    _restore_old_snapshots_folder(root)
+    with pytest.raises(WarehouseInconsistent):
+        Warehouse(root)
+    # docs/warehouse.md, "Lost manifests": delete CURRENT, move the files of snapshots above the newest away.
+    (root / CURRENT_FILE).unlink()
+    moved = tmp_path / "lost"
+    moved.mkdir()
+    for path in root.glob("data/*/*.parquet"):
+        if int(path.name.split("-")[0]) > 3:
+            shutil.move(path, moved / f"{path.parent.name}-{path.name}")
+    assert sorted(p.name.split("-")[1] for p in moved.iterdir()) == ["000000000004", "000000000005"]
+    wh = Warehouse(root)
+    assert wh.commit("inventory", inventory_rows([("i009", 1)])).snapshot_id == 4
+    wh.expire_snapshots(dt.timedelta(0), orphan_grace=dt.timedelta(0))
+    wh.close()
+    assert inventory(root) == {"i000": 7, "i001": 3, "i002": 7, "i009": 1}
+
+
+def test_a_current_that_is_a_folder_is_one_line_and_leaves_no_temp_file(root: Path) -> None:
+    (root / CURRENT_FILE).unlink()
+    (root / CURRENT_FILE).mkdir()
+    for _ in range(2):
+        with pytest.raises(BeamlineError) as err:
+            Warehouse(root)
+        line = str(err.value)
+        assert "\n" not in line and "CURRENT is a folder" in line and "rm -r" in line, line
+    assert [p.name for p in root.iterdir() if p.name.startswith(".")] == []
+    assert inventory(root) == {"i000": 5, "i001": 3, "i002": 7}  # readers only take it as a missing hint
+    (root / CURRENT_FILE).rmdir()
+    wh = Warehouse(root)
+    assert wh.commit("inventory", inventory_rows([("i001", 4)])).snapshot_id == 2
+    wh.close()
+
+
+def test_a_hint_that_cannot_be_replaced_leaves_no_temp_file(root: Path) -> None:
+    wh = Warehouse(root)
+    (root / "catalog.sql").unlink()
+    (root / "catalog.sql").mkdir()
+    with pytest.raises(BeamlineError, match=r"catalog\.sql is a folder"):
+        wh.commit("inventory", inventory_rows([("i001", 4)]))  # published; only the hint failed
+    wh.close()
+    assert [p.name for p in root.iterdir() if p.name.startswith(".")] == []
+    assert inventory(root)["i001"] == 4
 
 
 def _damage_manifest(root: Path) -> None:
@@ -531,7 +627,7 @@ def test_time_travel_within_the_retention_survives_expiry(root: Path) -> None:
 
 
 def test_leftovers_of_crashed_commits_go_only_after_the_grace(root: Path) -> None:
-    orphan = root / "data" / "inventory" / "000000000009-crashed.parquet"
+    orphan = root / "data" / "inventory" / "000000000002-crashed.parquet"  # it tried parent 1 + 1
     shutil.copy(next(root.glob("data/inventory/*.parquet")), orphan)
     temp = root / SNAPSHOTS_DIR / ".tmp-000000000009-crashed.json"
     temp.write_text("{")

@@ -26,9 +26,12 @@ from core.errors import BeamlineError
 from core.views import VIEWS
 from warehouse.format import (
     CURRENT_FILE,
+    DATA_DIR,
     MARKER_FILE,
     SNAPSHOTS_DIR,
     Snapshot,
+    WarehouseInconsistent,
+    check_not_ahead,
     check_root,
     current_manifest,
     expired_error,
@@ -102,6 +105,7 @@ def check_warehouse(root: str | os.PathLike[str], *, all_snapshots: bool = False
         report.problems.append(Problem(MARKER_FILE, str(e)))
     manifests = _snapshots(path, report, all_snapshots)
     _check_current(path, report, [snap for _, snap in manifests])
+    _check_not_ahead(path, report)
     report.snapshots = len(manifests)
     files: dict[str, tuple[str, int, int]] = {}  # path -> (view, rows, snapshot) of its first listing
     for name, snap in manifests:
@@ -180,6 +184,19 @@ def _check_current(root: Path, report: CheckReport, snapshots: list[Snapshot]) -
         report.notes.append(
             f"{CURRENT_FILE}: names no manifest ({pointer[:60]!r}); only a hint, the next commit rewrites it"
         )
+
+
+def _check_not_ahead(root: Path, report: CheckReport) -> None:
+    """Data files of snapshots above the newest manifest (lost manifests), or a CURRENT that is a folder."""
+    try:
+        check_not_ahead(root)
+    except WarehouseInconsistent as e:
+        if " data files of " in str(e):
+            report.problems.append(Problem(DATA_DIR, str(e)))
+        elif not any(p.path == CURRENT_FILE for p in report.problems):
+            report.problems.append(Problem(CURRENT_FILE, str(e)))
+    except (OSError, BeamlineError):
+        pass  # no manifest found: reported already
 
 
 def _file_problems(root: Path, rel: str, view: str, rows: int) -> list[str]:

@@ -14,8 +14,11 @@ which id snapshots have expired. Only then does it delete, and only:
   link, so it can never re-create an id an expiry just freed;
 * temporary files older than the orphan grace.
 
-Before any of that it reads every manifest and checks them against each other
-and against ``CURRENT`` (:func:`warehouse.format.verify_snapshots`): on a
+Before any of that it checks that neither ``CURRENT`` nor a data file is
+ahead of the newest manifest (:func:`warehouse.format.check_not_ahead`, run by
+every commit: lost manifests would make their files look like orphans), and
+reads every manifest and checks them against each other and against
+``CURRENT`` (:func:`warehouse.format.verify_snapshots`): on a
 warehouse it cannot read consistently it refuses in one line and deletes
 nothing.
 """

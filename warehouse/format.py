@@ -24,6 +24,7 @@ The commit protocol that keeps these promises is :mod:`warehouse.protocol`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import itertools
@@ -56,6 +57,7 @@ __all__ = [
     "WarehouseInconsistent",
     "WarehouseMissing",
     "catalog_sql",
+    "check_not_ahead",
     "check_root",
     "current_manifest",
     "dedupe_sql",
@@ -253,6 +255,74 @@ def current_manifest(root: Path) -> str:
             "backup or rebuild the warehouse with `beamline run ... --mode batch`"
         )
     return listed[max(listed)]
+
+
+def _pointer(root: Path) -> tuple[str | None, bool]:
+    """What ``CURRENT`` says (None: missing or unreadable), and whether it is a folder instead of a file."""
+    path = root / CURRENT_FILE
+    try:
+        with open(path, "rb") as f:
+            return f.read(256).decode(errors="replace").strip(), False
+    except IsADirectoryError:
+        return None, True
+    except OSError:
+        return None, path.is_dir()
+
+
+def _data_file_id(name: str) -> int | None:
+    """The snapshot id a data file's name starts with (``<id>-<uuid>.parquet``), or None."""
+    head = name.split("-", 1)[0]
+    return int(head) if not name.startswith(".") and head.isdigit() and "-" in name else None
+
+
+def check_not_ahead(root: Path) -> str:
+    """The newest manifest's name, after checking that nothing in ``root`` is newer than it.
+
+    Raises WarehouseInconsistent if ``CURRENT`` is a folder, names a snapshot
+    newer than the newest manifest, or if a data file's id (its name's prefix)
+    is above the newest manifest's id plus one. ``CURRENT`` is written only
+    after its manifest is linked, and a writer names its files ``parent + 1``
+    with a parent that was the newest when it looked; so ``CURRENT`` is read
+    first, the data folders listed next and the manifests last, and either is
+    ahead only if manifests were lost (e.g. ``snapshots/`` restored from an
+    older backup). A commit on such a warehouse would reuse the lost ids and
+    an expiry would delete the lost snapshots' files, so both refuse.
+    Files with id ``newest + 1`` are the normal leftovers of a commit that
+    crashed (or is in flight) on the newest snapshot, and are not refused.
+    """
+    pointer, is_dir = _pointer(root)
+    if is_dir:
+        raise WarehouseInconsistent(
+            f"{root / CURRENT_FILE} is a folder, not the file naming the newest manifest; remove it "
+            f"(`rm -r {root / CURRENT_FILE}`), it is only a hint and is written again on the next open"
+        )
+    ahead: list[tuple[int, str]] = []
+    for view in VIEWS:
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(root / view_dir(view)):
+                sid = _data_file_id(name)
+                if sid is not None:
+                    ahead.append((sid, f"{view_dir(view)}/{name}"))
+    newest = current_manifest(root)
+    newest_id = manifest_id(newest)
+    assert newest_id is not None
+    lost = (
+        f"snapshots after {newest_id} were lost (snapshots/ restored from an older backup?); nothing was changed; "
+        f"restore the missing manifests into {root / SNAPSHOTS_DIR}, or, to give up the snapshots after {newest_id} "
+        'for good, see docs/warehouse.md ("Lost manifests")'
+    )
+    named = manifest_id(pointer) if pointer else None
+    if named is not None and named > newest_id:
+        raise WarehouseInconsistent(
+            f"CURRENT of {root} names snapshot {named}, but the newest manifest is {newest_id}: {lost}"
+        )
+    above = sorted((sid, rel) for sid, rel in ahead if sid > newest_id + 1)
+    if above:
+        raise WarehouseInconsistent(
+            f"{len(above)} data files of {root} belong to snapshots up to {above[-1][0]} (e.g. {above[-1][1]}), "
+            f"but the newest manifest is {newest_id}: {lost}"
+        )
+    return newest
 
 
 # -- manifests -------------------------------------------------------------------------

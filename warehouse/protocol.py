@@ -55,6 +55,7 @@ from warehouse.format import (
     Snapshot,
     WarehouseInconsistent,
     catalog_sql,
+    check_not_ahead,
     current_manifest,
     manifest_id,
     manifest_name,
@@ -124,8 +125,18 @@ def _write_durably(path: Path, data: bytes) -> None:
 def _replace_file(root: Path, name: str, data: bytes) -> None:
     """Replace ``root/name`` by a temporary file and a rename: readers see the old file or the new one."""
     tmp = root / f".{name}.{uuid.uuid4().hex}"
-    _write_durably(tmp, data)
-    os.replace(tmp, root / name)
+    try:
+        _write_durably(tmp, data)
+        os.replace(tmp, root / name)
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError) and (root / name).is_dir():
+            raise WarehouseInconsistent(
+                f"{root / name} is a folder, not a file; remove it (`rm -r {root / name}`): it is only a hint, "
+                "written again on the next open or commit"
+            ) from None
+        raise
 
 
 # -- the steps of a commit -------------------------------------------------------------
@@ -265,6 +276,7 @@ def commit_with_retries(
     parent and the link. Returns None when the plan says there is nothing to
     publish. Raises CommitGaveUp after COMMIT_ATTEMPTS lost races.
     """
+    check_not_ahead(root)  # lost manifests: this commit would reuse their ids (and an expiry delete their files)
     rng = random.Random()
     planned: Plan | None = None  # the last plan made; its scratch files are deleted when no later plan keeps them
     for attempt in range(COMMIT_ATTEMPTS):

@@ -46,6 +46,7 @@ from typing import Any, TypeVar
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 from duckdb import ColumnExpression, ConstantExpression
 
 from core.errors import BeamlineError, ConfigError
@@ -363,6 +364,7 @@ class Reader:
         self._con: duckdb.DuckDBPyConnection | None = None
         self._raw: dict[str, duckdb.DuckDBPyRelation | None] = {}  # defined views: their files (None: no file)
         self._snapshot: Snapshot | None = None
+        self._schema_ok: set[str] = set()  # files whose footer holds the view's schema (files never change)
 
     # snapshots
     def snapshot(self) -> Snapshot:
@@ -423,6 +425,7 @@ class Reader:
             for path in paths:
                 if not os.path.exists(path):
                     raise self._file_problem(name, path, "")
+                self._check_schema(name, path)
             try:
                 raw = con.read_parquet(paths)
                 # DuckDB takes the columns from the first file (the others must match it, or it names them).
@@ -436,6 +439,25 @@ class Reader:
         rel.create_view(name)
         self._raw[name] = raw
         return raw
+
+    def _check_schema(self, view: str, path: str) -> None:
+        """Raise the file's one-line error unless its footer's schema is the view's storage schema.
+
+        DuckDB would cast a file with other column types to the first file's
+        (or serve the first file's types), so a rewritten file is caught here.
+        Only the footer is read, once per file: files are immutable.
+        """
+        if path in self._schema_ok:
+            return
+        try:
+            found = [(f.name, f.type) for f in pq.read_schema(path)]
+        except (OSError, pa.ArrowException) as e:
+            raise self._file_problem(view, path, _one_line(e)) from None
+        expected = [(f.name, f.type) for f in VIEWS[view].storage_schema]
+        if found != expected:
+            columns = ", ".join(f"{n} {t}" for n, t in found)
+            raise self._file_problem(view, path, f"its schema is ({columns}), not the view's")
+        self._schema_ok.add(path)
 
     def _define_all(self) -> None:
         """Every view; a view whose files are damaged raises its one-line error when queried."""

@@ -54,8 +54,8 @@ from warehouse.format import (
     Snapshot,
     WarehouseInconsistent,
     WarehouseMissing,
+    check_not_ahead,
     check_root,
-    current_manifest,
     dedupe_sql,
     key_columns_sql,
     load_snapshot,
@@ -176,8 +176,12 @@ class Warehouse:
             )
 
     def _recover_hints(self) -> None:
-        """Point CURRENT and catalog.sql at the newest snapshot if they are missing, garbage or behind."""
-        newest = current_manifest(self.root)
+        """Point CURRENT and catalog.sql at the newest snapshot if they are missing, garbage or behind.
+
+        A CURRENT *ahead* of the newest manifest is no stale hint but evidence of lost manifests: refused
+        (WarehouseInconsistent), and left as it is, before anything is rewritten.
+        """
+        newest = check_not_ahead(self.root)
         try:
             hint = (self.root / CURRENT_FILE).read_text().strip()
         except (OSError, UnicodeDecodeError):
