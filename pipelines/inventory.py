@@ -33,8 +33,8 @@ from core.errors import ConfigError
 from pipelines.options import BeamlineOptions, KafkaOptions, WarehouseOptions, kafka_connection
 from pipelines.runner import RunSummary, main_for, run_pipeline
 from transforms.backfill import BackfillRetail
-from transforms.events import DecodeEvents, dead_letter_to_kafka, dead_letter_to_row
-from transforms.kafka import ReadFromKafka, WriteToKafka, ensure_topics
+from transforms.events import DecodeEvents, dead_letter_to_kafka, dead_letter_to_row, event_time_of
+from transforms.kafka import EventTimeOf, FetchRecords, ReadFromKafka, WriteToKafka, ensure_topics
 from transforms.retail import StreamRetail
 from transforms.sinks import WriteToWarehouse
 
@@ -48,11 +48,13 @@ def read_log(
     options: PipelineOptions,
     *,
     batched: bool = False,
+    event_time: EventTimeOf | None = None,
 ) -> beam.PCollection:
     """A topic (or several) from its earliest offset: to the end offsets seen at start (batch) or forever.
 
     ``batched`` hands over whole polls (``KafkaBatch``) for a step that loops
-    over their records itself, as the backfill does.
+    over their records itself, as the backfill does. ``event_time`` makes the
+    read keep time by the records' event times (see ``ReadFromKafka``).
     """
     kafka = options.view_as(KafkaOptions)
     batch = options.view_as(BeamlineOptions).mode == "batch"
@@ -68,6 +70,7 @@ def read_log(
         consumer_config=consumer_config,
         commit_offsets=bool(kafka.consumer_group),
         batched=batched,
+        event_time=event_time,
         gc_threshold=options.view_as(BeamlineOptions).gc_threshold or None,
         readers=readers,
     )
@@ -119,16 +122,21 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions) -> None:
         views = records | "Backfill" >> BackfillRetail(
             window_size=timedelta(seconds=settings.window_size),
             topics={kafka.shipments_topic: "shipment", kafka.sales_topic: "sale"},
+            refetch=FetchRecords(kafka_connection(options)),
         )
         _ = views.inventory | "WriteInventory" >> WriteToWarehouse(warehouse, "inventory")
         _ = views.windows | "WriteSalesByWindow" >> WriteToWarehouse(warehouse, "sales_by_window")
         write_dead_letters([views.dead_letters], options)
         return
 
-    shipments = read_log(pipeline, "ReadShipments", kafka.shipments_topic, options) | "DecodeShipments" >> DecodeEvents(
-        "shipment"
+    # Time is event time (the payload's event_time), for the watermark as for
+    # windows and the dedupe horizon; record timestamps are not used.
+    shipments = read_log(
+        pipeline, "ReadShipments", kafka.shipments_topic, options, event_time=event_time_of
+    ) | "DecodeShipments" >> DecodeEvents("shipment", stamped_by_read=True)
+    sales = read_log(pipeline, "ReadSales", kafka.sales_topic, options, event_time=event_time_of) | (
+        "DecodeSales" >> DecodeEvents("sale", stamped_by_read=True)
     )
-    sales = read_log(pipeline, "ReadSales", kafka.sales_topic, options) | "DecodeSales" >> DecodeEvents("sale")
     views = (shipments.events, sales.events) | "Retail" >> StreamRetail(
         horizon=timedelta(seconds=settings.dedupe_horizon),
         window_size=timedelta(seconds=settings.window_size),

@@ -6,6 +6,10 @@ times drift forward with some records arriving out of order. For demos and
 tests it can also emit invalid records and re-send earlier events (duplicated
 event_ids), at rates the caller chooses. The same seed always gives the same
 records, in the same order.
+
+Records carry no timestamp of their own, so Kafka stamps them with the time
+they are produced: the event time is the payload's ``event_time``, which is
+all the pipelines keep time by (README, "Time is event time").
 """
 
 from __future__ import annotations

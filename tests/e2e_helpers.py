@@ -7,6 +7,7 @@ a user would, and compares :func:`views` (what ``beamline query`` sees) with
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import subprocess
@@ -28,6 +29,7 @@ __all__ = [
     "kill_group",
     "start_streaming",
     "stop_pipeline",
+    "streaming_convergence_s",
     "views",
     "views_or_none",
     "wait_for_views",
@@ -43,6 +45,12 @@ class RetailLog:
         self.sales = make_topic(4)
         self.dead_letters = make_topic(1)
         self.warehouse = warehouse
+
+    def with_warehouse(self, warehouse: Path) -> RetailLog:
+        """The same topics, another warehouse."""
+        other = copy.copy(self)
+        other.warehouse = warehouse
+        return other
 
     def produce(self, config: RetailConfig, rate: float | None = None) -> None:
         config = RetailConfig(**{**config.__dict__, "shipments_topic": self.shipments, "sales_topic": self.sales})
@@ -112,6 +120,23 @@ def wait_for_views(warehouse: Path, expected: dict[str, object], process: subpro
         assert latest[name] == expected[name], (
             f"view {name} did not converge to the recompute: {describe_diff(latest[name], expected[name])}"
         )
+
+
+def streaming_convergence_s(log: RetailLog, stderr_path: Path, timeout_s: float) -> float:
+    """Seconds from starting a streaming run on ``log`` until every view equals the recompute.
+
+    The pipeline is stopped (SIGTERM) once it has converged; a failure names the views that did not.
+    """
+    expected = expected_views(log.truth())
+    started = time.monotonic()
+    process = start_streaming(log, stderr_path)
+    try:
+        wait_for_views(log.warehouse, expected, process, timeout_s)
+        elapsed = time.monotonic() - started
+        assert stop_pipeline(process) == 0, stderr_path.read_text()[-3000:]
+    finally:
+        kill_group(process)
+    return elapsed
 
 
 def describe_diff(got: object, want: object, limit: int = 5) -> str:

@@ -20,8 +20,8 @@ from tests.truth import recompute_retail
 from transforms.backfill import (
     BackfillRetail,
     _Events,
-    _first_in_log,
     _GatherEvents,
+    _identities,
     _joined_windows,
     _MergeWindows,
     _WindowSums,
@@ -118,10 +118,12 @@ def test_backfill_equals_the_recompute_on_a_tricky_log(
     sales = _log(
         "sales",
         [
-            # The same id in partition 1 first, then in partition 0: the recompute keeps
-            # partition 0's (first in the log), which names another item.
+            # The same id for two items: two events.
             (1, _value("t1", "a", "y", 2, 61)),
             (0, _value("t1", "a", "x", 3, 59)),
+            # The same event with another quantity, in partition 1 before partition 0's:
+            # across partitions the lower one comes first, so this one is the dead letter.
+            (1, _value("t2", "a", "x", 5, 59)),
             (0, _value("t2", "a", "x", 1, 59)),
             (0, _value("t3", "a", "x", 4, 120)),
             (1, _value("t4", "a", "y", 1, 30)),
@@ -134,8 +136,9 @@ def test_backfill_equals_the_recompute_on_a_tricky_log(
     for name in want:
         assert got[name] == want[name], f"view {name}: {describe_diff(got[name], want[name])}"
     # The log holds what this test is about.
-    assert truth.duplicates == 2 and len(truth.dead_letters) == 3
-    assert got["inventory"][("a", "x")][2] == 8  # t1 counted once, for item x
+    assert truth.duplicates == 1 and len(truth.dead_letters) == 4
+    assert truth.refused == {("sales", 1, 1): "reused"}
+    assert (got["inventory"][("a", "x")][2], got["inventory"][("a", "y")][2]) == (8, 3)  # t1 for both items
 
 
 @pytest.mark.parametrize(("batch", "one_input"), [(0, False), (37, False), (37, True)])
@@ -146,7 +149,10 @@ def test_backfill_equals_the_recompute_on_a_random_log(tmp_path: Path, batch: in
     def values(prefix: str, count: int) -> list[tuple[int, bytes | None]]:
         out: list[tuple[int, bytes | None]] = []
         for _ in range(count):
-            ident = f"{prefix}{rng.randrange(count)}"  # ids repeat, often for another key
+            if out and rng.random() < 0.15:
+                out.append(rng.choice(out))  # a re-send (maybe to another partition)
+                continue
+            ident = f"{prefix}{rng.randrange(count // 4)}"  # ids repeat, for the same key or another
             value = _value(ident, rng.choice(stores), rng.choice(items), rng.randint(1, 9), rng.randrange(600))
             out.append((rng.randrange(3), value if rng.random() > 0.05 else b"[]"))
         return out
@@ -156,7 +162,7 @@ def test_backfill_equals_the_recompute_on_a_random_log(tmp_path: Path, batch: in
     got = _run(tmp_path, shipments, sales, buckets=16, batch=batch, one_input=one_input)
     for name, want in expected_views(truth).items():
         assert got[name] == want, f"view {name}: {describe_diff(got[name], want)}"
-    assert truth.duplicates > 100
+    assert truth.duplicates > 100 and sum(why == "reused" for why in truth.refused.values()) > 100
 
 
 def test_backfill_refuses_nonsense_settings() -> None:
@@ -243,14 +249,34 @@ def test_window_sums_add_up_as_python_ints_do(largest: int) -> None:
         assert _strictly_ordered(table, SALES_BY_WINDOW.key)  # so the sink need not sort it
 
 
-def test_first_in_log_keeps_the_earliest_occurrence_of_each_event_id() -> None:
-    # Rows as parts from several workers join them: not in log order.
-    rows = [("a", 1, 4), ("b", 0, 9), ("a", 0, 7), ("c", 2, 0), ("a", 0, 3), ("b", 0, 2), ("a", 1, 0)]
+def test_the_first_occurrence_of_each_identity_in_the_log_wins() -> None:
+    # Rows as parts from several workers join them: not in log order. An
+    # identity is (event_id, store, item) within a bucket's topic.
+    rows = [
+        ("a", "i", 1, 4, 1),
+        ("b", "i", 0, 9, 1),
+        ("a", "i", 0, 7, 1),
+        ("c", "i", 2, 0, 1),
+        ("a", "i", 0, 3, 1),  # the first "a" of item i in the log
+        ("b", "i", 0, 2, 5),  # the first "b": its re-send above has another quantity
+        ("a", "i", 1, 0, 2),  # another quantity than the first "a"
+        ("a", "j", 0, 1, 9),  # "a" again, for another item: another event
+    ]
     events = _Events.empty()
-    for event_id, partition, offset in rows:
+    for event_id, item, partition, offset, quantity in rows:
         events.extend(
-            _Events([event_id], array("i", [partition]), array("q", [offset]), ["s"], ["i"], array("q", [1]),
+            _Events([event_id], array("i", [partition]), array("q", [offset]), ["s"], [item], array("q", [quantity]),
                     array("q", [0]))
         )  # fmt: skip
-    kept = sorted(rows[row] for row in _first_in_log(events))
-    assert kept == [("a", 0, 3), ("b", 0, 2), ("c", 2, 0)]
+    found = _identities(events)
+    assert sorted(rows[row][:4] for row in found.first) == [
+        ("a", "i", 0, 3),
+        ("a", "j", 0, 1),
+        ("b", "i", 0, 2),
+        ("c", "i", 2, 0),
+    ]
+    assert sorted((rows[row][2:4], rows[first][2:4]) for row, first in found.conflicts) == [
+        ((0, 9), (0, 2)),  # b: quantity 1 against the first's 5
+        ((1, 0), (0, 3)),  # a: quantity 2 against 1
+    ]
+    assert found.duplicates == 2  # the two other "a" of item i with quantity 1

@@ -1,4 +1,4 @@
-"""Inventory: dedupe per topic, order independence, the dedupe horizon, batch = recompute.
+"""Inventory: event identity (topic, store, item, id), order independence, the dedupe horizon, batch = recompute.
 
 Bounded pipelines run on the FnApiRunner (the batch runner, whose state code is
 the SDK harness Prism also uses); TestStream pipelines run on the
@@ -109,6 +109,34 @@ def test_dedupe_is_per_topic_and_out_of_order_is_fine(mode: str) -> None:
     applied = [("sale", "x"), ("shipment", "x"), ("sale", "y"), ("sale", "z")]
     # Streaming emits a row per change (s1 changes 3 times); batch one row per key at the end.
     run_bounded(events, mode, latest=expected, applied=applied, rows_per_key=1 if mode == "batch" else None)
+
+
+@pytest.mark.parametrize("mode", ["streaming", "batch"])
+def test_an_event_is_its_topic_store_item_and_id_and_other_content_is_a_dead_letter(mode: str) -> None:
+    big = 2**63 - 1
+    events = [
+        Shipment("e1", "s", "i", 5, T0, partition=0, offset=0),
+        Shipment("e1", "s", "j", 5, T0, partition=0, offset=1),  # another item: another event
+        Shipment("e2", "s", "j", 1, T0, partition=0, offset=2),
+        Shipment("e2", "s", "j", 1, T0, partition=0, offset=3),  # a re-send
+        Shipment("e2", "s", "j", 9, T0, partition=0, offset=4),  # other content
+        Sale("e1", "s", "i", big, T0, partition=0, offset=0),  # another topic: another event
+        Sale("e3", "s", "i", 1, T0, partition=0, offset=1),  # sold would pass int64
+    ]
+    with BeamTestPipeline(runner="FnApiRunner") as p:
+        rows, _, dead = p | beam.Create(events) | ComputeInventory(mode=mode)
+        expected = [row("s", "i", shipped=5, sold=big, events=2, last=T0), row("s", "j", 6, 0, 2, T0)]
+        assert_that(rows, latest_is(expected), label="Rows")
+        assert_that(
+            dead | beam.Map(lambda d: (d.source_topic, d.offset, d.error.split(":")[0])),
+            equal_to(
+                [
+                    ("shipments", 4, "event_id reused with different content"),
+                    ("sales", 1, "quantity would overflow sold"),
+                ]
+            ),
+            label="DeadLetters",
+        )
 
 
 def test_streaming_emits_one_row_per_change() -> None:

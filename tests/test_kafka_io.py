@@ -50,8 +50,9 @@ from transforms.kafka import (
     wait_for_kafka,
 )
 from transforms.kafka.partitions import _RANGE_COST, _equal_shares, _Partition
-from transforms.kafka.read import _OffsetTracker, _PartitionWatermark
+from transforms.kafka.read import _OffsetTracker
 from transforms.kafka.records import _TP
+from transforms.kafka.watermarks import SharedWatermarks, _PartitionWatermark, event_time_step
 
 BIG_VALUE = bytes(range(256)) * 4096  # 1 MiB
 
@@ -940,3 +941,47 @@ def test_partition_watermark_never_goes_back() -> None:
     estimator.observe_timestamp(Timestamp(500))
     assert estimator.current_watermark() == Timestamp(100)
     assert _PartitionWatermark(estimator.get_estimator_state()).current_watermark() == Timestamp(100)
+
+
+def test_each_partition_reports_the_lowest_watermark_of_its_read_in_the_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Prism takes a splittable step's watermark from the bundle that finished
+    # last: a partition read in another bundle must still hold it.
+    shared = SharedWatermarks(stale_s=60)
+    clock = [1000.0]
+    monkeypatch.setattr("transforms.kafka.watermarks.time.monotonic", lambda: clock[0])
+    ahead, behind, elsewhere = _PartitionWatermark(None), _PartitionWatermark(None), _PartitionWatermark(None)
+    ahead.share(shared, "read", _TP("t", 0))
+    behind.share(shared, "read", _TP("t", 1))
+    elsewhere.share(shared, "other read", _TP("t", 0))
+    ahead.advance_to(Timestamp(500))
+    elsewhere.advance_to(Timestamp(900))
+    assert ahead.current_watermark() == MIN_TIMESTAMP  # partition 1 has read nothing yet
+    behind.advance_to(Timestamp(100))
+    assert (ahead.current_watermark(), behind.current_watermark()) == (Timestamp(100), Timestamp(100))
+    assert ahead.get_estimator_state() == Timestamp(500)  # its own, for its next call
+    assert elsewhere.current_watermark() == Timestamp(900)  # reads are kept apart
+    # A partition nobody here renews (read by another worker process) stops holding the others.
+    clock[0] += 61
+    ahead.advance_to(Timestamp(600))
+    assert ahead.current_watermark() == Timestamp(600)
+
+
+@pytest.mark.parametrize(
+    ("times", "before", "now", "after", "stamps"),
+    [
+        # In order: up to the newest event time, less the skew; each record at its event time, capped there.
+        ([100, 300, 200], 0, 10_000, 295, [100, 295, 200]),
+        # Older than the watermark: stamped at it, and the watermark does not go back.
+        ([50, 400], 300, 10_000, 395, [300, 395]),
+        # No event time (an invalid record) moves nothing and is stamped at the watermark.
+        ([None, None], 300, 10_000, 300, [300, 300]),
+        # Dated past the wall clock: the watermark stops at the clock, less the skew.
+        ([100, 10**15], 0, 1_000, 995, [100, 995]),
+    ],
+)
+def test_event_time_moves_the_watermark_and_keeps_stamps_within_its_step(
+    times: list[int | None], before: int, now: int, after: int, stamps: list[int]
+) -> None:
+    assert event_time_step(times, before, now, skew=5) == (after, stamps)

@@ -11,16 +11,17 @@ import json
 import os
 import signal
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from producers.retail import RetailConfig
+from producers.retail import RetailConfig, generate_retail
 from readside.query import run_query
 from tests.cli_helpers import assert_one_line_error, run_cli
-from tests.e2e_helpers import RetailLog
+from tests.e2e_helpers import RetailLog, streaming_convergence_s
 from tests.e2e_helpers import expected_views as _expected
 from tests.e2e_helpers import start_streaming as _start_streaming
 from tests.e2e_helpers import stop_pipeline as _stop
@@ -78,6 +79,176 @@ def test_streaming_survives_kill_9_and_matches_a_later_batch(retail_log: RetailL
     batch = run_cli(*retail_log.run_args("batch"), timeout=600)
     assert batch.returncode == 0, batch.stderr[-3000:]
     assert _views(retail_log.warehouse) == streamed == expected
+
+
+def test_streaming_from_scratch_converges_as_fast_over_twelve_days_of_event_time_as_over_three(
+    bootstrap_servers: str, make_topic: Callable[..., str], tmp_path: Path
+):
+    """A log longer than the 7-day dedupe horizon, read from scratch, converges to the recompute.
+
+    The same 20,000 events (4 partitions, up to an hour out of order, re-sends
+    and invalid records) spread over 3 days and over 12: the 12-day log must
+    converge within twice the 3-day log's time, in the same run. Then a crash
+    (kill -9), 1,000 more events and a restart converge again.
+    """
+    twelve_days = 12 * 86_400 / 20_000
+    logs = {}
+    for name, gap in (("3 days", twelve_days / 4), ("12 days", twelve_days)):
+        logs[name] = RetailLog(bootstrap_servers, make_topic, tmp_path / name.replace(" ", "-"))
+        logs[name].produce(RetailConfig(events=20_000, seed=12, invalid_rate=0.01, duplicate_rate=0.02, mean_gap_s=gap))
+    for log in logs.values():
+        truth = log.truth()
+        assert truth.duplicates > 100 and len(truth.dead_letters) > 100  # the log has what we test against
+    took = {
+        name: streaming_convergence_s(log, tmp_path / f"{name.replace(' ', '-')}.log", timeout_s=600)
+        for name, log in logs.items()
+    }
+    print(f"streaming from scratch converged in {took}")  # for the record of a run (pytest -s)
+    assert took["12 days"] <= 2 * took["3 days"], took
+
+    log = logs["12 days"]
+    stderr_path = tmp_path / "restart.log"
+    process = _start_streaming(log, stderr_path)
+    try:
+        _wait_for_views(log.warehouse, _expected(log.truth()), process, timeout_s=600)
+        os.killpg(process.pid, signal.SIGKILL)  # a crash: no clean shutdown of anything
+        process.wait()
+        last = datetime(2026, 11, 1, tzinfo=timezone.utc) + timedelta(days=12)
+        log.produce(RetailConfig(events=1_000, seed=13, invalid_rate=0.01, duplicate_rate=0.02, start_time=last))
+        process = _start_streaming(log, stderr_path)
+        _wait_for_views(log.warehouse, _expected(log.truth()), process, timeout_s=max(120, 3 * took["12 days"]))
+        assert _stop(process) == 0, stderr_path.read_text()[-3000:]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.mark.parametrize("case", ["produced today, events of last month", "record times of last month, events now"])
+def test_streaming_keeps_time_by_event_time_whatever_the_record_timestamps(
+    retail_log: RetailLog, tmp_path: Path, case: str
+):
+    """Record timestamps say when a record was written; the views follow event_time alone.
+
+    A backfill produced today of events from 42 to 30 days ago, and the
+    reverse: records stamped a month back (as a mirror of an old topic keeps
+    them) holding the last 12 days' events. Both span more than the 7-day
+    dedupe horizon; streaming from scratch converges to the recompute.
+    """
+    now = datetime.now(timezone.utc)
+    span = timedelta(days=12)
+    events = 5_000
+    config = RetailConfig(
+        events=events,
+        seed=31,
+        invalid_rate=0.01,
+        duplicate_rate=0.03,
+        mean_gap_s=span.total_seconds() / events,
+        shipments_topic=retail_log.shipments,
+        sales_topic=retail_log.sales,
+        start_time=now - timedelta(days=30) - span if case.startswith("produced today") else now - span,
+    )
+    record_time = now if case.startswith("produced today") else now - timedelta(days=30)
+    producer = KafkaProducer(bootstrap_servers=retail_log.bootstrap, linger_ms=5)
+    try:
+        for n, record in enumerate(generate_retail(config)):
+            stamp = int(record_time.timestamp() * 1000) + n // 100  # record time creeps forward, as it does
+            producer.send(record.topic, key=record.key, value=record.value, timestamp_ms=stamp)
+        producer.flush(timeout=60)
+    finally:
+        producer.close()
+    # The log is what this test is about: record times and event times weeks apart.
+    first = _first_record(retail_log.bootstrap, retail_log.sales)
+    event_time = datetime.fromisoformat(json.loads(first.value)["event_time"].replace("Z", "+00:00"))
+    assert abs(first.timestamp / 1000 - record_time.timestamp()) < 120
+    assert abs(event_time - record_time) > timedelta(days=10)
+    truth = retail_log.truth()
+    assert truth.duplicates > 50 and len(truth.dead_letters) > 20
+    streaming_convergence_s(retail_log, tmp_path / "pipeline.log", timeout_s=300)
+
+
+def test_event_identity_and_int64_totals_end_to_end_batch_and_streaming(retail_log: RetailLog, tmp_path: Path):
+    """A crafted log: one identity rule and one overflow rule in both modes, dead letters with their raw bytes."""
+    big = 2**63 - 1
+
+    def event(event_id: str, item: str, quantity: int, minute: int) -> bytes:
+        when = f"2026-11-26T10:{minute:02d}:00Z"
+        return json.dumps(
+            {"event_id": event_id, "store_id": "s", "item_id": item, "quantity": quantity, "event_time": when}
+        ).encode()
+
+    sends = [  # (topic, partition, value); a key's records share a partition, as keyed producers put them
+        (retail_log.shipments, 0, event("e1", "i", 5, 0)),
+        (retail_log.shipments, 1, event("e1", "j", 5, 1)),  # the same id for another item: another event
+        (retail_log.shipments, 1, event("e2", "j", 1, 2)),
+        (retail_log.shipments, 1, event("e2", "j", 1, 2)),  # a re-send: once
+        (retail_log.shipments, 1, event("e2", "j", 9, 2)),  # other content: a dead letter
+        (retail_log.shipments, 1, event("e2", "j", 1, 3)),  # another event_time: a dead letter
+        (retail_log.sales, 0, event("e1", "i", 2, 4)),  # the same id in the other topic: another event
+        (retail_log.shipments, 2, event("b1", "k", big, 5)),
+        (retail_log.shipments, 2, event("b2", "k", 1, 6)),  # would pass int64: a dead letter
+        (retail_log.shipments, 2, event("b2", "k", 1, 6)),  # its re-send: a re-send, no second letter
+        (retail_log.sales, 2, event("b3", "k", big, 7)),
+        (retail_log.sales, 2, event("b4", "k", 3, 8)),  # sold would pass int64
+    ]
+    producer = KafkaProducer(bootstrap_servers=retail_log.bootstrap)
+    try:
+        for topic, partition, value in sends:
+            producer.send(topic, value=value, partition=partition).get(timeout=60)
+    finally:
+        producer.close()
+    truth = retail_log.truth()
+    assert truth.refused == {
+        (retail_log.shipments, 1, 3): "reused",
+        (retail_log.shipments, 1, 4): "reused",
+        (retail_log.shipments, 2, 1): "overflow",
+        (retail_log.sales, 2, 1): "overflow",
+    }
+    assert {key: (row["shipped"], row["sold"]) for key, row in truth.inventory.items()} == {
+        ("s", "i"): (5, 2),
+        ("s", "j"): (6, 0),
+        ("s", "k"): (big, big),
+    }
+    expected = _expected(truth)
+    offsets: dict[tuple[str, int], list[bytes]] = {}
+    for topic, partition, value in sends:
+        offsets.setdefault((topic, partition), []).append(value)  # sent one by one: the list index is the offset
+
+    def letters(warehouse: Path) -> dict[tuple[str, int, int], tuple[str, bytes]]:
+        rows = run_query('SELECT source_topic, partition, "offset", error, payload FROM dead_letters', warehouse)
+        return {(r["source_topic"], r["partition"], r["offset"]): (r["error"], r["payload"]) for r in rows.to_pylist()}
+
+    batch = run_cli(*retail_log.run_args("batch"), timeout=600)
+    assert batch.returncode == 0, batch.stderr[-3000:]
+    assert _views(retail_log.warehouse) == expected
+    batch_letters = letters(retail_log.warehouse)
+    # Each dead letter says why and holds its record's raw bytes (read back by offset).
+    why = {"reused": "event_id reused with different content: ", "overflow": "quantity would overflow "}
+    assert {
+        where: (error.startswith(why[truth.refused[where]]), payload)
+        for where, (error, payload) in batch_letters.items()
+    } == {
+        (topic, partition, offset): (True, offsets[(topic, partition)][offset])
+        for topic, partition, offset in truth.refused
+    }
+
+    streamed = retail_log.with_warehouse(tmp_path / "streamed")
+    streaming_convergence_s(streamed, tmp_path / "pipeline.log", timeout_s=300)
+    assert _views(streamed.warehouse) == expected
+    assert letters(streamed.warehouse) == batch_letters
+
+
+def _first_record(bootstrap: str, topic: str) -> Any:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        consumer.assign([TopicPartition(topic, 0)])
+        consumer.seek_to_beginning()
+        for _ in range(60):
+            for records in consumer.poll(timeout_ms=1000, max_records=1).values():
+                return records[0]
+        raise AssertionError(f"no record in {topic}/0")
+    finally:
+        consumer.close()
 
 
 def test_wordcount_batch_equals_the_recompute(bootstrap_servers: str, make_topic, tmp_path: Path):

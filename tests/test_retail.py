@@ -152,29 +152,33 @@ def test_shards_must_be_positive() -> None:
         StreamRetail(shards=0)
 
 
-def test_late_events_are_stamped_near_the_newest_event_time_for_the_state_step() -> None:
-    keyer = _KeyByShard(shards=1, slack=timedelta(seconds=5))
+def test_a_shards_element_carries_the_earliest_stamp_of_its_events() -> None:
+    # The read stamps events within its watermark's step; the shard's element
+    # must not be stamped later than any of its events (nor than the read did).
+    keyer = _KeyByShard(shards=1)
     on_time = Sale("a", "s", "i", 1, T0)
     an_hour_late = Sale("b", "s", "i", 1, T0 - HOUR)
-    slightly_late = Sale("c", "s", "j", 1, T0 - 2_000_000)
-    for events, stamp in (([on_time, an_hour_late], T0 - 5_000_000), ([slightly_late], T0 - 2_000_000)):
+    cases = [
+        # The read stamped the late event at its watermark, 5 s behind the newest: that is the element's stamp.
+        ([(on_time, T0), (an_hour_late, T0 - 5_000_000)], T0 - 5_000_000),
+        ([(an_hour_late, T0 - HOUR)], T0 - HOUR),
+    ]
+    for stamped, earliest in cases:
         keyer.start_bundle()
-        for event in events:
-            assert list(keyer.process(event) or ()) == []  # held to the bundle's end
+        for event, micros in stamped:
+            assert list(keyer.process(event, Timestamp(micros=micros)) or ()) == []  # held to the bundle's end
         (out,) = keyer.finish_bundle()
-        # The shard's element is stamped at the earliest of its events' stamps; an
-        # event an hour late counts as the newest event time less the slack.
-        assert out.timestamp.micros == stamp
+        assert out.timestamp.micros == earliest
         # The events themselves, and so every row built from them, are untouched.
-        assert out.value == (0, events)
+        assert out.value == (0, [event for event, _ in stamped])
 
 
 def test_each_bundle_sends_one_element_per_shard_with_its_events_in_order() -> None:
-    keyer = _KeyByShard(shards=4, slack=timedelta(seconds=5))
+    keyer = _KeyByShard(shards=4)
     events = [Sale(f"e{n}", f"store-{n % 3}", f"item-{n % 5}", 1, T0 + n) for n in range(40)]
     keyer.start_bundle()
     for event in events:
-        keyer.process(event)
+        keyer.process(event, Timestamp(micros=event.event_time))
     out = {v.value[0]: v.value[1] for v in keyer.finish_bundle()}
     assert out == {
         shard: [e for e in events if shard_of(e.key, 4) == shard] for shard in {shard_of(e.key, 4) for e in events}
@@ -183,6 +187,31 @@ def test_each_bundle_sends_one_element_per_shard_with_its_events_in_order() -> N
     assert list(keyer.finish_bundle()) == []  # nothing carried over into the next bundle
 
 
-def test_late_slack_must_not_be_negative() -> None:
-    with pytest.raises(ConfigError, match="late_slack"):
-        StreamRetail(late_slack=timedelta(seconds=-1))
+@pytest.mark.parametrize("grid", [timedelta(0), timedelta(microseconds=1500), timedelta(seconds=-1)])
+def test_history_grid_must_be_whole_positive_milliseconds(grid: timedelta) -> None:
+    with pytest.raises(ConfigError, match="history_grid"):
+        StreamRetail(history_grid=grid)
+
+
+def test_timers_for_history_fire_on_the_grid_and_for_the_present_on_time() -> None:
+    day = 24 * HOUR
+    now = (T0 + 10 * day - 20 * 60 * 1_000_000) / 1e6  # 20 minutes before T0 + 10 days
+
+    def runner() -> _Runner:
+        return _Runner(StreamRetail(horizon=timedelta(days=2), early_delay=None, clock=lambda: now))
+
+    history = runner()
+    # A sale ten days back: its window's deadline (T0 + 1 h - 1 ms) and its
+    # id's expiry (T0 + 2 days + one 6-hour bucket) are history: next day boundary.
+    history.bundle([Sale("old", "s", "i", 1, T0)])
+    assert (history.timers["window"].at, history.timers["expiry"].at) == (
+        Timestamp(micros=T0 + day),
+        Timestamp(micros=T0 + 3 * day),
+    )
+    # Fired there, the key's own expiry logic runs with its own time.
+    history.bundle([], fire=("expiry", T0 + 3 * day))
+    assert _replay(history.log.committed).ids == 0
+    # A sale of the present keeps its exact deadline: the end of its hour, less 1 ms.
+    present = runner()
+    present.bundle([Sale("new", "s", "j", 1, int(now * 1e6) - 10 * 60 * 1_000_000)])
+    assert present.timers["window"].at == Timestamp(micros=T0 + 10 * day - 1_000)

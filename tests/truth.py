@@ -12,7 +12,7 @@ import math
 import re
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from kafka import KafkaConsumer, TopicPartition
@@ -113,29 +113,55 @@ class Truth:
     dead_letters: set[tuple[str, int, int]]
     applied: int
     duplicates: int
+    # Why each valid record that was not applied is a dead letter: "reused" or "overflow".
+    refused: dict[tuple[str, int, int], str] = field(default_factory=dict)
 
 
 def recompute_retail(shipments: list[RawRecord], sales: list[RawRecord], window_s: int = 3600) -> Truth:
-    """Inventory, hourly sales and dead letters exactly as the contract defines them."""
+    """Inventory, hourly sales and dead letters exactly as the contract defines them.
+
+    An event is (topic, store_id, item_id, event_id). Kafka orders a topic only
+    within a partition; this recompute takes a topic's records partition by
+    partition, each in offset order (the rule the README states for an event
+    whose records sit in several partitions). The first record of an event
+    counts; a later one with the same quantity and event_time is a re-send,
+    one with another quantity or event_time a dead letter. A record that would
+    take its key's shipped or sold total past a 64-bit integer is a dead letter
+    too (the event is still known: its re-sends are re-sends).
+    """
     inventory: dict[tuple[str, str], dict] = defaultdict(
         lambda: {"shipped": 0, "sold": 0, "events": 0, "last_event_time": None}
     )
     windows: dict[tuple[datetime, str, str], int] = defaultdict(int)
     dead: set[tuple[str, int, int]] = set()
+    refused: dict[tuple[str, int, int], str] = {}
     applied = duplicates = 0
     for records, column in ((shipments, "shipped"), (sales, "sold")):
-        seen: set[str] = set()
-        for topic, partition, offset, value in records:
+        first_seen: dict[tuple[str, str, str, str], tuple[int, datetime]] = {}
+        totals: dict[tuple[str, str], int] = defaultdict(int)
+        for topic, partition, offset, value in sorted(records, key=lambda r: (r[1], r[2])):
             event = parse_event(value)
             if event is None:
                 dead.add((topic, partition, offset))
                 continue
-            if event["event_id"] in seen:
-                duplicates += 1
+            key = (event["store_id"], event["item_id"])
+            identity = (topic, *key, event["event_id"])
+            content = (event["quantity"], event["_time"])
+            if identity in first_seen:
+                if first_seen[identity] == content:
+                    duplicates += 1
+                else:
+                    dead.add((topic, partition, offset))
+                    refused[(topic, partition, offset)] = "reused"
                 continue
-            seen.add(event["event_id"])
+            first_seen[identity] = content
+            if totals[key] + event["quantity"] > MAX_QUANTITY:
+                dead.add((topic, partition, offset))
+                refused[(topic, partition, offset)] = "overflow"
+                continue
+            totals[key] += event["quantity"]
             applied += 1
-            row = inventory[(event["store_id"], event["item_id"])]
+            row = inventory[key]
             row[column] += event["quantity"]
             row["events"] += 1
             if row["last_event_time"] is None or event["_time"] > row["last_event_time"]:
@@ -146,7 +172,7 @@ def recompute_retail(shipments: list[RawRecord], sales: list[RawRecord], window_
                 windows[(start, event["store_id"], event["item_id"])] += event["quantity"]
     for row in inventory.values():
         row["on_hand"] = row["shipped"] - row["sold"]
-    return Truth(dict(inventory), dict(windows), dead, applied, duplicates)
+    return Truth(dict(inventory), dict(windows), dead, applied, duplicates, refused)
 
 
 def recompute_word_counts(lines: list[RawRecord]) -> tuple[dict[str, int], set[tuple[str, int, int]]]:

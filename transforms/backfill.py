@@ -1,33 +1,43 @@
 """Batch backfill of the retail views: the plain recompute of the log, as two combines.
 
 A backfill has the whole log, so nothing is late and nothing expires: the views
-are exactly "drop invalid records, keep each event_id once per topic, sum". The
+are exactly "drop invalid records, apply each event once, sum", with the
+streaming step's rules (``transforms/inventory.py``) in the log's order. The
 streaming DoFns would pay a state read and write per event, and grouping the
 raw events would push every event through a shuffle. Instead:
 
 1. the read hands over whole polls (``ReadFromKafka(batched=True)``), and each
    record is decoded straight into columns (an invalid one becomes a dead
-   letter), one set per (kind, bucket of its event_id): one element per poll
-   and bucket, not per event, crosses Beam's machinery;
+   letter), one set per (topic, bucket of its store and item): one element per
+   poll and bucket, not per event, crosses Beam's machinery;
 2. a CombinePerKey joins each bucket's columns. Beam runs the combine on each
    worker before the shuffle, so a worker ships one set of columns per bucket,
-   which pickles as a few arrays and a list of ids;
-3. each bucket keeps per event_id the occurrence first in the log (lowest
-   partition, then offset), as the recompute does, and sums the survivors per
-   (store_id, item_id) (totals, events, last event time) and, for sales, per
-   (store_id, item_id, event-time window), with numpy over the columns.
-   Dedupe is per topic whatever store or item a repeated event_id names;
-4. a second CombinePerKey merges the buckets' sums per (store_id, item_id),
-   and a global combine adds up the buckets' window sums into one Arrow table;
+   which pickles as a few arrays and one string of ids;
+3. each bucket holds every event of its (store_id, item_id) keys of its kind,
+   so it applies the rules alone. Per identity (topic, store_id, item_id,
+   event_id) the occurrence first in the log (lowest partition, then offset)
+   wins: another with the same quantity and event_time is a re-send, one with
+   other content a dead letter. The winners are applied in log order, and one
+   that would take its key's total past int64 is a dead letter (checked event
+   by event only when the bucket's quantities could add up that far). The
+   survivors are summed per (store_id, item_id) (totals, events, last event
+   time) and, for sales, per (store_id, item_id, event-time window), with
+   numpy over the columns;
+4. a second CombinePerKey merges each key's shipment and sale sums, and a
+   global combine adds up the buckets' window sums into one Arrow table;
 5. the ``inventory`` rows are built from the merged sums by the function the
    streaming path uses; the ``sales_by_window`` table has the rows
    ``window_row`` builds (``windows_table``, held equal to it by a test).
 
-Sums stay in int64 only where no sum can pass it; otherwise they are Python
-ints, which fail at the sink as the streaming path's do.
+A dead letter carries its raw record, but which records the rules refuse is
+known only once a bucket is whole, far from where it was read; payloads
+through the shuffle made a 1M-event backfill a quarter slower. So the
+refused records (a few, if any) are read back by offset (``refetch``, such
+as ``FetchRecords``), or picked out of the input when there is no log to
+read them from.
 
-Buckets (a CRC of the event_id, stable across processes) let the dedupe run on
-several workers at once; their count barely matters on one machine.
+Buckets (a CRC of the store and item, stable across processes) let the rules
+run on several workers at once; their count barely matters on one machine.
 """
 
 from __future__ import annotations
@@ -47,13 +57,14 @@ from core.errors import ConfigError
 from transforms.coders import EstimatedPickleCoder
 from transforms.counts import DEFAULT_WINDOW_SIZE, LONGEST_WINDOW, windows_table
 from transforms.events import DEAD_LETTERS_TAG, NO_TIME, DeadLetter, EventKind, decode_fields
-from transforms.inventory import inventory_row
+from transforms.inventory import MAX_TOTAL, conflict_error, inventory_row, overflow_error
 from transforms.kafka import KafkaBatch, KafkaRecord
 
 __all__ = ["BUCKETS", "BackfillResult", "BackfillRetail"]
 
 BUCKETS = 16
 _WINDOWS_TAG = "windows"
+_REFUSED_TAG = "refused"
 
 
 # Sizes for Beam's byte counters, in pickled bytes per item measured on
@@ -107,7 +118,7 @@ _Sums = list[Any]
 
 
 class _DecodeColumns(beam.DoFn):
-    """Records -> ((kind, bucket), :class:`_Events`), or dead letters.
+    """Records -> ((topic, kind, bucket), :class:`_Events`), or dead letters.
 
     Takes a :class:`KafkaBatch` (the backfill reads batched) or a single
     :class:`KafkaRecord`, of one kind or of several (``kinds``: topic -> kind).
@@ -121,17 +132,20 @@ class _DecodeColumns(beam.DoFn):
         kind_names = {kinds} if isinstance(kinds, str) else set(kinds.values())
         self._dead_counters = {kind: Metrics.counter("beamline", f"{kind}_dead_letters") for kind in kind_names}
         self._names: dict[str, str] = {}
+        self._buckets_of: dict[tuple[str, str], int] = {}
 
     def setup(self) -> None:
         # One string object per store and item name, however many events repeat
         # it: the columns hold every event until the shuffle, and a repeated
         # object pickles as a reference.
         self._names = {}
+        self._buckets_of = {}
 
     def process(self, element: KafkaBatch | KafkaRecord) -> Iterator[Any]:
         records = element.records if isinstance(element, KafkaBatch) else (element,)
         names = self._names
         buckets = self._buckets
+        buckets_of = self._buckets_of
         kinds = self._kinds
         kind = kinds if isinstance(kinds, str) else kinds[element.topic]
         parts: dict[int, _Events] = {}
@@ -146,7 +160,10 @@ class _DecodeColumns(beam.DoFn):
                 )
                 continue
             event_id, store_id, item_id, quantity, event_time = fields
-            bucket = zlib.crc32(event_id.encode("utf-8")) % buckets
+            key = (store_id, item_id)
+            bucket = buckets_of.get(key)
+            if bucket is None:
+                bucket = buckets_of[key] = _bucket_of(key, buckets)
             part = parts.get(bucket)
             if part is None:
                 part = parts[bucket] = _Events.empty()
@@ -160,7 +177,12 @@ class _DecodeColumns(beam.DoFn):
         if dead:
             self._dead_counters[kind].inc(dead)
         for bucket, part in parts.items():
-            yield (kind, bucket), part
+            yield (element.topic, kind, bucket), part
+
+
+def _bucket_of(key: tuple[str, str], buckets: int) -> int:
+    """The bucket of a (store_id, item_id): the same in every process and run."""
+    return zlib.crc32(f"{key[0]}\0{key[1]}".encode()) % buckets
 
 
 class _GatherEvents(beam.CombineFn):
@@ -189,17 +211,44 @@ class _GatherEvents(beam.CombineFn):
         return EstimatedPickleCoder(_events_size)
 
 
-def _first_in_log(events: _Events) -> Iterable[int]:
-    """Rows of ``events`` to keep: per event_id, the occurrence first in the log (lowest partition, then offset)."""
-    index: dict[str, int] = {}
+class _Identities(NamedTuple):
+    """A bucket's rows sorted out by identity: the first occurrence in the log of each wins."""
+
+    first: list[int]  # one row per identity, in the order its identity was met
+    conflicts: list[tuple[int, int]]  # (row, its identity's first row): same identity, other content
+    duplicates: int  # rows with their first's content: re-sends
+
+
+def _identities(events: _Events) -> _Identities:
+    """Sort ``events`` out by identity (event_id, store_id, item_id; the bucket is one topic's)."""
+    index: dict[tuple[str, str, str], int] = {}
     keep = index.setdefault
+    repeated: dict[tuple[str, str, str], list[int]] = {}
     partitions, offsets = events.partitions, events.offsets
-    for row, event_id in enumerate(events.ids):
-        kept = keep(event_id, row)
-        # Most ids occur once; a repeat replaces the kept row only if it is earlier in the log.
-        if kept != row and (partitions[row], offsets[row]) < (partitions[kept], offsets[kept]):
-            index[event_id] = row
-    return index.values()
+    for row, ident in enumerate(zip(events.ids, events.store_ids, events.item_ids, strict=True)):
+        kept = keep(ident, row)
+        if kept != row:
+            # Most identities occur once; a repeat replaces the kept row only if it is earlier in the log.
+            rows = repeated.get(ident)
+            if rows is None:
+                repeated[ident] = [kept, row]
+            else:
+                rows.append(row)
+            if (partitions[row], offsets[row]) < (partitions[kept], offsets[kept]):
+                index[ident] = row
+    conflicts = []
+    duplicates = 0
+    quantities, times = events.quantities, events.event_times
+    for ident, rows in repeated.items():
+        first = index[ident]
+        for row in rows:
+            if row == first:
+                continue
+            if quantities[row] == quantities[first] and times[row] == times[first]:
+                duplicates += 1
+            else:
+                conflicts.append((row, first))
+    return _Identities(list(index.values()), conflicts, duplicates)
 
 
 _INT64_LIMIT = 2**63
@@ -267,26 +316,47 @@ def _joined_windows(parts: list[_WindowSums]) -> _WindowSums:
 
 
 class _SumBucket(beam.DoFn):
-    """One bucket's events -> partial sums per (store_id, item_id), and per window for sales; each event_id once."""
+    """One bucket's events -> partial sums per (store_id, item_id), and per window for sales; dead letters tagged.
+
+    The bucket holds every event of its keys of one kind (one topic), so the
+    rules need nothing from other buckets.
+    """
 
     def __init__(self, window_size: int) -> None:
         self._size = window_size
         self._applied = Metrics.counter("beamline", "inventory_events_applied")
         self._duplicates = Metrics.counter("beamline", "inventory_duplicates")
+        self._conflicts = Metrics.counter("beamline", "inventory_event_ids_reused")
+        self._overflows = Metrics.counter("beamline", "inventory_overflows")
 
-    def process(self, element: tuple[tuple[str, int], _Events]) -> Iterator[Any]:
-        (kind, _bucket), events = element
-        rows = list(_first_in_log(events))
+    def process(self, element: tuple[tuple[str, EventKind, int], _Events]) -> Iterator[Any]:
+        (topic, kind, _bucket), events = element
+        found = _identities(events)
+        self._duplicates.inc(found.duplicates)
+        self._conflicts.inc(len(found.conflicts))
+        for row, first in found.conflicts:
+            error = conflict_error(
+                events.ids[row],
+                (events.store_ids[row], events.item_ids[row]),
+                (events.event_times[first], events.quantities[first]),
+                (events.event_times[row], events.quantities[row]),
+            )
+            yield beam.pvalue.TaggedOutput(_REFUSED_TAG, _refused(topic, events, row, error))
+        rows = found.first
+        if _could_overflow(events.quantities, rows):
+            rows, refused = _within_int64(kind, events, rows)
+            self._overflows.inc(len(refused))
+            for row, error in refused:
+                yield beam.pvalue.TaggedOutput(_REFUSED_TAG, _refused(topic, events, row, error))
         kept = np.array(rows, dtype=np.int64)
         self._applied.inc(len(kept))
-        self._duplicates.inc(len(events.ids) - len(kept))
-        # Keys of kept rows only: a key named only by dropped repeats gets no code and no sums.
+        # Keys of kept rows only: a key named only by dropped rows gets no code and no sums.
         code_of: dict[tuple[str, str], int] = {}
         code = code_of.setdefault
         pairs = zip(map(events.store_ids.__getitem__, rows), map(events.item_ids.__getitem__, rows), strict=True)
         codes = np.fromiter((code(key, len(code_of)) for key in pairs), np.int32, len(rows))
+        # No key's total passes int64 now, nor any window's (a part of a key's sold).
         quantities = np.frombuffer(events.quantities, dtype=np.int64)[kept]
-        quantities = quantities.astype(_sum_dtype(quantities, len(quantities)), copy=False)
         times = np.frombuffer(events.event_times, dtype=np.int64)[kept]
         keys = len(code_of)
         totals = np.zeros(keys, dtype=quantities.dtype)
@@ -304,8 +374,54 @@ class _SumBucket(beam.DoFn):
             yield beam.pvalue.TaggedOutput(_WINDOWS_TAG, windows.grouped())
 
 
+# A record the rules refused, before its payload is read back: ((topic, partition, offset), error).
+_Refused = tuple[tuple[str, int, int], str]
+
+
+def _refused(topic: str, events: _Events, row: int, error: str) -> _Refused:
+    return (topic, events.partitions[row], events.offsets[row]), error
+
+
+def _refused_letter(found: tuple[KafkaRecord, str]) -> DeadLetter:
+    record, error = found
+    return DeadLetter(record.topic, record.partition, record.offset, error, record.value or b"")
+
+
+def _pick_refused(element: KafkaBatch | KafkaRecord, refused: Mapping[tuple[str, int, int], str]) -> Iterator[Any]:
+    """The input's records that the rules refused, as dead letters (``refetch=None``)."""
+    if not refused:
+        return
+    records = element.records if isinstance(element, KafkaBatch) else (element,)
+    for record in records:
+        error = refused.get((record.topic, record.partition, record.offset))
+        if error is not None:
+            yield _refused_letter((record, error))
+
+
+def _could_overflow(quantities: array[int], rows: list[int]) -> bool:
+    """Whether any key's total over ``rows`` could pass int64 (if not, no event need be checked)."""
+    return bool(rows) and max(quantities[row] for row in rows) * len(rows) > MAX_TOTAL
+
+
+def _within_int64(kind: EventKind, events: _Events, rows: list[int]) -> tuple[list[int], list[tuple[int, str]]]:
+    """``rows`` applied in log order, without those that would take their key's total past int64 (with why)."""
+    column = "shipped" if kind == "shipment" else "sold"
+    totals: dict[tuple[str, str], int] = {}
+    kept: list[int] = []
+    refused: list[tuple[int, str]] = []
+    for row in sorted(rows, key=lambda r: (events.partitions[r], events.offsets[r])):
+        key = (events.store_ids[row], events.item_ids[row])
+        total, quantity = totals.get(key, 0), events.quantities[row]
+        if total + quantity > MAX_TOTAL:
+            refused.append((row, overflow_error(column, key, total, quantity)))
+        else:
+            totals[key] = total + quantity
+            kept.append(row)
+    return kept, refused
+
+
 class _MergeSums(beam.CombineFn):
-    """Adds partial sums of one (store_id, item_id)."""
+    """Adds partial sums of one (store_id, item_id): its shipments' and its sales'."""
 
     def create_accumulator(self) -> _Sums:
         return [0, 0, 0, NO_TIME]
@@ -388,6 +504,12 @@ class BackfillRetail(beam.PTransform):
 
     The batch equivalent of DecodeEvents + ComputeInventory + SalesByWindow,
     with the same rows; bounded input only (a backfill).
+
+    ``refetch`` reads back the raw bytes of the records the rules refuse
+    (reused identities, totals past int64): a transform from
+    ``((topic, partition, offset), error)`` to ``(KafkaRecord, error)``, such
+    as ``FetchRecords(connection)``. Without one they are picked out of the
+    input, which a runner then keeps until the sums are done.
     """
 
     def __init__(
@@ -396,6 +518,7 @@ class BackfillRetail(beam.PTransform):
         buckets: int = BUCKETS,
         *,
         topics: Mapping[str, EventKind] | None = None,
+        refetch: beam.PTransform | None = None,
     ) -> None:
         super().__init__()
         if not timedelta(0) < window_size <= LONGEST_WINDOW:
@@ -407,6 +530,7 @@ class BackfillRetail(beam.PTransform):
         self._size = window_size // timedelta(microseconds=1)
         self._buckets = buckets
         self._topics = dict(topics) if topics is not None else None
+        self._refetch = refetch
 
     def expand(self, records: beam.PCollection | tuple[beam.PCollection, beam.PCollection]) -> BackfillResult:
         if isinstance(records, beam.PCollection):
@@ -431,15 +555,21 @@ class BackfillRetail(beam.PTransform):
         sums = (
             events
             | "GatherBuckets" >> beam.CombinePerKey(_GatherEvents())
-            | "SumBuckets" >> beam.ParDo(_SumBucket(self._size)).with_outputs(_WINDOWS_TAG, main="totals")
+            | "SumBuckets" >> beam.ParDo(_SumBucket(self._size)).with_outputs(_WINDOWS_TAG, _REFUSED_TAG, main="totals")
         )
         inventory = sums.totals | "MergeSums" >> beam.CombinePerKey(_MergeSums()) | "Rows" >> beam.Map(_inventory_row)
         windows = (
             sums[_WINDOWS_TAG] | "MergeWindows" >> beam.CombineGlobally(_MergeWindows(self._size)).without_defaults()
         )
-        dead = (
-            decoded[0][DEAD_LETTERS_TAG]
-            if len(decoded) == 1
-            else [d[DEAD_LETTERS_TAG] for d in decoded] | "AllDeadLetters" >> beam.Flatten()
-        )
+        refused = sums[_REFUSED_TAG]
+        if self._refetch is not None:
+            letters = refused | "Refetch" >> self._refetch | "RefusedLetters" >> beam.Map(_refused_letter)
+        else:
+            inputs = [records] if isinstance(records, beam.PCollection) else list(records)
+            found = beam.pvalue.AsDict(refused)
+            letters = [
+                pcoll | f"PickRefused{n if n else ''}" >> beam.FlatMap(_pick_refused, found)
+                for n, pcoll in enumerate(inputs)
+            ] | "RefusedFromInputs" >> beam.Flatten()
+        dead = [d[DEAD_LETTERS_TAG] for d in decoded] + [letters] | "AllDeadLetters" >> beam.Flatten()
         return BackfillResult(inventory, windows, dead)

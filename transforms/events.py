@@ -48,6 +48,7 @@ __all__ = [
     "decode_fields",
     "duration_micros",
     "event_payload",
+    "event_time_of",
     "micros_to_datetime",
     "parse_event",
     "parse_rfc3339",
@@ -436,6 +437,16 @@ def decode_fields(value: bytes | None) -> EventFields | str:
     return event_id, store_id, item_id, quantity, event_time
 
 
+def event_time_of(value: bytes | None) -> int | None:
+    """The event time (epoch micros) of a valid event's record value; None for an invalid one.
+
+    What an event-time read keeps time by (``ReadFromKafka(event_time=event_time_of)``):
+    the full contract check, so a record that will be a dead letter never moves a watermark.
+    """
+    fields = decode_fields(value)
+    return None if isinstance(fields, str) else fields[4]
+
+
 def parse_event(record: KafkaRecord, kind: EventKind, *, keep_payload: bool = True) -> Shipment | Sale | DeadLetter:
     """Validate one record as a ``kind`` event; a broken record becomes a DeadLetter.
 
@@ -510,7 +521,7 @@ def dead_letter_to_kafka(dead: DeadLetter) -> tuple[bytes, bytes]:
 
 
 class _DecodeFn(beam.DoFn):
-    """Records -> events stamped at their event time, or dead letters.
+    """Records -> events stamped at their event time (or their record's stamp), or dead letters.
 
     ``global_windows``: the input is in the global window, so each event goes
     out as a ready WindowedValue. A TimestampedValue makes the runner assign
@@ -518,10 +529,11 @@ class _DecodeFn(beam.DoFn):
     twentieth of a streaming worker's time.
     """
 
-    def __init__(self, kind: EventKind, keep_payload: bool, global_windows: bool = False) -> None:
+    def __init__(self, kind: EventKind, keep_payload: bool, global_windows: bool = False, restamp: bool = True) -> None:
         self._kind = kind
         self._keep_payload = keep_payload
         self._global_windows = global_windows
+        self._restamp = restamp
         self._dead = beam.metrics.Metrics.counter("beamline", f"{kind}_dead_letters")
 
     def process(self, record: KafkaRecord):
@@ -529,6 +541,8 @@ class _DecodeFn(beam.DoFn):
         if isinstance(result, DeadLetter):
             self._dead.inc()
             yield beam.pvalue.TaggedOutput(DEAD_LETTERS_TAG, result)
+        elif not self._restamp:
+            yield result  # a plain value keeps its record's timestamp and windows
         elif self._global_windows:
             yield WindowedValue(result, Timestamp(micros=result.event_time), GLOBAL_WINDOWS)
         else:
@@ -540,17 +554,22 @@ class DecodeEvents(beam.PTransform):
 
     Returns a tuple-like result: ``events, dead = records | DecodeEvents("sale")``
     (also ``result.events`` / ``result.dead_letters``).
+
+    ``stamped_by_read=True`` keeps each record's own timestamp instead: for
+    records an event-time read stamped itself (``ReadFromKafka(event_time=
+    event_time_of)``), whose stamps are event times kept within its
+    watermark's step.
     """
 
-    def __init__(self, kind: EventKind, *, keep_payload: bool = True) -> None:
+    def __init__(self, kind: EventKind, *, keep_payload: bool = True, stamped_by_read: bool = False) -> None:
         super().__init__()
         if kind not in _EVENT_TYPES:
             raise ConfigError(f"kind must be 'shipment' or 'sale', not {kind!r}")
         self._kind = kind
         self._keep_payload = keep_payload
+        self._restamp = not stamped_by_read
 
     def expand(self, records: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
         global_windows = isinstance(records.windowing.windowfn, GlobalWindows)
-        return records | beam.ParDo(_DecodeFn(self._kind, self._keep_payload, global_windows)).with_outputs(
-            DEAD_LETTERS_TAG, main=EVENTS_TAG
-        )
+        fn = _DecodeFn(self._kind, self._keep_payload, global_windows, self._restamp)
+        return records | beam.ParDo(fn).with_outputs(DEAD_LETTERS_TAG, main=EVENTS_TAG)

@@ -1,12 +1,17 @@
 """Stock per (store_id, item_id): shipments minus sales, each event applied once.
 
 :class:`ComputeInventory` keys events by (store_id, item_id) and runs one stateful
-DoFn that dedupes by ``(kind, event_id)`` (a shipment and a sale may share an
-event_id: dedupe is per topic) and keeps the running totals. Dedupe memory lives
-with the (store_id, item_id) key: a re-sent event is always caught, but an
-event_id re-used for a different store or item (a producer bug, not a retry)
-counts once for each key. A batch backfill (``transforms/backfill.py``) dedupes
-per topic across keys, as the contract says, and corrects such a view.
+DoFn that keeps the running totals and remembers each event's identity: the
+contract's (topic, store_id, item_id, event_id), that is ``(kind, event_id)``
+within the key (one topic per kind). A shipment and a sale may share an
+event_id, and so may two stores or items: each is another event. An identity
+seen again with the same content (quantity and event_time) is a re-send,
+applied once; with other content it is a dead letter ("event_id reused with
+different content"): the first one seen wins, which for one partition is the
+first in the log. An event that would take the key's shipped or sold total
+past int64 is a dead letter too ("quantity would overflow ..."); its identity
+is still remembered, so a re-send of it is a duplicate. A batch backfill
+(``transforms/backfill.py``) applies the same rules in log order.
 
 Bounded memory (streaming). Remembered event_ids are forgotten once their event
 time is more than ``horizon`` behind the watermark; an event-time timer does it.
@@ -66,13 +71,21 @@ __all__ = [
     "FINAL_TIMER",
     "INVENTORY_TAG",
     "KEY_STATE",
+    "MAX_TOTAL",
+    "REMEMBERED",
     "SEEN_STATE",
     "ComputeInventory",
     "GroupedInventoryFn",
     "InventoryDoFn",
     "Mode",
     "VersionedCache",
+    "conflict_error",
+    "event_letter",
+    "identify",
     "inventory_row",
+    "log_position",
+    "overflow_error",
+    "would_overflow",
 ]
 
 Mode = Literal["streaming", "batch"]
@@ -87,9 +100,9 @@ DEFAULT_HORIZON = timedelta(days=7)
 # (catching up, or the end of bounded input) costs at most ~8 firings per horizon.
 _EXPIRY_BUCKETS_PER_HORIZON = 8
 
-# (kind, event_id, event_time micros) of every event remembered for this key.
+# (kind, event_id, event_time micros, quantity) of every event remembered for this key.
 # A bag: remembering one more id appends it, instead of rewriting every id.
-SEEN_STATE = BagStateSpec("seen", TupleCoder((StrUtf8Coder(), StrUtf8Coder(), VarIntCoder())))
+SEEN_STATE = BagStateSpec("seen", TupleCoder((StrUtf8Coder(), StrUtf8Coder(), VarIntCoder(), VarIntCoder())))
 # The key's totals and bookkeeping (:class:`KeyState`).
 KEY_STATE = ReadModifyWriteStateSpec("key", PickleCoder())
 # Streaming: forget ids older than the horizon behind the watermark.
@@ -116,14 +129,69 @@ class KeyState:
     seen_version: int = 0  # names the bag's contents; see InventoryDoFn._seen
 
 
+# The largest total a view column holds (signed 64-bit).
+MAX_TOTAL = 2**63 - 1
+
+# What the key remembers of an event: (kind, event_id) -> (event_time micros, quantity).
+Seen = dict[tuple[str, str], tuple[int, int]]
+Outcome = Literal["new", "duplicate", "conflict"]
+# What became of one event: ``admit``'s answer. The identity is remembered after "overflow" and "applied".
+Admission = Literal["too_old", "duplicate", "conflict", "overflow", "applied"]
+REMEMBERED = ("overflow", "applied")
+
+
 def _apply(st: KeyState, event: Shipment | Sale) -> None:
-    """Add one (already deduped) event to a key's totals."""
+    """Add one (already deduped, overflow-checked) event to a key's totals."""
     if isinstance(event, Shipment):
         st.shipped += event.quantity
     else:
         st.sold += event.quantity
     st.events += 1
     st.last_event_time = max(st.last_event_time, event.event_time)
+
+
+def identify(seen: Seen, event: Shipment | Sale) -> Outcome:
+    """Remember the event's identity; "duplicate" (same content) or "conflict" (other content) if already seen."""
+    ident = (event.kind, event.event_id)
+    known = seen.get(ident)
+    if known is None:
+        seen[ident] = (event.event_time, event.quantity)
+        return "new"
+    return "duplicate" if known == (event.event_time, event.quantity) else "conflict"
+
+
+def conflict_error(event_id: str, key: tuple[str, str], first: tuple[int, int], again: tuple[int, int]) -> str:
+    """The error of an identity seen again with other content; ``first`` and ``again`` are (event_time, quantity)."""
+
+    def content(seen: tuple[int, int]) -> str:
+        return f"quantity {seen[1]} at {micros_to_datetime(seen[0]).isoformat()}"
+
+    return (
+        f"event_id reused with different content: {event_id!r} for store {key[0]!r}, item {key[1]!r} "
+        f"was first {content(first)}, this record has {content(again)}; not applied (the first one counts)"
+    )
+
+
+def overflow_error(column: str, key: tuple[str, str], total: int, quantity: int) -> str:
+    """The dead letter's error for an event that would take a key's total past int64."""
+    return (
+        f"quantity would overflow {column}: store {key[0]!r}, item {key[1]!r} has {column} {total}, and "
+        f"{quantity} more would pass {MAX_TOTAL} (the largest a 64-bit column holds); not applied"
+    )
+
+
+def would_overflow(st: KeyState, event: Shipment | Sale) -> str | None:
+    """The error if adding the event passes int64 in the key's shipped or sold total (on_hand then cannot)."""
+    column, total = ("shipped", st.shipped) if isinstance(event, Shipment) else ("sold", st.sold)
+    if total + event.quantity > MAX_TOTAL:
+        return overflow_error(column, event.key, total, event.quantity)
+    return None
+
+
+def event_letter(event: Shipment | Sale, error: str) -> DeadLetter:
+    """A dead letter for an event that was read but not applied."""
+    default_topic = topics.SHIPMENTS if isinstance(event, Shipment) else topics.SALES
+    return DeadLetter(event.source_topic or default_topic, event.partition, event.offset, error, event_payload(event))
 
 
 def inventory_row(key: tuple[str, str], shipped: int, sold: int, events: int, last_event_time: int) -> dict[str, Any]:
@@ -179,7 +247,8 @@ class InventoryDoFn(beam.DoFn):
 
     Outputs: main = inventory rows; ``applied`` = each event the first time it is
     applied (keeps its timestamp, feeds the windowed counts); ``dead_letters`` =
-    events too old to dedupe (streaming only).
+    events too old to dedupe (streaming only), identities reused with other
+    content, and events that would overflow a total.
 
     State per key: a small cell of totals and a bag of remembered ids. Prism
     gives the SDK no cache tokens, so every state read is a round trip, each
@@ -202,6 +271,8 @@ class InventoryDoFn(beam.DoFn):
         self._bucket = max(1_000, self._horizon // _EXPIRY_BUCKETS_PER_HORIZON // 1_000 * 1_000)
         self._applied = Metrics.counter("beamline", "inventory_events_applied")
         self._duplicates = Metrics.counter("beamline", "inventory_duplicates")
+        self._conflicts = Metrics.counter("beamline", "inventory_event_ids_reused")
+        self._overflows = Metrics.counter("beamline", "inventory_overflows")
         self._too_old = Metrics.counter("beamline", "inventory_too_old_for_dedupe")
         # Every copy of this DoFn in a worker process (one per concurrent bundle)
         # shares one cache; the id keeps two pipeline steps apart.
@@ -212,17 +283,17 @@ class InventoryDoFn(beam.DoFn):
         self._version = int.from_bytes(os.urandom(8), "big") | 1  # never 0 (a new key's cell)
         _SEEN_CACHE.trim()
 
-    def _seen(self, key: Any, st: KeyState, seen_state: Any) -> dict[tuple[str, str], int]:
+    def _seen(self, key: Any, st: KeyState, seen_state: Any) -> Seen:
         """The key's remembered ids as of its committed (or this bundle's) cell."""
         cache_key = (self._step, key)
         cached = _SEEN_CACHE.get(cache_key, st.seen_version)
         if cached is not None:
             return cached
-        seen = {(kind, event_id): t for kind, event_id, t in seen_state.read()} if st.seen_version else {}
+        seen = {(kind, event_id): (t, q) for kind, event_id, t, q in seen_state.read()} if st.seen_version else {}
         _SEEN_CACHE.put(cache_key, st.seen_version, seen)
         return seen
 
-    def _changed(self, key: Any, st: KeyState, seen: dict[tuple[str, str], int]) -> None:
+    def _changed(self, key: Any, st: KeyState, seen: Seen) -> None:
         """Tag the key's cell and cached ids with this bundle's version."""
         st.seen_version = self._version
         _SEEN_CACHE.put((self._step, key), self._version, seen)
@@ -237,16 +308,14 @@ class InventoryDoFn(beam.DoFn):
     ) -> Iterator[Any]:
         key, event = element
         st: KeyState = key_state.read() or KeyState()
-        if event.event_time < st.expired_before:
-            yield beam.pvalue.TaggedOutput(DEAD_LETTERS_TAG, self.too_old(event, st))
+        seen = self._seen(key, st, seen_state) if event.event_time >= st.expired_before else {}
+        outcome, letter = self.admit(st, seen, event)
+        if letter is not None:
+            yield beam.pvalue.TaggedOutput(DEAD_LETTERS_TAG, letter)
+        if outcome not in REMEMBERED:
             return
-        seen = self._seen(key, st, seen_state)
-        if not self.remember(seen, event):
-            return
-        seen_state.add((event.kind, event.event_id, event.event_time))
+        seen_state.add((event.kind, event.event_id, event.event_time, event.quantity))
         self._changed(key, st, seen)
-        self.apply(st, event)
-
         if self._mode == "streaming":
             due = self.expiry_due(st, event.event_time)
             if due is not None:
@@ -255,32 +324,41 @@ class InventoryDoFn(beam.DoFn):
             final.set(GlobalWindow().max_timestamp())
             st.final_set = True
         key_state.write(st)
-
-        yield beam.pvalue.TaggedOutput(APPLIED_TAG, event)
-        if self._mode == "streaming":
-            yield from self._flush(key, st)
+        if outcome == "applied":
+            yield beam.pvalue.TaggedOutput(APPLIED_TAG, event)
+            if self._mode == "streaming":
+                yield from self._flush(key, st)
 
     # The steps of process and expire, also run by the sharded streaming step
-    # (transforms/retail.py) over its own state.
+    # (transforms/retail.py) and the grouped batch step over their own state.
 
-    def too_old(self, event: Shipment | Sale, st: KeyState) -> DeadLetter:
-        """The dead letter of an event older than what the key forgot (counted)."""
-        self._too_old.inc()
-        return self._too_old_letter(event, st)
+    def admit(self, st: KeyState, seen: Seen, event: Shipment | Sale) -> tuple[Admission, DeadLetter | None]:
+        """Check one event against what its key forgot, remembers and holds; apply it if it passes.
 
-    def remember(self, seen: dict[tuple[str, str], int], event: Shipment | Sale) -> bool:
-        """Remember the event's id; False (and counted) if it was already seen."""
-        ident = (event.kind, event.event_id)
-        if ident in seen:
+        In this order: older than what the key forgot ("too_old": a dead letter,
+        not remembered); an identity seen before ("duplicate", or "conflict":
+        a dead letter); a total that would pass int64 ("overflow": a dead
+        letter, the identity remembered); else "applied". Counted either way.
+        """
+        if event.event_time < st.expired_before:
+            self._too_old.inc()
+            return "too_old", self._too_old_letter(event, st)
+        outcome = identify(seen, event)
+        if outcome == "duplicate":
             self._duplicates.inc()
-            return False
-        seen[ident] = event.event_time
-        return True
-
-    def apply(self, st: KeyState, event: Shipment | Sale) -> None:
-        """Add a first-seen event to the key's totals."""
+            return outcome, None
+        if outcome == "conflict":
+            self._conflicts.inc()
+            first = seen[(event.kind, event.event_id)]
+            error = conflict_error(event.event_id, event.key, first, (event.event_time, event.quantity))
+            return outcome, event_letter(event, error)
+        overflow = would_overflow(st, event)
+        if overflow is not None:
+            self._overflows.inc()
+            return "overflow", event_letter(event, overflow)
         _apply(st, event)
         self._applied.inc()
+        return "applied", None
 
     def expiry_due(self, st: KeyState, event_time: int) -> int | None:
         """The earlier expiry time an id of ``event_time`` needs, if any (recorded in ``st``)."""
@@ -290,13 +368,13 @@ class InventoryDoFn(beam.DoFn):
             return due
         return None
 
-    def forget(self, st: KeyState, seen: dict[tuple[str, str], int], fired: int) -> dict[tuple[str, str], int]:
+    def forget(self, st: KeyState, seen: Seen, fired: int) -> Seen:
         """The ids still remembered once the watermark passed ``fired``; sets the next expiry in ``st``."""
         # The watermark has passed `fired`, so nothing older than the cutoff can
         # be checked any more by anyone: forget it, and remember that we did.
         st.expired_before = max(st.expired_before, fired - self._horizon)
-        kept = {ident: t for ident, t in seen.items() if t >= st.expired_before}
-        st.expiry_at = self._expiry_time(min(kept.values())) if kept else None  # always > fired
+        kept = {ident: seen_as for ident, seen_as in seen.items() if seen_as[0] >= st.expired_before}
+        st.expiry_at = self._expiry_time(min(t for t, _ in kept.values())) if kept else None  # always > fired
         return kept
 
     @on_timer(EXPIRY_TIMER)
@@ -311,8 +389,8 @@ class InventoryDoFn(beam.DoFn):
         st: KeyState = key_state.read() or KeyState()
         seen = self.forget(st, self._seen(key, st, seen_state), fired.micros)
         seen_state.clear()
-        for (kind, event_id), t in seen.items():
-            seen_state.add((kind, event_id, t))
+        for (kind, event_id), (t, q) in seen.items():
+            seen_state.add((kind, event_id, t, q))
         self._changed(key, st, seen)
         if st.expiry_at is not None:
             expiry.set(Timestamp(micros=st.expiry_at))
@@ -326,7 +404,7 @@ class InventoryDoFn(beam.DoFn):
         key_state: Any = _KEY,
     ) -> Iterator[dict[str, Any]]:
         st = key_state.read()
-        if st is not None:
+        if st is not None and st.events:
             yield from self._flush(key, st)
 
     def _expiry_time(self, event_time: int) -> int:
@@ -347,39 +425,37 @@ class InventoryDoFn(beam.DoFn):
             f"{micros_to_datetime(st.expired_before).isoformat()} are forgotten), so a duplicate "
             "could not be detected; re-run a batch backfill to include it"
         )
-        default_topic = topics.SHIPMENTS if isinstance(event, Shipment) else topics.SALES
-        return DeadLetter(
-            event.source_topic or default_topic, event.partition, event.offset, error, event_payload(event)
-        )
+        return event_letter(event, error)
+
+
+def log_position(event: Shipment | Sale) -> tuple[int, int]:
+    """Where an event sits in its topic: (partition, offset), the order in which the log has it."""
+    return (event.partition, event.offset)
 
 
 class GroupedInventoryFn(beam.DoFn):
-    """Batch: every event of one key at once -> one row, deduped with a plain set.
+    """Batch: every event of one key at once -> one row, applied in log order.
 
     A backfill has the whole log, so there is nothing to expire and no reason to
     touch per-element state: grouping first is the recompute itself, and far
-    cheaper than a state read and write per event.
+    cheaper than a state read and write per event. The rules are the streaming
+    step's (``InventoryDoFn.admit``), in the order the log holds the events:
+    partition, then offset.
     """
 
     def __init__(self) -> None:
-        self._applied = Metrics.counter("beamline", "inventory_events_applied")
-        self._duplicates = Metrics.counter("beamline", "inventory_duplicates")
+        self._logic = InventoryDoFn("batch")
 
     def process(self, element: tuple[tuple[str, str], Iterable[Shipment | Sale]]) -> Iterator[Any]:
         key, events = element
         st = KeyState()
-        seen: set[tuple[str, str]] = set()
-        duplicates = 0
-        for event in events:
-            ident = (event.kind, event.event_id)
-            if ident in seen:
-                duplicates += 1
-                continue
-            seen.add(ident)
-            _apply(st, event)
-            yield beam.pvalue.TaggedOutput(APPLIED_TAG, event)
-        self._applied.inc(len(seen))
-        self._duplicates.inc(duplicates)
+        seen: Seen = {}
+        for event in sorted(events, key=log_position):
+            outcome, letter = self._logic.admit(st, seen, event)
+            if letter is not None:
+                yield beam.pvalue.TaggedOutput(DEAD_LETTERS_TAG, letter)
+            if outcome == "applied":
+                yield beam.pvalue.TaggedOutput(APPLIED_TAG, event)
         if st.events:
             yield from InventoryDoFn._flush(key, st)
 

@@ -75,15 +75,25 @@ from transforms.events import Sale, Shipment
 from transforms.inventory import (
     DEAD_LETTERS_TAG,
     DEFAULT_HORIZON,
+    REMEMBERED,
     InventoryDoFn,
     KeyState,
+    Seen,
     VersionedCache,
     inventory_row,
 )
 from transforms.kafka import GLOBAL_WINDOWS
 from transforms.params import KEY_PARAM, TIMESTAMP_PARAM
 
-__all__ = ["DEFAULT_SHARDS", "SHARD_HEAD", "SHARD_LOG", "StreamRetail", "StreamRetailResult", "shard_of"]
+__all__ = [
+    "DEFAULT_HISTORY_GRID",
+    "DEFAULT_SHARDS",
+    "SHARD_HEAD",
+    "SHARD_LOG",
+    "StreamRetail",
+    "StreamRetailResult",
+    "shard_of",
+]
 
 WINDOWS_TAG = "windows"
 TOO_LATE_TAG = "too_late"
@@ -92,9 +102,10 @@ TOO_LATE_TAG = "too_late"
 # parallel workers (each shard is one key: it runs on one worker at a time).
 DEFAULT_SHARDS = 4
 
-# How far behind the newest event time a late event is stamped for the state
-# step: the source's own watermark lag (ReadFromKafka's allowed_skew_s).
-DEFAULT_LATE_SLACK = timedelta(seconds=5)
+# Timers for deadlines this far behind the wall clock fire on this grid of
+# event time instead (see _ShardedRetailFn._fire_at): a replay of history then
+# costs one firing per day of it, not one per window.
+DEFAULT_HISTORY_GRID = timedelta(days=1)
 
 Key = tuple[str, str]
 
@@ -121,14 +132,14 @@ class _Shard:
     """A shard's keys and remembered ids, as of one version."""
 
     keys: dict[Key, _RetailState] = field(default_factory=dict)
-    seen: dict[Key, dict[tuple[str, str], int]] = field(default_factory=dict)
+    seen: dict[Key, Seen] = field(default_factory=dict)
     ids: int = 0  # remembered ids, all keys
     entries: int = 0  # entries in the log (committed and this bundle's)
     rewrite: bool = False  # the log holds forgotten ids: rewrite it
 
 
 SHARD_HEAD = ReadModifyWriteStateSpec("shard_head", PickleCoder())
-# ("k", seq, key, _RetailState) or ("i", key, kind, event_id, event_time micros).
+# ("k", seq, key, _RetailState) or ("i", key, kind, event_id, event_time micros, quantity).
 SHARD_LOG = BagStateSpec("shard_log", PickleCoder())
 EXPIRY_TIMER = TimerSpec("expiry", beam.TimeDomain.WATERMARK)
 WINDOW_TIMER = TimerSpec("window", beam.TimeDomain.WATERMARK)
@@ -169,10 +180,10 @@ def _replay(entries: Iterable[tuple[Any, ...]]) -> _Shard:
                 shard.keys[key] = st
         else:
             ids.append(entry)
-    for _, key, kind, event_id, t in ids:
+    for _, key, kind, event_id, t, q in ids:
         st = shard.keys.get(key)
         if st is not None and t >= st.inventory.expired_before:
-            shard.seen.setdefault(key, {})[(kind, event_id)] = t
+            shard.seen.setdefault(key, {})[(kind, event_id)] = (t, q)
             shard.ids += 1
     return shard
 
@@ -209,11 +220,13 @@ class _ShardedRetailFn(beam.DoFn):
         windows: EarlySalesWindowDoFn,
         clock: Callable[[], float],
         early_backstop: timedelta,
+        history_grid: timedelta | None = DEFAULT_HISTORY_GRID,
     ) -> None:
         self._inventory = inventory
         self._windows = windows
         self._clock = clock
         self._backstop = early_backstop // timedelta(microseconds=1)
+        self._grid = 0 if history_grid is None else history_grid // timedelta(milliseconds=1) * 1_000
         # Every copy of this DoFn in a worker process shares the cache; the id
         # keeps two pipeline steps apart.
         self._step = uuid.uuid4().hex
@@ -267,26 +280,46 @@ class _ShardedRetailFn(beam.DoFn):
             self._logged.discard((shard, key))
             self._log_key(shard, head, data, log_state, key)
         for key, seen in data.seen.items():
-            for (kind, event_id), t in seen.items():
-                log_state.add(("i", key, kind, event_id, t))
+            for (kind, event_id), (t, q) in seen.items():
+                log_state.add(("i", key, kind, event_id, t, q))
         data.entries += data.ids
         data.rewrite = False
 
-    @staticmethod
-    def _want(head: _Head, name: str, micros: int, timer: Any) -> None:
+    def _fire_at(self, micros: int) -> int:
+        """When the shard's timer fires for a key deadline at ``micros`` (event time).
+
+        On time, unless the deadline is history: when the next point of the
+        history grid after it has passed on the wall clock too, the timer
+        fires at that point instead. On Prism a stateful step's pending timer
+        holds its watermark and its key's later elements, so a timer fires
+        per distinct time, one bundle after another: replaying twelve days of
+        history cost twelve days of hourly windows' firings before the
+        shard's later events went through. On the grid a day of history is
+        one firing. Each key's logic still runs with its own deadlines, in
+        order (``_fire_due``); firing later only keeps a window open longer
+        (a sale it would have refused is counted) and ids remembered longer.
+        """
+        grid = self._grid
+        if grid:
+            on_grid = -(-micros // grid) * grid
+            if on_grid <= self._clock() * 1_000_000:
+                return on_grid
+        return micros
+
+    def _want(self, head: _Head, name: str, micros: int, timer: Any) -> None:
         """Make sure the shard's timer fires by ``micros`` (a key of the shard needs it then)."""
+        micros = self._fire_at(micros)
         current = head.timers.get(name)
         if current is None or micros < current:
             timer.set(Timestamp(micros=micros))
             head.timers[name] = micros
 
-    @staticmethod
-    def _rearm(head: _Head, data: _Shard, name: str, timer: Any) -> None:
+    def _rearm(self, head: _Head, data: _Shard, name: str, timer: Any) -> None:
         """After the shard's timer fired: set it for the earliest key still waiting."""
         head.timers.pop(name, None)
         pending = [t for t in map(_PENDING[name], data.keys.values()) if t is not None]
         if pending:
-            _ShardedRetailFn._want(head, name, min(pending), timer)
+            self._want(head, name, min(pending), timer)
 
     def process(
         self,
@@ -324,18 +357,20 @@ class _ShardedRetailFn(beam.DoFn):
         if st is None:
             st = data.keys[key] = _RetailState()
         inventory = self._inventory
-        if event.event_time < st.inventory.expired_before:
-            yield beam.pvalue.TaggedOutput(DEAD_LETTERS_TAG, inventory.too_old(event, st.inventory))
-            return
-        if not inventory.remember(data.seen.setdefault(key, {}), event):
+        outcome, letter = inventory.admit(st.inventory, data.seen.setdefault(key, {}), event)
+        if letter is not None:
+            yield beam.pvalue.TaggedOutput(DEAD_LETTERS_TAG, letter)
+        if outcome not in REMEMBERED:
             return
         data.ids += 1
-        log_state.add(("i", key, event.kind, event.event_id, event.event_time))
+        log_state.add(("i", key, event.kind, event.event_id, event.event_time, event.quantity))
         data.entries += 1
-        inventory.apply(st.inventory, event)
         due = inventory.expiry_due(st.inventory, event.event_time)
         if due is not None:
             self._want(head, "expiry", due, expiry)
+        if outcome != "applied":
+            self._log_key(shard, head, data, log_state, key)  # its expiry time changed
+            return
         if isinstance(event, Sale):
             at, soon = _Wanted(), _Wanted()
             yield from self._tagged(self._windows.add((key, event), _Sales(st), at, soon))
@@ -467,7 +502,7 @@ beam.coders.registry.register_coder(_ShardEvents, _ShardEventsCoder)
 
 
 class _KeyByShard(beam.DoFn):
-    """events -> (shard, [events]) once per shard and bundle, stamped near the newest event time seen.
+    """events -> (shard, [events]) once per shard and bundle, stamped with the earliest of its events' stamps.
 
     One element per shard and bundle, not per event: each element that
     crosses to the state step is encoded, sent through the runner and decoded
@@ -477,32 +512,28 @@ class _KeyByShard(beam.DoFn):
     bundle's end delays nothing.
 
     Stamps. Prism holds a stateful stage's input watermark at its oldest
-    pending element, and queues a key's elements behind its timers in
-    timestamp order. A steady trickle of events an hour late (a shop's
-    offline till) thus kept the watermark below the last hour's window end,
-    and every shard with that window's timer pending stopped taking data
-    until the trickle paused. Moved up to about where the source's watermark
-    is, a late event holds nothing back. A shard's element carries the
-    earliest stamp of its events. The logic reads event times from the
-    events, never from element timestamps, so no row changes; only a late
-    event's pane may come later.
+    pending element, and queues a key's elements behind its pending timers
+    in timestamp order. An element stamped behind the watermark (a trickle
+    of events an hour late) would hold every shard's timers back; one
+    stamped ahead of it (an event dated next year, or a partition read ahead
+    of the others) would wait behind the shard's timers until the watermark
+    got there. So the events come stamped by the event-time read, which keeps
+    each stamp within its watermark's step (``ReadFromKafka(event_time=...)``),
+    and a shard's element carries the earliest of its events' stamps. The
+    logic reads event times from the events, never from element timestamps,
+    so stamps change no row; they only order the work.
     """
 
-    def __init__(self, shards: int, slack: timedelta) -> None:
+    def __init__(self, shards: int) -> None:
         self._shards = shards
-        self._slack = slack // timedelta(microseconds=1)
-        self._newest = -(2**63)
         self._events: dict[int, _ShardEvents] = {}
-        self._stamps: dict[int, int] = {}  # per shard, the earliest stamp of its events
+        self._stamps: dict[int, Timestamp] = {}  # per shard, the earliest stamp of its events
 
     def start_bundle(self) -> None:
         self._events = {}
         self._stamps = {}
 
-    def process(self, event: Shipment | Sale) -> None:
-        if event.event_time > self._newest:
-            self._newest = event.event_time
-        stamp = max(event.event_time, self._newest - self._slack)
+    def process(self, event: Shipment | Sale, stamp: Timestamp = TIMESTAMP_PARAM) -> None:
         shard = shard_of(event.key, self._shards)
         events = self._events.get(shard)
         if events is None:
@@ -517,7 +548,7 @@ class _KeyByShard(beam.DoFn):
         events, stamps = self._events, self._stamps
         self._events, self._stamps = {}, {}
         for shard, shard_events in events.items():
-            yield WindowedValue((shard, shard_events), Timestamp(micros=stamps[shard]), GLOBAL_WINDOWS)
+            yield WindowedValue((shard, shard_events), stamps[shard], GLOBAL_WINDOWS)
 
 
 class StreamRetailResult(NamedTuple):
@@ -535,6 +566,9 @@ class StreamRetail(beam.PTransform):
     The streaming equivalent of ``ComputeInventory(mode="streaming")`` followed by
     ``SalesByWindow(mode="streaming")`` on its applied sales, with the same rows;
     ``shards`` bounds how many stateful keys (and parallel workers) the step has.
+    Feed it events an event-time read stamped (see ``_KeyByShard``).
+    ``history_grid``: timers for deadlines that far behind ``clock`` fire on
+    that grid of event time (None: always on time; see ``_fire_at``).
     """
 
     def __init__(
@@ -545,21 +579,23 @@ class StreamRetail(beam.PTransform):
         early_delay: timedelta | None = DEFAULT_EARLY_DELAY,
         clock: Callable[[], float] = time.time,
         shards: int = DEFAULT_SHARDS,
-        late_slack: timedelta = DEFAULT_LATE_SLACK,
+        history_grid: timedelta | None = DEFAULT_HISTORY_GRID,
     ) -> None:
         super().__init__()
         if shards < 1:
             raise ConfigError("shards must be at least 1")
-        if late_slack < timedelta(0):
-            raise ConfigError("late_slack must not be negative")
+        if history_grid is not None and (
+            history_grid < timedelta(milliseconds=1) or history_grid % timedelta(milliseconds=1)
+        ):
+            raise ConfigError("history_grid must be a positive whole number of milliseconds, or None")
         self._shards = shards
-        self._slack = late_slack
         self._fn = _ShardedRetailFn(
             InventoryDoFn("streaming", horizon),
             # The early-firing variant for its on_early logic; no early_delay, no early panes.
             EarlySalesWindowDoFn("streaming", window_size, allowed_lateness, early_delay, clock),
             clock,
             (early_delay or timedelta(0)) / 2,
+            history_grid,
         )
 
     def expand(self, events: Any) -> StreamRetailResult:
@@ -569,7 +605,7 @@ class StreamRetail(beam.PTransform):
         keyed_inputs = [
             pcoll
             | f"KeyByShard{n if n else ''}"
-            >> beam.ParDo(_KeyByShard(self._shards, self._slack)).with_output_types(tuple[int, _ShardEvents])
+            >> beam.ParDo(_KeyByShard(self._shards)).with_output_types(tuple[int, _ShardEvents])
             for n, pcoll in enumerate(inputs)
         ]
         keyed = keyed_inputs[0] if len(keyed_inputs) == 1 else keyed_inputs | "FlattenKinds" >> beam.Flatten()

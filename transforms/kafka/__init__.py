@@ -15,8 +15,9 @@ Modules, lowest first (a module imports only those above it):
 - ``connection``: :class:`KafkaConnection`;
 - ``kafka_python``, ``confluent``, ``clients``: the two clients and the interface over them;
 - ``admin``: :func:`wait_for_kafka`, :func:`ensure_topics`, :func:`count_records`;
-- ``spec``, ``partitions``, ``read``: :class:`ReadFromKafka`, its splittable DoFn and what it is told;
-- ``write``: :class:`WriteToKafka`.
+- ``spec``, ``watermarks``, ``partitions``, ``read``: :class:`ReadFromKafka`, its splittable DoFn, its
+  watermarks and what it is told;
+- ``write``: :class:`WriteToKafka`; ``fetch``: :class:`FetchRecords`, records looked up by offset.
 """
 
 from transforms.kafka.admin import count_records, ensure_topics, wait_for_kafka
@@ -29,10 +30,12 @@ from transforms.kafka.config import (
     redacted,
 )
 from transforms.kafka.connection import KafkaConnection
+from transforms.kafka.fetch import FetchRecords
 from transforms.kafka.progress import LOCAL_PROGRESS, PROGRESS_DIR_ENV
 from transforms.kafka.read import GLOBAL_WINDOWS, METRICS_NAMESPACE, ReadFromKafka
 from transforms.kafka.records import KafkaBatch, KafkaBatchCoder, KafkaRecord
-from transforms.kafka.spec import ReadTiming, StartAt, StopAt
+from transforms.kafka.spec import EventTimeOf, ReadTiming, StartAt, StopAt
+from transforms.kafka.watermarks import event_time_step
 from transforms.kafka.write import KafkaWriteError, WriteToKafka
 
 __all__ = [
@@ -42,6 +45,8 @@ __all__ = [
     "METRICS_NAMESPACE",
     "PROGRESS_DIR_ENV",
     "ClientSettings",
+    "EventTimeOf",
+    "FetchRecords",
     "KafkaBatch",
     "KafkaBatchCoder",
     "KafkaConnection",
@@ -55,6 +60,7 @@ __all__ = [
     "client_config",
     "count_records",
     "ensure_topics",
+    "event_time_step",
     "load_client_properties",
     "parse_client_setting",
     "redacted",

@@ -23,6 +23,7 @@ from core.errors import ConfigError
 from transforms.kafka.clients import _Consumer, client_errors, topic_partitions
 from transforms.kafka.records import _TP
 from transforms.kafka.spec import _ReadSpec
+from transforms.kafka.watermarks import SHARED_WATERMARKS
 
 __all__: list[str] = []
 
@@ -236,4 +237,6 @@ class _NewPartitionsOnlyFn(_ConsumerDoFn):
             return
         seen_state.write(seen | {(topic, partition)})
         for part in parts:
+            # Holds its read's watermark from now on, before its reader first gets to it.
+            SHARED_WATERMARKS.note(self._spec.token, _TP(part.topic, part.partition), MIN_TIMESTAMP)
             yield TimestampedValue(part, MIN_TIMESTAMP)

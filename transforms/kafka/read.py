@@ -19,11 +19,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.coders import PickleCoder
-from apache_beam.io.iobase import RestrictionTracker, WatermarkEstimator
+from apache_beam.io.iobase import RestrictionTracker
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 from apache_beam.metrics import Metrics
-from apache_beam.transforms.core import RestrictionProvider, WatermarkEstimatorProvider
+from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.periodicsequence import PeriodicImpulse
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
@@ -42,6 +41,7 @@ from transforms.kafka.partitions import (
 from transforms.kafka.progress import LOCAL_PROGRESS
 from transforms.kafka.records import _TP, KafkaBatch, KafkaRecord
 from transforms.kafka.spec import (
+    EventTimeOf,
     ReadTiming,
     StartAt,
     StartPosition,
@@ -50,6 +50,7 @@ from transforms.kafka.spec import (
     _ReadSpec,
     check_offset_topics,
 )
+from transforms.kafka.watermarks import SHARED_WATERMARKS, _PartitionWatermarkProvider, event_time_step
 from transforms.kafka.worker_gc import WORKER_GC_THRESHOLD, tune_worker_gc
 
 __all__ = ["GLOBAL_WINDOWS", "METRICS_NAMESPACE", "ReadFromKafka"]
@@ -99,44 +100,6 @@ class _OffsetRangeProvider(RestrictionProvider):
     def truncate(self, element: _Partition, restriction: OffsetRange) -> OffsetRange | None:
         # On drain an unbounded read stops; a bounded one still finishes its range.
         return None if restriction.stop == _UNBOUNDED_STOP else restriction
-
-
-class _PartitionWatermark(WatermarkEstimator):
-    """Monotonic watermark of one partition, moved only by the reader.
-
-    The reader advances it after each poll to the newest record time minus the
-    allowed skew, and when the partition is caught up and idle to "now minus
-    the allowed skew", so event-time windows downstream close even when a
-    partition receives nothing. Per-output observation is a no-op: once per
-    poll is enough and cheaper.
-    """
-
-    def __init__(self, state: Timestamp | None) -> None:
-        self._watermark = state if state is not None else MIN_TIMESTAMP
-
-    def observe_timestamp(self, timestamp: Timestamp) -> None:
-        pass
-
-    def advance_to(self, timestamp: Timestamp) -> None:
-        if timestamp > self._watermark:
-            self._watermark = timestamp
-
-    def current_watermark(self) -> Timestamp:
-        return self._watermark
-
-    def get_estimator_state(self) -> Timestamp:
-        return self._watermark
-
-
-class _PartitionWatermarkProvider(WatermarkEstimatorProvider):
-    def initial_estimator_state(self, element: _Partition, restriction: OffsetRange) -> None:
-        return None
-
-    def create_watermark_estimator(self, estimator_state: Timestamp | None) -> _PartitionWatermark:
-        return _PartitionWatermark(estimator_state)
-
-    def estimator_state_coder(self) -> Any:
-        return PickleCoder()
 
 
 # How long a bounded read (a backfill) waits on a partition that stops
@@ -245,6 +208,9 @@ class _PartitionReader(_ConsumerDoFn):
         spec = self._spec
         restriction = tracker.current_restriction()
         tp = _TP(element.topic, element.partition)
+        if restriction.stop == _UNBOUNDED_STOP:
+            # Report the lowest watermark of the read's partitions (see transforms.kafka.watermarks).
+            watermark.share(SHARED_WATERMARKS, spec.token, tp)
         if restriction.start >= restriction.stop or (
             self._consumer is None and not self._connect(restriction.stop == _UNBOUNDED_STOP)
         ):
@@ -337,24 +303,20 @@ class _PartitionReader(_ConsumerDoFn):
                     self._next_offset.pop(tp, None)
                 if batch:
                     size, newest = _batch_size_and_newest(batch)
-                    if spec.batched:
-                        yield WindowedValue(
-                            KafkaBatch(tp.topic, tp.partition, tuple(batch)),
-                            Timestamp(micros=newest * 1000),
-                            GLOBAL_WINDOWS,
+                    if spec.event_time is not None:
+                        moved_to, stamps = event_time_step(
+                            [spec.event_time(rec.value) for rec in batch],
+                            watermark.get_estimator_state().micros,  # the partition's own
+                            Timestamp.now().micros,
+                            skew.micros,
                         )
+                        yield from _stamped(tp, batch, stamps, min(stamps) if spec.batched else None)
+                        watermark.advance_to(Timestamp(micros=moved_to))
                     else:
-                        last_millis: int | None = None
-                        stamp = MIN_TIMESTAMP
-                        for rec in batch:
-                            if rec.timestamp != last_millis:
-                                # Neighbouring records often share a millisecond: reuse the
-                                # (immutable) Timestamp, which is costly to build.
-                                last_millis = rec.timestamp
-                                stamp = Timestamp(micros=last_millis * 1000)
-                            yield WindowedValue(rec, stamp, GLOBAL_WINDOWS)
+                        record_times = [rec.timestamp * 1000 for rec in batch]
+                        yield from _stamped(tp, batch, record_times, newest * 1000 if spec.batched else None)
+                        watermark.advance_to(Timestamp(micros=newest * 1000) - skew)
                     next_offset = batch[-1].offset + 1  # the next offset to read
-                    watermark.advance_to(Timestamp(micros=newest * 1000) - skew)
                     records_counter.inc(len(batch))
                     bytes_counter.inc(size)
                     LOCAL_PROGRESS.add(len(batch))
@@ -389,6 +351,24 @@ class _PartitionReader(_ConsumerDoFn):
                 return
             self._consumer.commit(tp, offset)
             self._committed[tp] = offset
+
+
+def _stamped(tp: _TP, batch: list[KafkaRecord], stamps: list[int], batch_stamp: int | None) -> Iterator[WindowedValue]:
+    """A poll's records with their stamps (epoch micros), or the poll as one :class:`KafkaBatch` at ``batch_stamp``."""
+    if batch_stamp is not None:
+        yield WindowedValue(
+            KafkaBatch(tp.topic, tp.partition, tuple(batch)), Timestamp(micros=batch_stamp), GLOBAL_WINDOWS
+        )
+        return
+    last: int | None = None
+    stamp = MIN_TIMESTAMP
+    for rec, micros in zip(batch, stamps, strict=True):
+        if micros != last:
+            # Neighbouring records often share a stamp: reuse the (immutable)
+            # Timestamp, which is costly to build.
+            last = micros
+            stamp = Timestamp(micros=micros)
+        yield WindowedValue(rec, stamp, GLOBAL_WINDOWS)
 
 
 def _batch_size_and_newest(batch: list[KafkaRecord]) -> tuple[int, int]:
@@ -437,7 +417,7 @@ def _no_commit() -> None:
 
 
 class ReadFromKafka(beam.PTransform):
-    """Reads Kafka topics as :class:`KafkaRecord` elements timestamped with record time.
+    """Reads Kafka topics as :class:`KafkaRecord` elements, timestamped with record time or event time.
 
     ``connection``: a :class:`KafkaConnection` (brokers, client, settings), or
     only the brokers (``"host:9092"``) for kafka-python without settings.
@@ -474,6 +454,17 @@ class ReadFromKafka(beam.PTransform):
     that many shares of equal work, each dealt to one worker (see
     ``_equal_shares``), unless the read commits offsets.
 
+    ``event_time``: a function of a record's value giving its event time
+    (epoch microseconds), or None for a record without one. Given, the read
+    keeps time by it instead of by record time (CreateTime or
+    LogAppendTime, which say when a record was written, not when its event
+    happened): each partition's watermark follows the newest event time read
+    there, never past the wall clock, less ``timing.allowed_skew_s``, and
+    each record is stamped with its event time kept within the watermark's
+    step over the poll that read it (see :func:`event_time_step`). Records
+    older than that are late; records without an event time never move it.
+    An idle partition follows the wall clock either way.
+
     ``gc_threshold`` is the young-generation threshold of CPython's garbage
     collector that the read sets in its worker process, unless the process
     already runs with a threshold of its own (see
@@ -492,6 +483,7 @@ class ReadFromKafka(beam.PTransform):
         timing: ReadTiming = _DEFAULT_TIMING,
         batched: bool = False,
         readers: int = 1,
+        event_time: EventTimeOf | None = None,
         gc_threshold: int | None = WORKER_GC_THRESHOLD,
         validate: bool = True,
     ) -> None:
@@ -520,6 +512,8 @@ class ReadFromKafka(beam.PTransform):
             raise ConfigError(f"gc_threshold must be a positive whole number or None; got {gc_threshold!r}")
         if isinstance(readers, bool) or not isinstance(readers, int) or readers < 1:
             raise ConfigError(f"readers must be a positive whole number; got {readers!r}")
+        if event_time is not None and not callable(event_time):
+            raise ConfigError(f"event_time must be a function of a record value, or None; got {event_time!r}")
         self._spec = _ReadSpec(
             connection=kafka,
             topics=topic_list,
@@ -532,6 +526,7 @@ class ReadFromKafka(beam.PTransform):
             batched=batched,
             gc_threshold=gc_threshold,
             readers=readers,
+            event_time=event_time,
         )
         if validate:
             consumer = self._spec.new_consumer()

@@ -55,7 +55,8 @@ class KafkaBatch(NamedTuple):
     For steps that do their per-record work in plain Python, such as a
     backfill's decode: one element per poll (up to thousands of records)
     instead of one per record takes Beam's per-element cost off the hot path.
-    The element is timestamped with its newest record's time.
+    The element is timestamped with its newest record's time (with an
+    event-time read, with the earliest of its records' stamps).
     """
 
     topic: str

@@ -8,8 +8,9 @@ when the read is built.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -19,8 +20,10 @@ from transforms.kafka.config import ClientSettings
 from transforms.kafka.connection import KafkaConnection
 from transforms.kafka.worker_gc import WORKER_GC_THRESHOLD
 
-__all__ = ["ReadTiming", "StartAt", "StartPosition", "StopAt", "StopPosition"]
+__all__ = ["EventTimeOf", "ReadTiming", "StartAt", "StartPosition", "StopAt", "StopPosition"]
 
+# A record value's event time in epoch microseconds, or None when it has none (an invalid record).
+EventTimeOf = Callable[[bytes | None], int | None]
 StartPosition = str | datetime | Mapping[tuple[str, int], int]
 StopPosition = str | datetime | Mapping[tuple[str, int], int]
 # A position as the read's workers resolve it: a mode, epoch milliseconds, or sorted ((topic, partition), offset) pairs.
@@ -107,8 +110,9 @@ class StopAt:
 class ReadTiming:
     """How a read paces itself; the defaults suit a local broker and most clusters.
 
-    ``allowed_skew_s`` keeps the watermark that far behind record time, and
-    behind wall time when a partition is idle. Unbounded reads end each call
+    ``allowed_skew_s`` keeps the watermark that far behind the newest time
+    read (event time when the read is given ``event_time``, else record
+    time), and behind wall time when a partition is idle. Unbounded reads end each call
     once caught up with the broker, or after ``max_bundle_s`` (a streaming
     runner passes output on when a bundle ends), wait ``resume_delay_s``
     before polling an idle partition again, and look for new partitions every
@@ -151,6 +155,9 @@ class _ReadSpec:
     batched: bool = False
     gc_threshold: int | None = WORKER_GC_THRESHOLD
     readers: int = 1
+    event_time: EventTimeOf | None = None
+    # Names this read among the reads of a worker process (their partitions' watermarks are kept apart).
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @property
     def bounded(self) -> bool:
