@@ -1,4 +1,4 @@
-"""The ``query`` and ``lookup`` verbs of the ``beamline`` command line.
+"""The ``query``, ``lookup`` and ``status`` verbs of the ``beamline`` command line.
 
 Handlers return an exit code; any Beamline error becomes one line on stderr and
 a non-zero code, and Ctrl-C stops the running query and exits 130, never with a
@@ -12,13 +12,13 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from cli.options import add_warehouse
+from cli.options import add_bootstrap, add_client_settings, add_warehouse, connection
 from core.arguments import whole_number
 from core.errors import report_errors
 from readside.query import DEFAULT_LIMITS, DEFAULT_MAX_ROWS, FORMATS, QueryLimits, Reader, format_result
 from warehouse.reader import MAX_TIMEOUT_S, parse_memory_limit
 
-__all__ = ["add_commands", "lookup_command", "query_command"]
+__all__ = ["add_commands", "lookup_command", "query_command", "status_command"]
 
 
 def _guarded(body: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -66,8 +66,22 @@ def _lookup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    import json
+
+    from readside.status import format_status, pipeline_status
+
+    statuses = pipeline_status(args.warehouse, None if args.no_broker else connection(args))
+    if args.format == "json":
+        print(json.dumps([s.as_json() for s in statuses], indent=2))
+    else:
+        sys.stdout.write(format_status(statuses, args.warehouse))
+    return 0
+
+
 query_command = _guarded(_query)
 lookup_command = _guarded(_lookup)
+status_command = _guarded(_status)
 
 
 def _memory_limit(text: str) -> str:
@@ -129,3 +143,18 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     lookup.add_argument("--item", required=True, help="item_id")
     _common(lookup)
     lookup.set_defaults(func=lookup_command, command_name="lookup")
+
+    status = subparsers.add_parser(
+        "status",
+        help="each streaming pipeline's snapshot, the offsets its views cover, and its lag behind the log",
+        description="Per pipeline with a resume point in the warehouse: the snapshot its views are at, when it "
+        "was committed, the offsets per topic it covers and the records in the log after them (lag).",
+    )
+    add_warehouse(status)
+    add_bootstrap(status)
+    add_client_settings(status)
+    status.add_argument(
+        "--format", choices=["table", "json"], default="table", help="output format (default %(default)s)"
+    )
+    status.add_argument("--no-broker", action="store_true", help="do not ask the broker for end offsets (no lag)")
+    status.set_defaults(func=status_command, command_name="status")

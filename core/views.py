@@ -6,6 +6,12 @@ The version column decides which of two rows for the same key wins: a row
 replaces the stored one only if its version is higher, which is what makes
 replays and retried bundles harmless. A *hidden* version column is stored in
 the Parquet files but never shown to users; ``None`` means insert-once.
+
+A *hidden* table is stored and versioned like a view, in the same snapshots,
+but no reader shows it: the resume state of a streaming pipeline (where each
+partition's read stands, each key's state, the event ids still deduped), which
+must be exactly as old as the views it belongs to. Expiry, time travel and the
+commit protocol cover it because it is an ordinary table of the snapshot.
 """
 
 from __future__ import annotations
@@ -19,7 +25,11 @@ from core.errors import ConfigError
 __all__ = [
     "DEAD_LETTERS",
     "INVENTORY",
+    "INVENTORY_IDS",
+    "INVENTORY_STATE",
+    "RESUME_OFFSETS",
     "SALES_BY_WINDOW",
+    "USER_VIEWS",
     "VIEWS",
     "WORD_COUNTS",
     "ViewSpec",
@@ -38,6 +48,10 @@ class ViewSpec:
     key: tuple[str, ...]
     version_column: str | None
     version_hidden: bool = False
+    # Resume state, never shown to readers (see the module docstring).
+    hidden: bool = False
+    # Rows are appended as they come: no check against stored rows (duplicates are harmless to the reader).
+    append_only: bool = False
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -112,7 +126,76 @@ DEAD_LETTERS = ViewSpec(
     version_column=None,
 )
 
-VIEWS: dict[str, ViewSpec] = {v.name: v for v in (INVENTORY, SALES_BY_WINDOW, WORD_COUNTS, DEAD_LETTERS)}
+# Where a streaming pipeline's read stands: per (pipeline, topic, partition,
+# shard of the state step), the next offset below which every record's outcome
+# is committed (``next_offset``) and the committed ranges above it
+# (``pending``, JSON [[first, last], ...]); ``start_offset``: where the run
+# started the partition. ``run`` numbers the pipeline's
+# streaming starts; a start writes a row for each of its shards and
+# partitions before it reads, so the rows of the newest run are complete.
+RESUME_OFFSETS = ViewSpec(
+    name="_resume_offsets",
+    columns=(
+        ("pipeline", pa.string()),
+        ("topic", pa.string()),
+        ("partition", pa.int32()),
+        ("shard", pa.int32()),
+        ("run", pa.int64()),
+        ("shards", pa.int32()),
+        ("start_offset", pa.int64()),
+        ("next_offset", pa.int64()),
+        ("pending", pa.string()),
+        ("version", pa.int64()),
+    ),
+    key=("pipeline", "topic", "partition", "shard"),
+    version_column="version",
+    hidden=True,
+)
+
+# Each (store_id, item_id)'s state in the streaming inventory step: totals,
+# dedupe frontier and open windows (``state``, JSON). ``expired_before`` is
+# out of the JSON so a restore can drop forgotten ids in SQL.
+INVENTORY_STATE = ViewSpec(
+    name="_inventory_state",
+    columns=(
+        ("store_id", pa.string()),
+        ("item_id", pa.string()),
+        ("expired_before", pa.int64()),
+        ("state", pa.string()),
+        ("version", pa.int64()),
+    ),
+    key=("store_id", "item_id"),
+    version_column="version",
+    hidden=True,
+)
+
+# The event identities each (store_id, item_id) remembers for dedupe, as the
+# step added them (forgotten ones are dropped on restore by ``expired_before``).
+# ``ident_hash``: a 64-bit hash of (kind, event_id), which a restore keeps in
+# arrays instead of millions of Python strings.
+INVENTORY_IDS = ViewSpec(
+    name="_inventory_ids",
+    columns=(
+        ("store_id", pa.string()),
+        ("item_id", pa.string()),
+        ("kind", pa.string()),
+        ("event_id", pa.string()),
+        ("ident_hash", pa.int64()),
+        ("event_time", pa.int64()),
+        ("quantity", pa.int64()),
+    ),
+    key=("store_id", "item_id", "kind", "event_id"),
+    version_column=None,
+    hidden=True,
+    append_only=True,
+)
+
+VIEWS: dict[str, ViewSpec] = {
+    v.name: v
+    for v in (INVENTORY, SALES_BY_WINDOW, WORD_COUNTS, DEAD_LETTERS, RESUME_OFFSETS, INVENTORY_STATE, INVENTORY_IDS)
+}
+# The views readers show (the contract's); hidden tables are not among them.
+USER_VIEWS: dict[str, ViewSpec] = {name: spec for name, spec in VIEWS.items() if not spec.hidden}
 
 
 def get_view(name: str) -> ViewSpec:
@@ -120,4 +203,4 @@ def get_view(name: str) -> ViewSpec:
     try:
         return VIEWS[name]
     except KeyError:
-        raise ConfigError(f"unknown view {name!r}; views: {', '.join(VIEWS)}") from None
+        raise ConfigError(f"unknown view {name!r}; views: {', '.join(USER_VIEWS)}") from None

@@ -21,6 +21,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from core import settings, topics
 from core.arguments import whole_number
 from core.errors import ConfigError
+from transforms.checkpoint import CATCH_UP_RECORDS
 from transforms.counts import DEFAULT_ALLOWED_LATENESS, DEFAULT_EARLY_DELAY, DEFAULT_WINDOW_SIZE, LONGEST_WINDOW
 from transforms.inventory import DEFAULT_HORIZON
 from transforms.kafka import KAFKA_CLIENTS, KafkaConnection, load_client_properties, parse_client_setting
@@ -92,7 +93,9 @@ class KafkaOptions(PipelineOptions):
             *_both("consumer_group"),
             dest="consumer_group",
             default=None,
-            help="commit read offsets for this consumer group (monitoring only; pipelines replay from the log)",
+            help="consumer group to commit offsets to, for Kafka's lag tools (monitoring only): a batch read "
+            "commits what it read; a streaming inventory run the offsets its warehouse covers, to "
+            "beamline-inventory when not given",
         )
         parser.add_argument(
             *_both("kafka_client"),
@@ -233,6 +236,14 @@ class BeamlineOptions(PipelineOptions):
             default=DEFAULT_SHARDS,
             help="stateful keys of the streaming inventory step (its most parallel workers); "
             "fewer means fewer state round trips per bundle (default %(default)s)",
+        )
+        parser.add_argument(
+            *_both("catch_up_records"),
+            dest="catch_up_records",
+            type=whole_number("--catch_up_records"),
+            default=CATCH_UP_RECORDS,
+            help="a streaming start with no resume point in the warehouse first catches up in batch (several "
+            "times faster) when the log holds at least this many records; 0: never (default %(default)s)",
         )
         parser.add_argument(
             *_both("gc_threshold"),

@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DebugOptions, DirectOptions, PipelineOptions, StandardOptions
@@ -234,20 +234,27 @@ def _workers_log() -> Iterator[TextIO]:
 
 
 def run_pipeline(
-    build: Callable[[beam.Pipeline, PipelineOptions], None],
+    build: Callable[[beam.Pipeline, PipelineOptions], contextlib.AbstractContextManager[Any] | None],
     argv: Sequence[str] | None = None,
     *,
     progress_topics: Callable[[PipelineOptions], list[str]] | None = None,
     on_started: Callable[[beam.runners.runner.PipelineResult], None] | None = None,
+    prepare: Callable[[PipelineOptions, list[str]], None] | None = None,
 ) -> RunSummary:
     """Build and run a pipeline; block until it finishes or a signal stops it.
 
     ``progress_topics`` names the topics a batch run reads, so a long backfill
-    reports how far it got while it runs.
+    reports how far it got while it runs. ``build`` may return a context
+    manager that runs beside the pipeline (entered once it is built, left when
+    it ends), as a streaming run's consumer-group commits do. ``prepare``
+    runs first with the options and the arguments (a catch-up runs a batch
+    pipeline there).
     """
     given = list(sys.argv[1:] if argv is None else argv)
     args = resolve_argv(given)
     options = PipelineOptions(args)
+    if prepare is not None:
+        prepare(options, given)
     # The runner (and a job service's UI) gets the options without client secrets: the
     # pipeline's steps are built from ``options`` and carry their settings themselves.
     runner_options = PipelineOptions(without_secrets(args))
@@ -267,9 +274,11 @@ def run_pipeline(
                 direct.direct_num_workers = workers
                 direct.direct_running_mode = "multi_processing"
     pipeline = beam.Pipeline(options=runner_options)
-    build(pipeline, options)
+    beside = build(pipeline, options)
 
     with contextlib.ExitStack() as stack:
+        if beside is not None:
+            stack.enter_context(beside)
         terminal: TextIO | None = None
         if counted:
             if workers > 1:
@@ -322,14 +331,17 @@ def run_pipeline(
 
 
 def main_for(
-    build: Callable[[beam.Pipeline, PipelineOptions], None],
+    build: Callable[[beam.Pipeline, PipelineOptions], contextlib.AbstractContextManager[Any] | None],
     argv: Sequence[str] | None = None,
     progress_topics: Callable[[PipelineOptions], list[str]] | None = None,
     prog: str = "python -m pipelines.PIPELINE",
+    prepare: Callable[[PipelineOptions, list[str]], None] | None = None,
 ) -> int:
     """``python -m pipelines.X`` entry: run, print the summary, errors as one line; ``--help`` lists the options."""
     given = list(sys.argv[1:] if argv is None else argv)
     if "-h" in given or "--help" in given:
         print(options_help(prog))
         return 0
-    return report_errors(lambda: print(run_pipeline(build, given, progress_topics=progress_topics).describe()))
+    return report_errors(
+        lambda: print(run_pipeline(build, given, progress_topics=progress_topics, prepare=prepare).describe())
+    )

@@ -59,12 +59,14 @@ from transforms.counts import DEFAULT_WINDOW_SIZE, LONGEST_WINDOW, windows_table
 from transforms.events import DEAD_LETTERS_TAG, NO_TIME, DeadLetter, EventKind, decode_fields
 from transforms.inventory import MAX_TOTAL, conflict_error, inventory_row, overflow_error
 from transforms.kafka import KafkaBatch, KafkaRecord
+from transforms.seen_ids import ident_hash
 
 __all__ = ["BUCKETS", "BackfillResult", "BackfillRetail"]
 
 BUCKETS = 16
 _WINDOWS_TAG = "windows"
 _REFUSED_TAG = "refused"
+_IDS_TAG = "ids"
 
 
 # Sizes for Beam's byte counters, in pickled bytes per item measured on
@@ -322,8 +324,9 @@ class _SumBucket(beam.DoFn):
     rules need nothing from other buckets.
     """
 
-    def __init__(self, window_size: int) -> None:
+    def __init__(self, window_size: int, remember_since: int | None = None) -> None:
         self._size = window_size
+        self._remember_since = remember_since
         self._applied = Metrics.counter("beamline", "inventory_events_applied")
         self._duplicates = Metrics.counter("beamline", "inventory_duplicates")
         self._conflicts = Metrics.counter("beamline", "inventory_event_ids_reused")
@@ -343,6 +346,8 @@ class _SumBucket(beam.DoFn):
             )
             yield beam.pvalue.TaggedOutput(_REFUSED_TAG, _refused(topic, events, row, error))
         rows = found.first
+        if self._remember_since is not None:
+            yield beam.pvalue.TaggedOutput(_IDS_TAG, _remembered(kind, events, rows, self._remember_since))
         if _could_overflow(events.quantities, rows):
             rows, refused = _within_int64(kind, events, rows)
             self._overflows.inc(len(refused))
@@ -372,6 +377,27 @@ class _SumBucket(beam.DoFn):
                 list(code_of), codes, times - times % self._size, quantities, np.ones(len(kept), dtype=np.int64)
             )
             yield beam.pvalue.TaggedOutput(_WINDOWS_TAG, windows.grouped())
+
+
+def _remembered(kind: EventKind, events: _Events, rows: list[int], since: int) -> pa.Table:
+    """``_inventory_ids`` rows of the identities a streaming step would still remember: event time >= ``since``.
+
+    Every first occurrence counts, applied or refused for overflow, as in streaming.
+    """
+    times = np.frombuffer(events.event_times, dtype=np.int64)
+    picked = [row for row in rows if times[row] >= since]
+    ids = [events.ids[row] for row in picked]
+    return pa.table(
+        {
+            "store_id": [events.store_ids[row] for row in picked],
+            "item_id": [events.item_ids[row] for row in picked],
+            "kind": [kind] * len(picked),
+            "event_id": ids,
+            "ident_hash": pa.array([ident_hash(kind, event_id) for event_id in ids], pa.int64()),
+            "event_time": pa.array(times[picked] if picked else [], pa.int64()),
+            "quantity": pa.array([events.quantities[row] for row in picked], pa.int64()),
+        }
+    )
 
 
 # A record the rules refused, before its payload is read back: ((topic, partition, offset), error).
@@ -489,6 +515,8 @@ class BackfillResult(NamedTuple):
     inventory: beam.PCollection
     windows: beam.PCollection
     dead_letters: beam.PCollection
+    # With ``remember_since``: ``_inventory_ids`` tables, the identities a streaming step would remember.
+    ids: beam.PCollection | None = None
 
 
 class BackfillRetail(beam.PTransform):
@@ -510,6 +538,10 @@ class BackfillRetail(beam.PTransform):
     ``((topic, partition, offset), error)`` to ``(KafkaRecord, error)``, such
     as ``FetchRecords(connection)``. Without one they are picked out of the
     input, which a runner then keeps until the sums are done.
+
+    ``remember_since`` (epoch micros): also output the identities with event
+    time from then on (``ids``), for a streaming run that resumes where this
+    backfill ends (a catch-up, ``transforms/checkpoint.py``).
     """
 
     def __init__(
@@ -519,6 +551,7 @@ class BackfillRetail(beam.PTransform):
         *,
         topics: Mapping[str, EventKind] | None = None,
         refetch: beam.PTransform | None = None,
+        remember_since: int | None = None,
     ) -> None:
         super().__init__()
         if not timedelta(0) < window_size <= LONGEST_WINDOW:
@@ -531,6 +564,7 @@ class BackfillRetail(beam.PTransform):
         self._buckets = buckets
         self._topics = dict(topics) if topics is not None else None
         self._refetch = refetch
+        self._remember_since = remember_since
 
     def expand(self, records: beam.PCollection | tuple[beam.PCollection, beam.PCollection]) -> BackfillResult:
         if isinstance(records, beam.PCollection):
@@ -555,7 +589,10 @@ class BackfillRetail(beam.PTransform):
         sums = (
             events
             | "GatherBuckets" >> beam.CombinePerKey(_GatherEvents())
-            | "SumBuckets" >> beam.ParDo(_SumBucket(self._size)).with_outputs(_WINDOWS_TAG, _REFUSED_TAG, main="totals")
+            | "SumBuckets"
+            >> beam.ParDo(_SumBucket(self._size, self._remember_since)).with_outputs(
+                _WINDOWS_TAG, _REFUSED_TAG, _IDS_TAG, main="totals"
+            )
         )
         inventory = sums.totals | "MergeSums" >> beam.CombinePerKey(_MergeSums()) | "Rows" >> beam.Map(_inventory_row)
         windows = (
@@ -572,4 +609,5 @@ class BackfillRetail(beam.PTransform):
                 for n, pcoll in enumerate(inputs)
             ] | "RefusedFromInputs" >> beam.Flatten()
         dead = [d[DEAD_LETTERS_TAG] for d in decoded] + [letters] | "AllDeadLetters" >> beam.Flatten()
-        return BackfillResult(inventory, windows, dead)
+        ids = sums[_IDS_TAG] if self._remember_since is not None else None
+        return BackfillResult(inventory, windows, dead, ids)

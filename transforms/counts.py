@@ -79,7 +79,9 @@ __all__ = [
     "EarlySalesWindowDoFn",
     "Mode",
     "SalesByWindow",
+    "SalesKeyState",
     "SalesWindowDoFn",
+    "WindowState",
     "WordCountDoFn",
     "tokenize",
     "window_row",
@@ -125,7 +127,9 @@ _MS = 1_000
 
 
 @dataclass
-class _Window:
+class WindowState:
+    """One open window of a key: its sums and which panes it has had."""
+
     units: int = 0
     sales: int = 0
     pane: int = -1  # index of the last pane emitted
@@ -138,8 +142,8 @@ class SalesKeyState:
     closed_until: int = NO_TIME  # every window ending at or before this is closed
     timer_at: int | None = None
     early_pending: bool = False
-    # window_start micros -> _Window, for the key's windows that are still open.
-    windows: dict[int, _Window] = field(default_factory=dict)
+    # window_start micros -> WindowState, for the key's windows that are still open.
+    windows: dict[int, WindowState] = field(default_factory=dict)
 
 
 class SalesWindowDoFn(beam.DoFn):
@@ -191,7 +195,7 @@ class SalesWindowDoFn(beam.DoFn):
         if end <= st.closed_until:
             yield beam.pvalue.TaggedOutput(DEAD_LETTERS_TAG, self._too_late_letter(sale, start, end))
             return
-        w = st.windows.setdefault(start, _Window())
+        w = st.windows.setdefault(start, WindowState())
         w.units += sale.quantity
         w.sales += 1
         w.dirty = True
@@ -200,7 +204,7 @@ class SalesWindowDoFn(beam.DoFn):
         elif early_timer is not None and self._early is not None and not st.early_pending:
             early_timer.set(Timestamp(self._clock() + self._early))
             st.early_pending = True
-        due = self._next_deadline(start, w)
+        due = self.next_deadline(start, w)
         if st.timer_at is None or due < st.timer_at:
             window_timer.set(Timestamp(micros=due))
             st.timer_at = due
@@ -229,14 +233,14 @@ class SalesWindowDoFn(beam.DoFn):
                 del windows[start]
         if not self._batch:
             st.closed_until = max(st.closed_until, now + _MS - self._lateness)
-        pending = [self._next_deadline(s, w) for s, w in windows.items()]
+        pending = [self.next_deadline(s, w) for s, w in windows.items()]
         pending = [d for d in pending if d != _NEVER]
         st.timer_at = min(pending) if pending else None
         if st.timer_at is not None:
             window_timer.set(Timestamp(micros=st.timer_at))
         key_state.write(st)
 
-    def _next_deadline(self, start: int, w: _Window) -> int:
+    def next_deadline(self, start: int, w: WindowState) -> int:
         """When this window next needs the watermark timer (max timestamp rule)."""
         end = start + self._size
         if not w.on_time_fired:
@@ -245,7 +249,7 @@ class SalesWindowDoFn(beam.DoFn):
             return _NEVER
         return end - _MS + self._lateness
 
-    def _flush(self, key: tuple[str, str], start: int, w: _Window, timing: str) -> Iterator[dict[str, Any]]:
+    def _flush(self, key: tuple[str, str], start: int, w: WindowState, timing: str) -> Iterator[dict[str, Any]]:
         """Emit the window's next pane; the one place rows are built."""
         w.pane += 1
         w.dirty = False

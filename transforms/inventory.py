@@ -62,6 +62,7 @@ from core import topics
 from core.errors import ConfigError
 from transforms.events import NO_TIME, DeadLetter, Sale, Shipment, duration_micros, event_payload, micros_to_datetime
 from transforms.params import KEY_PARAM, TIMESTAMP_PARAM
+from transforms.seen_ids import RestoredSeen
 
 __all__ = [
     "APPLIED_TAG",
@@ -362,7 +363,7 @@ class InventoryDoFn(beam.DoFn):
 
     def expiry_due(self, st: KeyState, event_time: int) -> int | None:
         """The earlier expiry time an id of ``event_time`` needs, if any (recorded in ``st``)."""
-        due = self._expiry_time(event_time)
+        due = self.expiry_time(event_time)
         if st.expiry_at is None or due < st.expiry_at:
             st.expiry_at = due
             return due
@@ -373,8 +374,13 @@ class InventoryDoFn(beam.DoFn):
         # The watermark has passed `fired`, so nothing older than the cutoff can
         # be checked any more by anyone: forget it, and remember that we did.
         st.expired_before = max(st.expired_before, fired - self._horizon)
-        kept = {ident: seen_as for ident, seen_as in seen.items() if seen_as[0] >= st.expired_before}
-        st.expiry_at = self._expiry_time(min(t for t, _ in kept.values())) if kept else None  # always > fired
+        kept: Seen = {ident: seen_as for ident, seen_as in seen.items() if seen_as[0] >= st.expired_before}
+        oldest = [t for t, _ in kept.values()]
+        base = seen.base.kept(st.expired_before) if isinstance(seen, RestoredSeen) and seen.base else None
+        if base is not None:
+            kept = RestoredSeen(kept, base)
+            oldest.append(base.min_time())
+        st.expiry_at = self.expiry_time(min(oldest)) if oldest else None  # always > fired
         return kept
 
     @on_timer(EXPIRY_TIMER)
@@ -407,7 +413,7 @@ class InventoryDoFn(beam.DoFn):
         if st is not None and st.events:
             yield from self._flush(key, st)
 
-    def _expiry_time(self, event_time: int) -> int:
+    def expiry_time(self, event_time: int) -> int:
         """First bucket boundary strictly after ``event_time + horizon``."""
         due = event_time + self._horizon
         return due - due % self._bucket + self._bucket

@@ -62,6 +62,18 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from core.errors import ConfigError
+from transforms.checkpoint import (
+    Checkpoint,
+    Claims,
+    Progress,
+    Restored,
+    claims_of,
+    decode_state,
+    id_row,
+    restore,
+    restored_progress,
+    state_row,
+)
 from transforms.coders import EstimatedPickleCoder
 from transforms.counts import (
     DEFAULT_ALLOWED_LATENESS,
@@ -71,7 +83,7 @@ from transforms.counts import (
     EarlySalesWindowDoFn,
     SalesKeyState,
 )
-from transforms.events import Sale, Shipment
+from transforms.events import DeadLetter, Sale, Shipment, dead_letter_to_row
 from transforms.inventory import (
     DEAD_LETTERS_TAG,
     DEFAULT_HORIZON,
@@ -84,6 +96,9 @@ from transforms.inventory import (
 )
 from transforms.kafka import GLOBAL_WINDOWS
 from transforms.params import KEY_PARAM, TIMESTAMP_PARAM
+from transforms.seen_ids import RestoredSeen
+from warehouse.resume import progress_version
+from warehouse.writer import DEFAULT_RETENTION, GroupCommitter, acquire_shared_writer, release_shared_writer
 
 __all__ = [
     "DEFAULT_HISTORY_GRID",
@@ -116,6 +131,7 @@ class _RetailState:
 
     inventory: KeyState = field(default_factory=KeyState)
     sales: SalesKeyState = field(default_factory=SalesKeyState)
+    version: int = 0  # of the key's row in the warehouse's _inventory_state (checkpointed runs)
 
 
 @dataclass
@@ -125,6 +141,8 @@ class _Head:
     # "expiry"/"window": the event time the shard's timer is set for;
     # "early": the processing time the shard's early panes are due.
     timers: dict[str, int] = field(default_factory=dict)
+    # Checkpointed runs: the version of the shard's last commit to the warehouse.
+    committed: int = 0
 
 
 @dataclass
@@ -136,6 +154,9 @@ class _Shard:
     ids: int = 0  # remembered ids, all keys
     entries: int = 0  # entries in the log (committed and this bundle's)
     rewrite: bool = False  # the log holds forgotten ids: rewrite it
+    # Checkpointed runs: per partition, the offsets whose outcome the shard has committed; its commits this run.
+    progress: dict[tuple[str, int], Progress] = field(default_factory=dict)
+    commits: int = 0
 
 
 SHARD_HEAD = ReadModifyWriteStateSpec("shard_head", PickleCoder())
@@ -159,6 +180,12 @@ _PENDING: dict[str, Callable[[_RetailState], int | None]] = {
 
 
 _SHARD_CACHE = VersionedCache(size=lambda shard: shard.ids + len(shard.keys))
+
+# A checkpointed step's last restore in this process, per (warehouse, pipeline, run): every shard loads from one read.
+_RESTORED: dict[tuple[str, str, int], Restored] = {}
+
+# A checkpointed step expires old snapshots every this many commits, as the sinks do.
+_EXPIRE_EVERY = 500
 
 
 def shard_of(key: Key, shards: int) -> int:
@@ -186,6 +213,16 @@ def _replay(entries: Iterable[tuple[Any, ...]]) -> _Shard:
             shard.seen.setdefault(key, {})[(kind, event_id)] = (t, q)
             shard.ids += 1
     return shard
+
+
+@dataclass
+class _Outbox:
+    """What a checkpointed step commits when its bundle ends, besides the changed keys' rows."""
+
+    windows: list[dict[str, Any]] = field(default_factory=list)
+    letters: list[dict[str, Any]] = field(default_factory=list)
+    ids: list[dict[str, Any]] = field(default_factory=list)
+    shards: set[int] = field(default_factory=set)  # shards whose offsets moved
 
 
 class _Sales:
@@ -221,7 +258,12 @@ class _ShardedRetailFn(beam.DoFn):
         clock: Callable[[], float],
         early_backstop: timedelta,
         history_grid: timedelta | None = DEFAULT_HISTORY_GRID,
+        checkpoint: Checkpoint | None = None,
+        shards: int = DEFAULT_SHARDS,
     ) -> None:
+        self._checkpoint = checkpoint
+        self._shards = shards
+        self._writer: GroupCommitter | None = None
         self._inventory = inventory
         self._windows = windows
         self._clock = clock
@@ -234,22 +276,45 @@ class _ShardedRetailFn(beam.DoFn):
         self._open: dict[int, tuple[_Head, _Shard]] = {}
         self._logged: set[tuple[int, Key]] = set()
         self._changed: dict[Key, tuple[KeyState, Timestamp]] = {}
+        self._outbox = _Outbox()
+        self._commits = 0
+
+    def setup(self) -> None:
+        if self._checkpoint is not None:
+            self._writer = acquire_shared_writer(self._checkpoint.warehouse)
+
+    def teardown(self) -> None:
+        if self._writer is not None:
+            release_shared_writer(self._writer)
+            self._writer = None
 
     def start_bundle(self) -> None:
         self._version = int.from_bytes(os.urandom(8), "big") | 1  # never 0 (a new shard's head)
         self._open = {}
         self._logged = set()
         self._changed = {}
+        self._outbox = _Outbox()
         _SHARD_CACHE.trim()
 
-    def _load(self, shard: int, head_state: Any, log_state: Any) -> tuple[_Head, _Shard]:
-        """The shard as of its committed head, read once per bundle, re-tagged with this bundle's version."""
+    def _load(
+        self, shard: int, head_state: Any, log_state: Any, timers: dict[str, Any] | None = None
+    ) -> tuple[_Head, _Shard]:
+        """The shard as of its committed head, read once per bundle, re-tagged with this bundle's version.
+
+        A checkpointed step reads the shard from the warehouse instead of the
+        runner's log; on a new run's first load (an empty head) it also sets
+        the shard's timers for what its restored keys wait for (``timers``).
+        """
         opened = self._open.get(shard)
         if opened is not None:
             return opened
         head: _Head = head_state.read() or _Head()
         data = _SHARD_CACHE.get((self._step, shard), head.version)
-        if data is None:
+        if data is None and self._checkpoint is not None:
+            data = self._restore(shard, head)
+            if not head.version and timers is not None:
+                self._rearm_restored(head, data, timers)
+        elif data is None:
             data = _replay(log_state.read()) if head.version else _Shard()
         # Re-tagged before any change: if this bundle fails, the committed head
         # still names the old version, and the next bundle replays the log.
@@ -261,17 +326,54 @@ class _ShardedRetailFn(beam.DoFn):
         self._open[shard] = (head, data)
         return head, data
 
+    def _restore(self, shard: int, head: _Head) -> _Shard:
+        """The shard as the warehouse's newest snapshot has it, as new as its last successful bundle left it."""
+        checkpoint = self._checkpoint
+        assert checkpoint is not None
+        cache_key = (checkpoint.warehouse, checkpoint.pipeline, checkpoint.run)
+        restored = _RESTORED.get(cache_key)
+        progress, version = restored_progress(restored, checkpoint, shard) if restored is not None else ({}, -1)
+        if restored is None or version < head.committed:
+            restored = _RESTORED[cache_key] = restore(checkpoint)
+            progress, version = restored_progress(restored, checkpoint, shard)
+        data = _Shard(progress=progress)
+        data.commits = version - progress_version(checkpoint.run, 0) if version >> 32 == checkpoint.run else 0
+        for key, (text, key_version) in restored.keys.items():
+            if shard_of(key, self._shards) == shard:
+                inventory, sales = decode_state(text)
+                data.keys[key] = _RetailState(inventory, sales, key_version)
+                base = restored.ids.get(key)
+                if base is not None:
+                    data.seen[key] = RestoredSeen((), base)
+        return data
+
+    def _rearm_restored(self, head: _Head, data: _Shard, timers: dict[str, Any]) -> None:
+        """A new run's runner has no timers: set the shard's for its restored keys."""
+        for name in _PENDING:
+            self._rearm(head, data, name, timers[name])
+        if any(st.sales.early_pending for st in data.keys.values()):
+            due = int(self._clock() * 1_000_000)
+            head.timers["early"] = due
+            timers["early"].set(Timestamp(micros=due + self._backstop))
+
     def _log_key(self, shard: int, head: _Head, data: _Shard, log_state: Any, key: Key) -> None:
-        """Log the key's state once per bundle: the entry is encoded with its final value at commit."""
+        """Log the key's state once per bundle: the entry is encoded with its final value at commit.
+
+        A checkpointed step only notes the key: its state goes to the warehouse when the bundle ends.
+        """
         if (shard, key) in self._logged:
             return
         self._logged.add((shard, key))
+        if self._checkpoint is not None:
+            return
         head.seq += 1
         log_state.add(("k", head.seq, key, data.keys[key]))
         data.entries += 1
 
     def _tidy(self, shard: int, head: _Head, data: _Shard, log_state: Any) -> None:
         """Rewrite the log as one snapshot per key plus the live ids, when it has grown or holds forgotten ids."""
+        if self._checkpoint is not None:
+            return
         if not data.rewrite and data.entries <= 2 * (len(data.keys) + data.ids) + 1_024:
             return
         log_state.clear()
@@ -332,9 +434,34 @@ class _ShardedRetailFn(beam.DoFn):
         early: Any = _EARLY,
     ) -> Iterator[Any]:
         shard, events = element
-        head, data = self._load(shard, head_state, log_state)
+        head, data = self._load(shard, head_state, log_state, {"expiry": expiry, "window": window, "early": early})
         for event in events:
-            yield from self._apply(shard, head, data, log_state, event, stamp, expiry, window, early)
+            yield from self._noted(self._apply(shard, head, data, log_state, event, stamp, expiry, window, early))
+        if self._checkpoint is not None:
+            self._claim(shard, data, events.claims)
+
+    def _claim(self, shard: int, data: _Shard, claims: Claims) -> None:
+        """The bundle's offsets are done for this shard: their outcome commits when the bundle ends."""
+        self._outbox.shards.add(shard)
+        for partition, runs in claims:
+            progress = data.progress.get(partition)
+            if progress is None:  # a partition new since the run began: its offsets start at 0
+                progress = data.progress[partition] = Progress(0)
+            for first, last in runs:
+                progress.claim(first, last)
+
+    def _noted(self, outputs: Iterable[Any]) -> Iterator[Any]:
+        """Pass outputs on; a checkpointed step also keeps the rows it commits when the bundle ends."""
+        if self._checkpoint is None:
+            yield from outputs
+            return
+        for out in outputs:
+            if isinstance(out, beam.pvalue.TaggedOutput):
+                if out.tag == WINDOWS_TAG:
+                    self._outbox.windows.append(out.value)
+                else:  # dead letters and too-late sales
+                    self._outbox.letters.append(dead_letter_to_row(out.value))
+            yield out
 
     def _apply(
         self,
@@ -349,6 +476,9 @@ class _ShardedRetailFn(beam.DoFn):
         early: Any,
     ) -> Iterator[Any]:
         """One event of the shard, in the order the shard's element holds them."""
+        if isinstance(event, DeadLetter):  # a record the decode refused, here so its outcome commits with the rest
+            yield beam.pvalue.TaggedOutput(DEAD_LETTERS_TAG, event)
+            return
         due = head.timers.get("early")
         if due is not None and self._clock() * 1_000_000 >= due:
             yield from self._fire_early(shard, head, data, log_state)
@@ -363,8 +493,11 @@ class _ShardedRetailFn(beam.DoFn):
         if outcome not in REMEMBERED:
             return
         data.ids += 1
-        log_state.add(("i", key, event.kind, event.event_id, event.event_time, event.quantity))
-        data.entries += 1
+        if self._checkpoint is None:
+            log_state.add(("i", key, event.kind, event.event_id, event.event_time, event.quantity))
+            data.entries += 1
+        else:
+            self._outbox.ids.append(id_row(key, event.kind, event.event_id, event.event_time, event.quantity))
         due = inventory.expiry_due(st.inventory, event.event_time)
         if due is not None:
             self._want(head, "expiry", due, expiry)
@@ -387,10 +520,54 @@ class _ShardedRetailFn(beam.DoFn):
         # One inventory row per key changed in the bundle, its latest: the view
         # keeps a key's newest row anyway, and the sink commits a few hundred
         # rows instead of one per event.
-        for key, (st, stamp) in self._changed.items():
-            yield WindowedValue(
-                inventory_row(key, st.shipped, st.sold, st.events, st.last_event_time), stamp, GLOBAL_WINDOWS
+        rows = [
+            (inventory_row(key, st.shipped, st.sold, st.events, st.last_event_time), stamp)
+            for key, (st, stamp) in self._changed.items()
+        ]
+        if self._checkpoint is not None:
+            self._commit([row for row, _ in rows])
+        for row, stamp in rows:
+            yield WindowedValue(row, stamp, GLOBAL_WINDOWS)
+
+    def _commit(self, inventory: list[dict[str, Any]]) -> None:
+        """The bundle's outcome, in one snapshot: views, changed keys' state, new ids, each touched shard's offsets.
+
+        Before the bundle ends, so a shard's next bundle (which the runner
+        starts only after this one succeeded) finds it in the warehouse.
+        """
+        checkpoint, writer, outbox = self._checkpoint, self._writer, self._outbox
+        assert checkpoint is not None and writer is not None
+        touched = outbox.shards | {shard for shard, _ in self._logged}
+        if not touched:
+            return
+        states: list[dict[str, Any]] = []
+        offsets: list[dict[str, Any]] = []
+        for shard in sorted(touched):
+            head, data = self._open[shard]
+            data.commits += 1
+            head.committed = progress_version(checkpoint.run, data.commits)
+            offsets.extend(
+                progress.row(checkpoint.pipeline, partition, shard, self._shards, checkpoint.run, data.commits)
+                for partition, progress in sorted(data.progress.items())
             )
+            for logged_shard, key in self._logged:
+                if logged_shard == shard:
+                    st = data.keys[key]
+                    st.version += 1
+                    states.append(state_row(key, st.inventory, st.sales, st.version))
+        writer.commit_many(
+            {
+                "inventory": inventory,
+                "sales_by_window": outbox.windows,
+                "dead_letters": outbox.letters,
+                "_inventory_state": states,
+                "_inventory_ids": outbox.ids,
+                "_resume_offsets": offsets,
+            }
+        )
+        self._commits += 1
+        if self._commits % _EXPIRE_EVERY == 0:
+            writer.warehouse.expire_snapshots(DEFAULT_RETENTION)
 
     def _fire_due(
         self,
@@ -452,7 +629,7 @@ class _ShardedRetailFn(beam.DoFn):
         def close(key: Key, st: _RetailState, at: int) -> Iterator[Any]:
             return self._tagged(self._windows.on_watermark(key, Timestamp(micros=at), _Sales(st), _Wanted()))
 
-        yield from self._fire_due(shard, head, data, log_state, "window", fired.micros, close, window)
+        yield from self._noted(self._fire_due(shard, head, data, log_state, "window", fired.micros, close, window))
 
     @on_timer(EARLY_TIMER)
     def _on_early(
@@ -463,7 +640,7 @@ class _ShardedRetailFn(beam.DoFn):
     ) -> Iterator[Any]:
         # Set past the due time: every owed pane is due (none if the data path fired them).
         head, data = self._load(shard, head_state, log_state)
-        yield from self._fire_early(shard, head, data, log_state)
+        yield from self._noted(self._fire_early(shard, head, data, log_state))
 
     def _fire_early(self, shard: int, head: _Head, data: _Shard, log_state: Any) -> Iterator[Any]:
         """Every window of the shard still owed an early pane gets it now."""
@@ -484,7 +661,13 @@ class _ShardedRetailFn(beam.DoFn):
 
 
 class _ShardEvents(list):
-    """A shard's events of one bundle, in the order they came: the state step's input value."""
+    """A shard's events of one bundle, in the order they came: the state step's input value.
+
+    ``claims``: for a checkpointed step, every offset the upstream bundle held
+    (for every shard, whether or not any of its events are here).
+    """
+
+    claims: Claims = ()
 
 
 class _ShardEventsCoder(EstimatedPickleCoder):
@@ -524,17 +707,28 @@ class _KeyByShard(beam.DoFn):
     so stamps change no row; they only order the work.
     """
 
-    def __init__(self, shards: int) -> None:
+    def __init__(self, shards: int, claims: bool = False) -> None:
         self._shards = shards
+        self._claims = claims
         self._events: dict[int, _ShardEvents] = {}
         self._stamps: dict[int, Timestamp] = {}  # per shard, the earliest stamp of its events
+        self._positions: list[tuple[str, int, int]] = []
 
     def start_bundle(self) -> None:
         self._events = {}
         self._stamps = {}
+        self._positions = []
 
-    def process(self, event: Shipment | Sale, stamp: Timestamp = TIMESTAMP_PARAM) -> None:
-        shard = shard_of(event.key, self._shards)
+    def process(self, event: Shipment | Sale | DeadLetter, stamp: Timestamp = TIMESTAMP_PARAM) -> None:
+        if isinstance(event, DeadLetter):
+            # Any shard will do: it only commits the letter with the offsets it covers.
+            shard = event.partition % self._shards
+            if self._claims:
+                self._positions.append((event.source_topic, event.partition, event.offset))
+        else:
+            shard = shard_of(event.key, self._shards)
+            if self._claims:
+                self._positions.append((event.source_topic, event.partition, event.offset))
         events = self._events.get(shard)
         if events is None:
             self._events[shard] = _ShardEvents([event])
@@ -545,8 +739,16 @@ class _KeyByShard(beam.DoFn):
                 self._stamps[shard] = stamp
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
-        events, stamps = self._events, self._stamps
-        self._events, self._stamps = {}, {}
+        events, stamps, positions = self._events, self._stamps, self._positions
+        self._events, self._stamps, self._positions = {}, {}, []
+        if positions:
+            # Every shard learns every offset of the bundle, so each shard's committed offsets have no holes.
+            claims = claims_of(positions)
+            earliest = min(stamps.values())
+            for shard in range(self._shards):
+                shard_events = events.setdefault(shard, _ShardEvents())
+                shard_events.claims = claims
+                stamps.setdefault(shard, earliest)
         for shard, shard_events in events.items():
             yield WindowedValue((shard, shard_events), stamps[shard], GLOBAL_WINDOWS)
 
@@ -566,9 +768,16 @@ class StreamRetail(beam.PTransform):
     The streaming equivalent of ``ComputeInventory(mode="streaming")`` followed by
     ``SalesByWindow(mode="streaming")`` on its applied sales, with the same rows;
     ``shards`` bounds how many stateful keys (and parallel workers) the step has.
-    Feed it events an event-time read stamped (see ``_KeyByShard``).
+    Feed it events an event-time read stamped (see ``_KeyByShard``); the
+    decode's dead letters may come as inputs too, and come out with the rest.
     ``history_grid``: timers for deadlines that far behind ``clock`` fire on
     that grid of event time (None: always on time; see ``_fire_at``).
+
+    ``checkpoint`` (see :mod:`transforms.checkpoint`): the step commits its
+    views, its state and the offsets they cover to the warehouse itself, one
+    snapshot per bundle, and a restart resumes from them. Pass the decode's
+    dead letters in then, so their offsets count as done only once they are
+    in the warehouse; the outputs still carry every row, for other sinks.
     """
 
     def __init__(
@@ -580,6 +789,7 @@ class StreamRetail(beam.PTransform):
         clock: Callable[[], float] = time.time,
         shards: int = DEFAULT_SHARDS,
         history_grid: timedelta | None = DEFAULT_HISTORY_GRID,
+        checkpoint: Checkpoint | None = None,
     ) -> None:
         super().__init__()
         if shards < 1:
@@ -596,7 +806,10 @@ class StreamRetail(beam.PTransform):
             clock,
             (early_delay or timedelta(0)) / 2,
             history_grid,
+            checkpoint,
+            shards,
         )
+        self._checkpoint = checkpoint
 
     def expand(self, events: Any) -> StreamRetailResult:
         # Keyed before the flatten: on Prism a Flatten ends a fused stage, so a
@@ -605,7 +818,9 @@ class StreamRetail(beam.PTransform):
         keyed_inputs = [
             pcoll
             | f"KeyByShard{n if n else ''}"
-            >> beam.ParDo(_KeyByShard(self._shards)).with_output_types(tuple[int, _ShardEvents])
+            >> beam.ParDo(_KeyByShard(self._shards, claims=self._checkpoint is not None)).with_output_types(
+                tuple[int, _ShardEvents]
+            )
             for n, pcoll in enumerate(inputs)
         ]
         keyed = keyed_inputs[0] if len(keyed_inputs) == 1 else keyed_inputs | "FlattenKinds" >> beam.Flatten()

@@ -39,7 +39,7 @@ from typing import Any
 import pyarrow as pa
 
 from core.errors import BeamlineError, ConfigError
-from core.views import VIEWS, ViewSpec
+from core.views import USER_VIEWS, VIEWS, ViewSpec
 
 __all__ = [
     "CATALOG_SQL",
@@ -533,7 +533,7 @@ def catalog_sql(snap: Snapshot) -> str:
         f"-- Beamline warehouse, snapshot {snap.snapshot_id} committed {snap.committed_at.isoformat()}.",
         "-- Regenerated on every commit. In the duckdb CLI: .read catalog.sql",
     ]
-    for name, spec in VIEWS.items():
+    for name, spec in USER_VIEWS.items():
         paths = snap.paths(name)
         if paths:
             listed = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)

@@ -51,7 +51,7 @@ from duckdb import ColumnExpression, ConstantExpression
 
 from core.errors import BeamlineError, ConfigError
 from core.settings import warehouse_dir
-from core.views import INVENTORY, VIEWS
+from core.views import INVENTORY, USER_VIEWS
 from warehouse.format import (
     EPOCH,
     SNAPSHOTS_DIR,
@@ -90,7 +90,7 @@ MAX_TIMEOUT_S = 7 * 24 * 3600
 # How long an interrupted query may take to stop before its connection is given up.
 _STOP_GRACE_S = 3.0
 _BATCH_ROWS = 65_536
-VIEW_LIST = ", ".join(VIEWS)
+VIEW_LIST = ", ".join(USER_VIEWS)
 _TRY_QUERY = "run `beamline query 'SELECT * FROM inventory LIMIT 5'`"
 
 # Table functions a query may call: each makes rows from values, never from a file or the catalog.
@@ -218,7 +218,7 @@ def _sandboxed(snapshot: Snapshot, limits: QueryLimits) -> duckdb.DuckDBPyConnec
             "allow_unsigned_extensions": False,
         },
     )
-    all_paths = [p for name in VIEWS for p in snapshot.paths(name)]
+    all_paths = [p for name in USER_VIEWS for p in snapshot.paths(name)]
     con.execute("SET allowed_paths = $paths", {"paths": all_paths})
     con.execute("SET TimeZone = 'UTC'")
     # Files are immutable, so footers and pages can be cached safely for repeated lookups.
@@ -330,14 +330,14 @@ def _views_used(con: duckdb.DuckDBPyConnection, sql: str) -> set[str]:
     if shows:
         raise QueryRefused(f"refused: SHOW {shows[0]} is not available; SHOW TABLES and DESCRIBE <view> are")
     internal = _internal_names(con)
-    used: set[str] = set(VIEWS) if uses.shows & {'"tables"', "__show_tables_expanded"} else set()
+    used: set[str] = set(USER_VIEWS) if uses.shows & {'"tables"', "__show_tables_expanded"} else set()
     for catalog, schema, name in uses.tables:
         low, cat, sch = name.lower(), catalog.lower(), schema.lower()
         if not cat and not sch and low in uses.ctes:
             if low in internal:  # out of the CTE's scope the name would read DuckDB's catalog
                 raise QueryRefused(f"refused: {name!r} names one of DuckDB's catalog views; rename the CTE")
             continue
-        if low in VIEWS and (cat, sch) in _VIEW_QUALIFIERS:
+        if low in USER_VIEWS and (cat, sch) in _VIEW_QUALIFIERS:
             used.add(low)
             continue
         written = ".".join(part for part in (catalog, schema, name) if part)
@@ -415,7 +415,7 @@ class Reader:
             return self._raw[name]
         con, snap = self._con, self._snapshot
         assert con is not None and snap is not None
-        spec = VIEWS[name]
+        spec = USER_VIEWS[name]
         paths = snap.paths(name)
         raw: duckdb.DuckDBPyRelation | None = None
         rel: duckdb.DuckDBPyRelation | None
@@ -453,7 +453,7 @@ class Reader:
             found = [(f.name, f.type) for f in pq.read_schema(path)]
         except (OSError, pa.ArrowException) as e:
             raise self._file_problem(view, path, _one_line(e)) from None
-        expected = [(f.name, f.type) for f in VIEWS[view].storage_schema]
+        expected = [(f.name, f.type) for f in USER_VIEWS[view].storage_schema]
         if found != expected:
             columns = ", ".join(f"{n} {t}" for n, t in found)
             raise self._file_problem(view, path, f"its schema is ({columns}), not the view's")
@@ -463,7 +463,7 @@ class Reader:
         """Every view; a view whose files are damaged raises its one-line error when queried."""
         con = self._con
         assert con is not None
-        for name, spec in VIEWS.items():
+        for name, spec in USER_VIEWS.items():
             try:
                 self._define(name)
             except BeamlineError as e:
@@ -503,7 +503,7 @@ class Reader:
         if snap is None or str(snap.root) not in text:
             return None
         # The file DuckDB names first is the one it failed on ("... file A: column x was read from file B").
-        named = [(text.index(path), view, path) for view in VIEWS for path in snap.paths(view) if path in text]
+        named = [(text.index(path), view, path) for view in USER_VIEWS for path in snap.paths(view) if path in text]
         if not named:
             return None
         _, view, path = min(named)

@@ -328,6 +328,11 @@ class Warehouse:
         """
         entries = parent.files.get(spec.name, ())
         stored = frozenset(rel for rel, _ in entries)
+        if spec.append_only:
+            # Appended as they come: a lost race re-uses the file it wrote.
+            if before is not None:
+                return _Fresh(stored, before.table, None, before.path, before.written_at, before.synced)
+            return _Fresh(stored, batch, None)
         versions = self._versions(spec, parent) if batch.num_rows <= KNOWN_VERSIONS_MAX_ROWS else None
         if versions is not None:
             table = _newer_than(spec, batch, versions)
@@ -588,19 +593,26 @@ class GroupCommitter:
         self._queue: list[_Waiting] = []
 
     def commit(self, view: str, rows: pa.Table | Iterable[Mapping[str, Any]]) -> None:
+        self.commit_many({view: rows})
+
+    def commit_many(self, batches: Mapping[str, pa.Table | Iterable[Mapping[str, Any]]]) -> None:
+        """Rows of several views, in one snapshot together (never split between two commits)."""
         # Checked here, in the caller's thread: rows a view refuses fail their own bundle only.
-        waiting = _Waiting(view, self.warehouse.prepare(view, rows))
+        mine = [_Waiting(view, self.warehouse.prepare(view, rows)) for view, rows in batches.items()]
+        mine = [waiting for waiting in mine if waiting.table.num_rows]
+        if not mine:
+            return
         with self._queue_lock:
-            self._queue.append(waiting)
+            self._queue.extend(mine)  # queued together, so taken into one group together
         with self._commit_lock:
-            if not waiting.done:
+            if not mine[0].done:
                 with self._queue_lock:
                     group, self._queue = self._queue, []
                 self._commit_group(group)
-        if waiting.error is not None:
-            raise BeamlineError(f"committing {view!r} rows to {self.warehouse.root} failed: {waiting.error!r}") from (
-                waiting.error
-            )
+        error = mine[0].error
+        if error is not None:
+            views = ", ".join(repr(w.view) for w in mine)
+            raise BeamlineError(f"committing {views} rows to {self.warehouse.root} failed: {error!r}") from error
 
     def _commit_group(self, group: list[_Waiting]) -> None:
         tables: dict[str, list[pa.Table]] = {}

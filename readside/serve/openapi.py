@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from core.views import VIEWS
+from core.views import USER_VIEWS
 from readside.serve.config import ServeConfig
 
 __all__ = ["docs_page", "openapi_schema"]
@@ -180,13 +180,13 @@ def _schemas() -> dict[str, Any]:
 def openapi_schema(config: ServeConfig) -> dict[str, Any]:
     """The OpenAPI document of the service as configured (page sizes, caps)."""
     reads = _read_params(config)
-    columns = sorted({c for spec in VIEWS.values() for c in spec.column_names})
+    columns = sorted({c for spec in USER_VIEWS.values() for c in spec.column_names})
     page_params = [
         {
             "name": "view",
             "in": "path",
             "required": True,
-            "schema": {"type": "string", "enum": list(VIEWS)},
+            "schema": {"type": "string", "enum": list(USER_VIEWS)},
             "description": "the view",
         },
         _query_param(

@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from core.errors import ConfigError
-from core.views import VIEWS, ViewSpec
+from core.views import USER_VIEWS, ViewSpec
 from readside.query import format_result
 from readside.serve.answers import (
     SNAPSHOT_HEADER,
@@ -352,7 +352,7 @@ class Routes:
         snap, published = await self._snapshot(params)
         counts = await self._row_counts(snap, published)
         listed = []
-        for name, spec in VIEWS.items():
+        for name, spec in USER_VIEWS.items():
             listed.append(
                 {
                     "name": name,
@@ -372,13 +372,13 @@ class Routes:
         cache = self.service.row_counts
         counts = cache.get(snap.snapshot_id)
         if counts is None:
-            queried = [name for name, spec in VIEWS.items() if spec.version_column is not None]
+            queried = [name for name, spec in USER_VIEWS.items() if spec.version_column is not None]
             if snap is published.snapshot:
                 queried.remove("inventory")
             sql = "SELECT " + ", ".join(f"(SELECT count(*) FROM {quote_ident(v)}) AS {quote_ident(v)}" for v in queried)
             counts = (await self._on_reader(snap, lambda r: r.query(sql).to_pylist()))[0] if queried else {}
             counts |= {
-                n: sum(k for _, k in snap.files.get(n, ())) for n, s in VIEWS.items() if s.version_column is None
+                n: sum(k for _, k in snap.files.get(n, ())) for n, s in USER_VIEWS.items() if s.version_column is None
             }
             if snap is published.snapshot:
                 counts["inventory"] = len(published.index)
@@ -419,9 +419,9 @@ class Routes:
 
     async def view_rows(self, request: Request) -> Response:
         name = request.path_params["view"]
-        spec = VIEWS.get(name)
+        spec = USER_VIEWS.get(name)
         if spec is None:
-            raise HTTPError(404, f"no view {name[:80]!r}; views: {', '.join(VIEWS)}")
+            raise HTTPError(404, f"no view {name[:80]!r}; views: {', '.join(USER_VIEWS)}")
         params = _grouped(request)
         limit_text = _single(params, "limit")
         limit = self.config.page_size if limit_text is None else _whole(limit_text, "limit", 1, self.config.max_rows)

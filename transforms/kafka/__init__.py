@@ -14,13 +14,20 @@ Modules, lowest first (a module imports only those above it):
 - ``config``: client settings in Kafka's names and each client's, properties files, secrets;
 - ``connection``: :class:`KafkaConnection`;
 - ``kafka_python``, ``confluent``, ``clients``: the two clients and the interface over them;
-- ``admin``: :func:`wait_for_kafka`, :func:`ensure_topics`, :func:`count_records`;
+- ``admin``: :func:`wait_for_kafka`, :func:`ensure_topics`, :func:`count_records`,
+  :func:`partition_offsets`, :func:`commit_group_offsets`;
 - ``spec``, ``watermarks``, ``partitions``, ``read``: :class:`ReadFromKafka`, its splittable DoFn, its
   watermarks and what it is told;
 - ``write``: :class:`WriteToKafka`; ``fetch``: :class:`FetchRecords`, records looked up by offset.
 """
 
-from transforms.kafka.admin import count_records, ensure_topics, wait_for_kafka
+from transforms.kafka.admin import (
+    commit_group_offsets,
+    count_records,
+    ensure_topics,
+    partition_offsets,
+    wait_for_kafka,
+)
 from transforms.kafka.config import (
     KAFKA_CLIENTS,
     ClientSettings,
@@ -58,11 +65,13 @@ __all__ = [
     "StopAt",
     "WriteToKafka",
     "client_config",
+    "commit_group_offsets",
     "count_records",
     "ensure_topics",
     "event_time_step",
     "load_client_properties",
     "parse_client_setting",
+    "partition_offsets",
     "redacted",
     "wait_for_kafka",
 ]

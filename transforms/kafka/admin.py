@@ -11,12 +11,13 @@ retries for ever.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from transforms.kafka.clients import client_errors, new_admin, new_consumer, topic_partitions
 from transforms.kafka.connection import KafkaConnection
+from transforms.kafka.records import _TP
 
-__all__ = ["count_records", "ensure_topics", "wait_for_kafka"]
+__all__ = ["commit_group_offsets", "count_records", "ensure_topics", "partition_offsets", "wait_for_kafka"]
 
 _ATTEMPT_S = 5.0  # the longest one metadata request of wait_for_kafka may take
 _RETRY_S = 0.2
@@ -67,19 +68,48 @@ def ensure_topics(
         admin.close()
 
 
-def count_records(
+def partition_offsets(
     connection: KafkaConnection | str | Sequence[str], names: Iterable[str], *, timeout_s: float = 10.0
-) -> int:
-    """Records between the earliest and the end offsets of the topics now, as a read sees them (read_committed)."""
+) -> dict[tuple[str, int], tuple[int, int]]:
+    """Each partition of the topics: (earliest offset, end offset) now, as a read sees them (read_committed)."""
     kafka = KafkaConnection.of(connection)
     wait_for_kafka(kafka, timeout_s=timeout_s)
     consumer = new_consumer(kafka, {}, timeout_s)
     try:
         tps = [tp for found in topic_partitions(consumer, names).values() for tp in found]
         if not tps:
-            return 0
+            return {}
         starts = consumer.beginning_offsets(tps)
         ends = consumer.end_offsets(tps)
-        return sum(ends[tp] - starts[tp] for tp in tps)
+        return {(tp.topic, tp.partition): (starts[tp], ends[tp]) for tp in tps}
     finally:
         consumer.close()
+
+
+def commit_group_offsets(
+    connection: KafkaConnection | str | Sequence[str],
+    group: str,
+    offsets: Mapping[tuple[str, int], int],
+    *,
+    timeout_s: float = 10.0,
+) -> None:
+    """Commit ``offsets`` (the next offset to read, per partition) as consumer group ``group``'s.
+
+    For Kafka's own tools (``kafka-consumer-groups --describe``) to show a
+    pipeline's lag; the pipeline itself resumes from its warehouse.
+    """
+    kafka = KafkaConnection.of(connection)
+    group_key = "group.id" if kafka.client == "confluent" else "group_id"
+    consumer = new_consumer(kafka, {group_key: group}, timeout_s)
+    try:
+        for (topic, partition), offset in sorted(offsets.items()):
+            consumer.commit(_TP(topic, partition), offset)
+    finally:
+        consumer.close()
+
+
+def count_records(
+    connection: KafkaConnection | str | Sequence[str], names: Iterable[str], *, timeout_s: float = 10.0
+) -> int:
+    """Records between the earliest and the end offsets of the topics now, as a read sees them (read_committed)."""
+    return sum(end - start for start, end in partition_offsets(connection, names, timeout_s=timeout_s).values())

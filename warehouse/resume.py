@@ -1,0 +1,159 @@
+"""A streaming pipeline's resume point, kept in the warehouse beside the views it covers.
+
+The views, the state that produced them and the source offsets they cover are
+committed together, in one snapshot, so a restart can start each partition at
+the recorded offset with that state, never from offset 0 (the hidden tables of
+:mod:`core.views`). This module reads and starts runs of ``_resume_offsets``
+and queries the hidden tables; what the state means belongs to the pipeline's
+transforms. Nothing here imports Beam or Kafka.
+
+Each streaming start is a *run*, numbered from 1. A run first commits a row for
+every (topic, partition, shard) of its own, at the offset it starts from, so
+the newest run's rows are always complete: the offset to resume a partition
+from is the lowest ``next_offset`` among them (a shard below it has not
+committed the outcome of every record before it yet).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import duckdb
+import pyarrow as pa
+
+from core.views import RESUME_OFFSETS, get_view
+from warehouse.format import Snapshot, WarehouseMissing, dedupe_sql, empty_view_sql, load_snapshot, quote_ident
+from warehouse.writer import Warehouse
+
+__all__ = ["RecordedRun", "begin_run", "progress_version", "query_tables", "recorded_run"]
+
+Partition = tuple[str, int]
+
+# A row's version: its run in the high bits, the shard's commits in that run below.
+_RUN_SHIFT = 32
+
+
+def progress_version(run: int, commits: int) -> int:
+    """The version of a shard's offset rows after its ``commits``-th commit in ``run``: grows across runs."""
+    return (run << _RUN_SHIFT) | commits
+
+
+def query_tables(
+    root: str | os.PathLike[str],
+    sql: str | Sequence[str],
+    views: Sequence[str],
+    params: Mapping[str, object] | None = None,
+) -> tuple[Snapshot, list[pa.Table]]:
+    """Run statements (``$name`` from ``params``) over the named tables of the newest snapshot, in one connection.
+
+    Hidden tables and hidden version columns included; each table is deduped by key as readers see views.
+    Returns the snapshot and each statement's result (an empty table for one that returns no rows).
+    """
+    snap = load_snapshot(root)
+    con = duckdb.connect()
+    try:
+        for view in views:
+            spec = get_view(view)
+            paths = snap.paths(view)
+            if paths:
+                listed = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
+                body = dedupe_sql(spec, f"read_parquet([{listed}])", visible_only=False)
+            else:
+                body = empty_view_sql(spec)
+            con.execute(f"CREATE VIEW {quote_ident(view)} AS {body}")
+        results = []
+        for statement in [sql] if isinstance(sql, str) else sql:
+            used = {name: value for name, value in (params or {}).items() if f"${name}" in statement}
+            if statement.lstrip().upper().startswith(("SELECT", "WITH")):
+                results.append(con.sql(statement, params=used or None).to_arrow_table())
+            else:
+                con.execute(statement, used)
+                results.append(pa.table({}))
+        return snap, results
+    finally:
+        con.close()
+
+
+@dataclass(frozen=True)
+class RecordedRun:
+    """The newest run of a pipeline as the warehouse has it: where each partition's read may resume."""
+
+    run: int
+    shards: int
+    offsets: Mapping[Partition, int]
+    snapshot_id: int
+    committed_at_us: int
+
+    @property
+    def topics(self) -> frozenset[str]:
+        return frozenset(topic for topic, _ in self.offsets)
+
+
+def recorded_run(root: str | os.PathLike[str], pipeline: str) -> RecordedRun | None:
+    """The pipeline's newest run in the warehouse at ``root``, or None (no warehouse, or never streamed)."""
+    try:
+        snap, (rows,) = query_tables(
+            root,
+            f"""
+            WITH mine AS (SELECT * FROM {RESUME_OFFSETS.name} WHERE pipeline = $pipeline),
+                 newest AS (SELECT * FROM mine WHERE run = (SELECT max(run) FROM mine))
+            SELECT topic, "partition", min(next_offset) AS next_offset, any_value(run) AS run,
+                   max(shards) AS shards
+            FROM newest GROUP BY topic, "partition" ORDER BY topic, "partition"
+            """,
+            [RESUME_OFFSETS.name],
+            {"pipeline": pipeline},
+        )
+    except WarehouseMissing:
+        return None
+    if rows.num_rows == 0:
+        return None
+    listed = rows.to_pylist()
+    return RecordedRun(
+        run=int(listed[0]["run"]),
+        shards=int(listed[0]["shards"]),
+        offsets={(r["topic"], int(r["partition"])): int(r["next_offset"]) for r in listed},
+        snapshot_id=snap.snapshot_id,
+        committed_at_us=snap.committed_at_us,
+    )
+
+
+def begin_run(
+    root: str | os.PathLike[str],
+    pipeline: str,
+    starts: Mapping[Partition, int],
+    shards: int,
+    with_rows: Mapping[str, Sequence[Mapping[str, object]]] | None = None,
+) -> int:
+    """Commit the rows of the pipeline's next run (every partition and shard at its start); return its number.
+
+    ``with_rows`` go in the same snapshot (a catch-up's state: the resume
+    point and the state it covers become visible together).
+    """
+    prior = recorded_run(root, pipeline)
+    run = 1 if prior is None else prior.run + 1
+    rows = [
+        {
+            "pipeline": pipeline,
+            "topic": topic,
+            "partition": partition,
+            "shard": shard,
+            "run": run,
+            "shards": shards,
+            "start_offset": offset,
+            "next_offset": offset,
+            "pending": "[]",
+            "version": progress_version(run, 0),
+        }
+        for (topic, partition), offset in sorted(starts.items())
+        for shard in range(shards)
+    ]
+    warehouse = Warehouse(root)
+    try:
+        if rows:
+            warehouse.commit_many({RESUME_OFFSETS.name: rows, **(with_rows or {})})
+    finally:
+        warehouse.close()
+    return run
