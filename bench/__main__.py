@@ -1,7 +1,7 @@
 """Run every benchmark, then assemble ``bench/RESULTS.md`` (``make bench``).
 
 Each benchmark module (``bench.kafka_read``, ``bench.warehouse``,
-``bench.backfill``, ``bench.streaming``) runs in its own subprocess, one after
+``bench.backfill``, ``bench.restart``, ``bench.streaming``) runs in its own subprocess, one after
 another, and writes ``bench/results/<name>.md``. A benchmark that fails is
 reported as failed and the others still run. ``--quick`` runs each at a small
 size and writes into a scratch folder (for checking the harness, not for figures);
@@ -132,6 +132,30 @@ BENCHMARKS: tuple[Benchmark, ...] = (
                 "True",
             ),
             Headline("backfill: Beamline peak RSS (MiB)", r"Beamline peak RSS: \*\*([\d,]+) MiB", "(figure)", "True"),
+        ),
+    ),
+    Benchmark(
+        "restart",
+        ("--sizes", "20000,40000"),
+        (
+            Headline(
+                "streaming restart to 1,000 new events visible (s), worst size",
+                r"restart to visible < 15 s at every size \| \*\*([\d.]+)\*\*",
+                "< 15 s",
+                "x < 15",
+            ),
+            Headline(
+                "restart time, largest log / smallest",
+                r"restart time, [\d,]+ / [\d,]+ events < 1.5 \| \*\*([\d.]+)\*\*",
+                "< 1.5",
+                "x < 1.5",
+            ),
+            Headline(
+                "streaming first start / backfill, largest log",
+                r"first start / backfill at [\d,]+ events <= 1.5 \| \*\*([\d.]+)\*\*",
+                "<= 1.5",
+                "x <= 1.5",
+            ),
         ),
     ),
     Benchmark(

@@ -18,7 +18,8 @@ from apache_beam.utils.timestamp import Timestamp
 from core.errors import ConfigError
 from tests.fake_state import FakeBag, FakeCell, FakeTimer
 from transforms.events import Sale, Shipment
-from transforms.retail import StreamRetail, _KeyByShard, _replay, shard_of
+from transforms.retail import StreamRetail, _replay
+from transforms.shard_keys import KeyByShard, shard_of
 
 HOUR = 3_600 * 1_000_000
 T0 = 1_000 * 24 * HOUR
@@ -155,7 +156,7 @@ def test_shards_must_be_positive() -> None:
 def test_a_shards_element_carries_the_earliest_stamp_of_its_events() -> None:
     # The read stamps events within its watermark's step; the shard's element
     # must not be stamped later than any of its events (nor than the read did).
-    keyer = _KeyByShard(shards=1)
+    keyer = KeyByShard(shards=1)
     on_time = Sale("a", "s", "i", 1, T0)
     an_hour_late = Sale("b", "s", "i", 1, T0 - HOUR)
     cases = [
@@ -174,7 +175,7 @@ def test_a_shards_element_carries_the_earliest_stamp_of_its_events() -> None:
 
 
 def test_each_bundle_sends_one_element_per_shard_with_its_events_in_order() -> None:
-    keyer = _KeyByShard(shards=4)
+    keyer = KeyByShard(shards=4)
     events = [Sale(f"e{n}", f"store-{n % 3}", f"item-{n % 5}", 1, T0 + n) for n in range(40)]
     keyer.start_bundle()
     for event in events:

@@ -24,8 +24,15 @@ streaming latency. So the step is keyed by a *shard* of (store_id, item_id)
   a retried bundle, a restart), so a failed bundle's changes are never taken
   as committed. A bundle thus costs about three round trips per shard touched.
 
+With a ``checkpoint`` (how the inventory pipeline runs) the warehouse takes
+the log bag's place: each bundle commits its changed keys, new ids, views
+and covered offsets in one snapshot before it ends, and a process that does
+not hold the head's version reloads the shard from the warehouse, which is
+never behind the last successful bundle (:mod:`transforms.checkpoint`). A
+restart is then a new run whose shards start from the warehouse's state.
+
 The events themselves cross to the step as one element per shard and
-upstream bundle (``_KeyByShard``), in the order they were read.
+upstream bundle (``KeyByShard``), in the order they were read.
 
 Each key's event-time timers (dedupe expiry, window deadlines) are kept in its
 state; the shard's timer of each kind is set for the earliest of its keys, and
@@ -49,7 +56,6 @@ from __future__ import annotations
 import os
 import time
 import uuid
-import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -67,14 +73,12 @@ from transforms.checkpoint import (
     Claims,
     Progress,
     Restored,
-    claims_of,
     decode_state,
     id_row,
     restore,
     restored_progress,
     state_row,
 )
-from transforms.coders import EstimatedPickleCoder
 from transforms.counts import (
     DEFAULT_ALLOWED_LATENESS,
     DEFAULT_EARLY_DELAY,
@@ -97,6 +101,7 @@ from transforms.inventory import (
 from transforms.kafka import GLOBAL_WINDOWS
 from transforms.params import KEY_PARAM, TIMESTAMP_PARAM
 from transforms.seen_ids import RestoredSeen
+from transforms.shard_keys import KeyByShard, ShardEvents, shard_of
 from warehouse.resume import progress_version
 from warehouse.writer import DEFAULT_RETENTION, GroupCommitter, acquire_shared_writer, release_shared_writer
 
@@ -186,11 +191,6 @@ _RESTORED: dict[tuple[str, str, int], Restored] = {}
 
 # A checkpointed step expires old snapshots every this many commits, as the sinks do.
 _EXPIRE_EVERY = 500
-
-
-def shard_of(key: Key, shards: int) -> int:
-    """The shard of a (store_id, item_id): the same in every process and run."""
-    return zlib.crc32(f"{key[0]}\x00{key[1]}".encode()) % shards
 
 
 def _replay(entries: Iterable[tuple[Any, ...]]) -> _Shard:
@@ -425,7 +425,7 @@ class _ShardedRetailFn(beam.DoFn):
 
     def process(
         self,
-        element: tuple[int, _ShardEvents],
+        element: tuple[int, ShardEvents],
         stamp: Timestamp = TIMESTAMP_PARAM,
         head_state: Any = _HEAD,
         log_state: Any = _LOG,
@@ -660,99 +660,6 @@ class _ShardedRetailFn(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(WINDOWS_TAG, out)
 
 
-class _ShardEvents(list):
-    """A shard's events of one bundle, in the order they came: the state step's input value.
-
-    ``claims``: for a checkpointed step, every offset the upstream bundle held
-    (for every shard, whether or not any of its events are here).
-    """
-
-    claims: Claims = ()
-
-
-class _ShardEventsCoder(EstimatedPickleCoder):
-    """One pickle for the whole list: the events' class and repeated names are written once."""
-
-    def __init__(self) -> None:
-        super().__init__(_shard_events_size)
-
-
-def _shard_events_size(events: _ShardEvents) -> int:
-    return 64 + 120 * len(events)  # pickled bytes, about, for generated retail events
-
-
-beam.coders.registry.register_coder(_ShardEvents, _ShardEventsCoder)
-
-
-class _KeyByShard(beam.DoFn):
-    """events -> (shard, [events]) once per shard and bundle, stamped with the earliest of its events' stamps.
-
-    One element per shard and bundle, not per event: each element that
-    crosses to the state step is encoded, sent through the runner and decoded
-    again, and the state step pays its per-element overhead (parameters,
-    window, timestamp) once per element. A streaming runner releases a
-    bundle's output only when the bundle ends, so holding the events to the
-    bundle's end delays nothing.
-
-    Stamps. Prism holds a stateful stage's input watermark at its oldest
-    pending element, and queues a key's elements behind its pending timers
-    in timestamp order. An element stamped behind the watermark (a trickle
-    of events an hour late) would hold every shard's timers back; one
-    stamped ahead of it (an event dated next year, or a partition read ahead
-    of the others) would wait behind the shard's timers until the watermark
-    got there. So the events come stamped by the event-time read, which keeps
-    each stamp within its watermark's step (``ReadFromKafka(event_time=...)``),
-    and a shard's element carries the earliest of its events' stamps. The
-    logic reads event times from the events, never from element timestamps,
-    so stamps change no row; they only order the work.
-    """
-
-    def __init__(self, shards: int, claims: bool = False) -> None:
-        self._shards = shards
-        self._claims = claims
-        self._events: dict[int, _ShardEvents] = {}
-        self._stamps: dict[int, Timestamp] = {}  # per shard, the earliest stamp of its events
-        self._positions: list[tuple[str, int, int]] = []
-
-    def start_bundle(self) -> None:
-        self._events = {}
-        self._stamps = {}
-        self._positions = []
-
-    def process(self, event: Shipment | Sale | DeadLetter, stamp: Timestamp = TIMESTAMP_PARAM) -> None:
-        if isinstance(event, DeadLetter):
-            # Any shard will do: it only commits the letter with the offsets it covers.
-            shard = event.partition % self._shards
-            if self._claims:
-                self._positions.append((event.source_topic, event.partition, event.offset))
-        else:
-            shard = shard_of(event.key, self._shards)
-            if self._claims:
-                self._positions.append((event.source_topic, event.partition, event.offset))
-        events = self._events.get(shard)
-        if events is None:
-            self._events[shard] = _ShardEvents([event])
-            self._stamps[shard] = stamp
-        else:
-            events.append(event)
-            if stamp < self._stamps[shard]:
-                self._stamps[shard] = stamp
-
-    def finish_bundle(self) -> Iterator[WindowedValue]:
-        events, stamps, positions = self._events, self._stamps, self._positions
-        self._events, self._stamps, self._positions = {}, {}, []
-        if positions:
-            # Every shard learns every offset of the bundle, so each shard's committed offsets have no holes.
-            claims = claims_of(positions)
-            earliest = min(stamps.values())
-            for shard in range(self._shards):
-                shard_events = events.setdefault(shard, _ShardEvents())
-                shard_events.claims = claims
-                stamps.setdefault(shard, earliest)
-        for shard, shard_events in events.items():
-            yield WindowedValue((shard, shard_events), stamps[shard], GLOBAL_WINDOWS)
-
-
 class StreamRetailResult(NamedTuple):
     inventory: beam.PCollection
     windows: beam.PCollection
@@ -768,7 +675,7 @@ class StreamRetail(beam.PTransform):
     The streaming equivalent of ``ComputeInventory(mode="streaming")`` followed by
     ``SalesByWindow(mode="streaming")`` on its applied sales, with the same rows;
     ``shards`` bounds how many stateful keys (and parallel workers) the step has.
-    Feed it events an event-time read stamped (see ``_KeyByShard``); the
+    Feed it events an event-time read stamped (see ``KeyByShard``); the
     decode's dead letters may come as inputs too, and come out with the rest.
     ``history_grid``: timers for deadlines that far behind ``clock`` fire on
     that grid of event time (None: always on time; see ``_fire_at``).
@@ -818,8 +725,8 @@ class StreamRetail(beam.PTransform):
         keyed_inputs = [
             pcoll
             | f"KeyByShard{n if n else ''}"
-            >> beam.ParDo(_KeyByShard(self._shards, claims=self._checkpoint is not None)).with_output_types(
-                tuple[int, _ShardEvents]
+            >> beam.ParDo(KeyByShard(self._shards, claims=self._checkpoint is not None)).with_output_types(
+                tuple[int, ShardEvents]
             )
             for n, pcoll in enumerate(inputs)
         ]
