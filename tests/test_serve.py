@@ -162,7 +162,7 @@ def test_views_lists_columns_key_rows_and_files(client: TestClient, warehouse: P
     assert list(views) == ["inventory", "sales_by_window", "word_counts", "dead_letters"]
     for name, view in views.items():
         assert view["rows"] == run_query(f"SELECT count(*) AS n FROM {name}", warehouse).to_pylist()[0]["n"]
-        assert view["source_offsets"] is None and view["lag_s"] is None
+        assert view["source_offsets"] is None and view["lag_s"] is None  # no streaming run wrote these
     assert views["inventory"]["key"] == ["store_id", "item_id"] and views["inventory"]["files"] == 1
     assert [c["name"] for c in views["dead_letters"]["columns"]] == [
         "source_topic",
@@ -729,3 +729,22 @@ def test_a_cors_origin_is_scheme_host_and_port_only(warehouse: Path) -> None:
         assert "\n" not in str(caught.value)
     for origin in ("https://a.com", "http://localhost:8080", "http://[::1]:3000"):
         assert ServeConfig(warehouse, cors_origins=(origin,)).cors_origins == (origin,)
+
+
+def test_views_show_the_offsets_a_streaming_resume_point_covers(tmp_path: Path) -> None:
+    from transforms.checkpoint import Progress
+    from warehouse.resume import begin_run
+
+    root = tmp_path / "wh"
+    run = begin_run(root, "inventory", {("sales", 0): 0, ("sales", 1): 7, ("shipments", 0): 3}, shards=1)
+    moved = Progress(0)
+    moved.claim(0, 41)
+    writer = Warehouse(root)
+    writer.commit("_resume_offsets", [moved.row("inventory", ("sales", 0), 0, 1, run, 1)])
+    writer.close()
+    with serve(root) as client:
+        views = {v["name"]: v for v in client.get("/v1/views").json()["views"]}
+    covered = {"sales": {"0": 42, "1": 7}, "shipments": {"0": 3}}
+    assert views["inventory"]["source_offsets"] == covered
+    assert views["dead_letters"]["source_offsets"] == covered
+    assert views["word_counts"]["source_offsets"] is None

@@ -45,13 +45,15 @@ def query_tables(
     sql: str | Sequence[str],
     views: Sequence[str],
     params: Mapping[str, object] | None = None,
+    snapshot: Snapshot | None = None,
 ) -> tuple[Snapshot, list[pa.Table]]:
     """Run statements (``$name`` from ``params``) over the named tables of the newest snapshot, in one connection.
 
     Hidden tables and hidden version columns included; each table is deduped by key as readers see views.
-    Returns the snapshot and each statement's result (an empty table for one that returns no rows).
+    Returns the snapshot (``snapshot`` if given, else the newest) and each
+    statement's result (an empty table for one that returns no rows).
     """
-    snap = load_snapshot(root)
+    snap = snapshot if snapshot is not None else load_snapshot(root)
     con = duckdb.connect()
     try:
         for view in views:
@@ -91,8 +93,8 @@ class RecordedRun:
         return frozenset(topic for topic, _ in self.offsets)
 
 
-def recorded_run(root: str | os.PathLike[str], pipeline: str) -> RecordedRun | None:
-    """The pipeline's newest run in the warehouse at ``root``, or None (no warehouse, or never streamed)."""
+def recorded_run(root: str | os.PathLike[str], pipeline: str, snapshot: Snapshot | None = None) -> RecordedRun | None:
+    """The pipeline's newest run in the warehouse at ``root`` (as of ``snapshot``), or None if it never streamed."""
     try:
         snap, (rows,) = query_tables(
             root,
@@ -105,6 +107,7 @@ def recorded_run(root: str | os.PathLike[str], pipeline: str) -> RecordedRun | N
             """,
             [RESUME_OFFSETS.name],
             {"pipeline": pipeline},
+            snapshot,
         )
     except WarehouseMissing:
         return None

@@ -108,8 +108,13 @@ def _schemas() -> dict[str, Any]:
             "key": {"type": "array", "items": {"type": "string"}},
             "rows": {"type": "integer"},
             "files": {"type": "integer"},
-            "source_offsets": {"type": "null", "description": "not recorded by the warehouse yet"},
-            "lag_s": {"type": "null", "description": "not recorded by the warehouse yet"},
+            "source_offsets": {
+                "type": ["object", "null"],
+                "description": "per topic, per partition: the next offset the view's streaming resume point "
+                "covers (null if no streaming run wrote the view)",
+                "additionalProperties": {"type": "object", "additionalProperties": {"type": "integer"}},
+            },
+            "lag_s": {"type": "null", "description": "not served: `beamline status` asks the broker for the lag"},
         },
     }
     return {

@@ -45,8 +45,10 @@ from readside.serve.config import ServeConfig
 from readside.serve.index import row_dict
 from readside.serve.readers import ReaderPool
 from readside.serve.snapshots import Published, SnapshotSignal, SnapshotWatcher
+from readside.status import PIPELINE_VIEWS
 from warehouse.format import Snapshot, SnapshotExpired, load_snapshot, quote_ident
 from warehouse.reader import QueryTimedOut, Reader, parse_as_of
+from warehouse.resume import recorded_run
 
 __all__ = ["READ_PARAMS", "Routes", "Service", "lookup_ids"]
 
@@ -78,6 +80,7 @@ class Service:
         self.closing = False  # the server is stopping: event streams end
         self.started_at = time.time()
         self.row_counts: OrderedDict[int, dict[str, int]] = OrderedDict()
+        self.source_offsets: OrderedDict[int, dict[str, dict[str, dict[str, int]]]] = OrderedDict()
 
     def start(self) -> None:
         """Build the index of the newest snapshot and follow the warehouse (raises one line if it cannot)."""
@@ -351,6 +354,7 @@ class Routes:
         params = self._params(request, READ_PARAMS)
         snap, published = await self._snapshot(params)
         counts = await self._row_counts(snap, published)
+        offsets = await self._source_offsets(snap)
         listed = []
         for name, spec in USER_VIEWS.items():
             listed.append(
@@ -360,12 +364,35 @@ class Routes:
                     "key": list(spec.key),
                     "rows": counts[name],
                     "files": len(snap.files.get(name, ())),
-                    # Not recorded by this warehouse format yet: always null for now.
-                    "source_offsets": None,
+                    # What a streaming run's resume point covers (null for a view no streaming run wrote);
+                    # lag against the log needs the broker: `beamline status`.
+                    "source_offsets": offsets.get(name),
                     "lag_s": None,
                 }
             )
         return answer({"views": listed}, snap)
+
+    async def _source_offsets(self, snap: Snapshot) -> dict[str, dict[str, dict[str, int]]]:
+        """Per view a streaming pipeline writes: the offsets its snapshot covers, per topic and partition."""
+
+        def read() -> dict[str, dict[str, dict[str, int]]]:
+            found: dict[str, dict[str, dict[str, int]]] = {}
+            for pipeline, views in PIPELINE_VIEWS.items():
+                recorded = recorded_run(self.service.root, pipeline, snap)
+                if recorded is None:
+                    continue
+                covered: dict[str, dict[str, int]] = {}
+                for (topic, partition), offset in sorted(recorded.offsets.items()):
+                    covered.setdefault(topic, {})[str(partition)] = offset
+                found.update(dict.fromkeys(views, covered))
+            return found
+
+        cache = self.service.source_offsets
+        if snap.snapshot_id not in cache:
+            cache[snap.snapshot_id] = await anyio.to_thread.run_sync(read)
+            while len(cache) > 8:
+                cache.popitem(last=False)
+        return cache[snap.snapshot_id]
 
     async def _row_counts(self, snap: Snapshot, published: Published) -> dict[str, int]:
         """Rows per view: the index's count, a manifest's for insert-once views, else one COUNT per snapshot."""
