@@ -244,6 +244,14 @@ class _PartitionReader(_ConsumerDoFn):
                     batch = poll(tp, poll_s)
                     position = None if batch else consumer.position(tp)
                 except consumer.errors as exc:
+                    if self._consumer is not consumer and not bounded:
+                        # Torn down under this call: the SDK harness shut this DoFn down
+                        # while its bundle still ran, which closed the consumer. Go on
+                        # with a new one from the next call, from the next offset to read.
+                        _LOG.warning("Kafka read of %s lost its consumer (%r); reconnecting", tp, exc)
+                        self._next_offset.pop(tp, None)
+                        tracker.defer_remainder(Duration.of(spec.timing.resume_delay_s))
+                        return
                     if not consumer.retriable(exc):
                         raise KafkaUnavailable(
                             f"reading {tp.topic}/{tp.partition} at {spec.connection.bootstrap_servers} failed: "
