@@ -124,7 +124,9 @@ bench: setup ## Run the benchmarks and rewrite bench/RESULTS.md (installs requir
 screenshot: test-setup ## Refresh docs/serve-page.png from the browser test
 	BEAMLINE_SCREENSHOT=$(CURDIR)/docs/serve-page.png $(PY) -m pytest -q tests/test_serve_page.py
 
-clean-state: ## Stop the local broker and delete local state (.beamline/)
+clean-state: ## Stop the local services and delete local state (.beamline/)
 	-$(VENV)/bin/beamline kafka stop
 	-$(VENV)/bin/beamline flink stop
+	-$(VENV)/bin/beamline prism stop
+	-$(VENV)/bin/beamline workers stop
 	rm -rf .beamline
