@@ -17,6 +17,7 @@ from typing import Any
 
 from cli.options import add_bootstrap, add_warehouse
 from core.arguments import port
+from infra.submit import ENVIRONMENTS, portable_runner_args
 
 __all__ = ["DEMO_EVENTS", "PIPELINES", "add_commands", "pipeline_argv"]
 
@@ -36,8 +37,6 @@ def pipeline_argv(args: argparse.Namespace, extra: Sequence[str]) -> list[str]:
 
         argv.extend(flink_runner_args(args.flink_master, extra))
     elif args.runner == "portable":
-        from infra.submit import portable_runner_args
-
         argv.extend(portable_runner_args(args.job_endpoint, args.environment, args.environment_config, extra))
     if args.detach:
         argv.append("--detach")
@@ -163,7 +162,7 @@ def add_commands(verbs: argparse._SubParsersAction) -> None:
     )
     run.add_argument(
         "--environment",
-        choices=["external", "loopback"],
+        choices=ENVIRONMENTS,
         help="with --runner portable: where the job's Python code runs: external, in a worker pool "
         "(`beamline workers start`), or loopback, in this process (default: external when a pool runs "
         "or --environment-config names one, else loopback)",

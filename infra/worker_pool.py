@@ -57,6 +57,8 @@ class WorkerPoolStatus:
     count: int | None
     state_dir: Path
     workers: list[PoolWorker] = field(default_factory=list)
+    #: Why the pool stopped starting workers (they exit while starting), if it did.
+    failing: str | None = None
 
     @property
     def endpoint(self) -> str | None:
@@ -83,12 +85,15 @@ class WorkerPool(ManagedProcess):
             pool = json.loads((self.folder / POOL_FILE).read_text())
         except (OSError, ValueError):
             pool = {}
+        if pid is None:
+            return WorkerPoolStatus(False, None, pool.get("port"), pool.get("count"), self.folder)
         workers = [
             PoolWorker(each["number"], each["pid"], each["state"], each.get("worker_id"))
             for each in pool.get("workers", [])
-            if pid is not None
         ]
-        return WorkerPoolStatus(pid is not None, pid, pool.get("port"), pool.get("count"), self.folder, workers)
+        return WorkerPoolStatus(
+            True, pid, pool.get("port"), pool.get("count"), self.folder, workers, pool.get("failing")
+        )
 
     def start(
         self,
@@ -126,7 +131,11 @@ class WorkerPool(ManagedProcess):
         )
 
         def ready() -> bool:
-            return port_open(port) and len(self.status().in_state("idle")) >= count
+            status = self.status()
+            if status.failing:
+                self.stop()
+                raise ServiceError(f"the {self.WHAT}'s workers cannot start: {status.failing}")
+            return port_open(port) and len(status.in_state("idle")) >= count
 
         self._wait_ready(process, ready, f"listen on port {port} with {count} warm worker(s)", timeout_s)
         return self.status()

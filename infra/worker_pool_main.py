@@ -36,6 +36,8 @@ from pathlib import Path
 import grpc
 from apache_beam.portability.api import beam_fn_api_pb2, beam_fn_api_pb2_grpc
 
+from infra.process import last_log_line
+
 __all__ = ["POOL_FILE", "WarmWorkerPool", "main"]
 
 POOL_FILE = "pool.json"
@@ -43,6 +45,8 @@ READY_FILE = "ready"  # what infra.sdk_worker_boot creates once Beam is imported
 #: How long a request waits for a worker to become ready (a cold one imports Beam first).
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
+#: Workers in a row that may exit before they are ready; then the pool stops starting them (a broken Python).
+MAX_FAILED_WARMUPS = 3
 _WATCH_S = 0.1
 _BOOT_SOURCE = (Path(__file__).with_name("sdk_worker_boot.py")).read_text()
 
@@ -76,6 +80,8 @@ class WarmWorkerPool(beam_fn_api_pb2_grpc.BeamFnExternalWorkerPoolServicer):
         self._lock = threading.Condition()
         self._stopping = threading.Event()
         self._published: str | None = None
+        self._failed_warmups = 0
+        self._failing: str | None = None  # why the pool stopped starting workers
 
     # -- the gRPC service -------------------------------------------------------------
     def StartWorker(
@@ -134,6 +140,8 @@ class WarmWorkerPool(beam_fn_api_pb2_grpc.BeamFnExternalWorkerPoolServicer):
     def _take_idle(self, worker_id: str) -> _Worker:
         """The first ready idle worker, now assigned to ``worker_id``; starts one if none is on its way."""
         with self._lock:
+            if self._failing:
+                raise RuntimeError(self._failing)
             if not any(w.worker_id is None for w in self._workers):
                 self._spawn()
             ready = self._lock.wait_for(
@@ -148,7 +156,7 @@ class WarmWorkerPool(beam_fn_api_pb2_grpc.BeamFnExternalWorkerPoolServicer):
     def refill(self) -> None:
         """Start workers until at least ``count`` are alive; publish the pool's state."""
         with self._lock:
-            while len(self._workers) < self.count and not self._stopping.is_set():
+            while len(self._workers) < self.count and not self._stopping.is_set() and not self._failing:
                 self._spawn()
             self._publish()
             self._lock.notify_all()
@@ -166,8 +174,23 @@ class WarmWorkerPool(beam_fn_api_pb2_grpc.BeamFnExternalWorkerPoolServicer):
                         f", {worker.worker_id}" if worker.worker_id else "",
                         worker.process.returncode,
                     )
+                    self._count_warmup(worker)
                     shutil.rmtree(worker.folder, ignore_errors=True)
             self.refill()
+
+    def _count_warmup(self, ended: _Worker) -> None:
+        """Stop starting workers once ``MAX_FAILED_WARMUPS`` in a row end before they are ready (lock held)."""
+        if ended.state != "starting":
+            self._failed_warmups = 0
+            return
+        self._failed_warmups += 1
+        if self._failed_warmups >= MAX_FAILED_WARMUPS:
+            log = self.folder / f"worker-{ended.number}.log"
+            self._failing = (
+                f"{self._failed_warmups} in a row exited while starting (code {ended.process.returncode}); "
+                f"see {log}: {last_log_line(log)}"
+            )
+            _LOG.error("%s; no more workers are started", self._failing)
 
     def _publish(self) -> None:
         """Rewrite ``pool.json`` when anything changed (caller holds the lock)."""
@@ -177,6 +200,7 @@ class WarmWorkerPool(beam_fn_api_pb2_grpc.BeamFnExternalWorkerPoolServicer):
                 "port": self.port,
                 "count": self.count,
                 "python": self.python,
+                "failing": self._failing,
                 "workers": [
                     {"number": w.number, "pid": w.process.pid, "state": w.state, "worker_id": w.worker_id}
                     for w in self._workers

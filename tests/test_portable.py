@@ -18,6 +18,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -314,6 +315,10 @@ def test_prism_and_the_submission_speak_in_one_line(cluster: Cluster, tmp_path: 
     folder = str(cluster.prism.folder)
     status = run_cli("prism", "status", "--state-dir", folder)
     assert status.returncode == 0 and cluster.job_endpoint in status.stdout, status
+    ui_url = cluster.prism.status().ui_url
+    assert ui_url and ui_url in status.stdout
+    with urllib.request.urlopen(ui_url, timeout=10) as page:  # the web UI answers too
+        assert page.status == 200
     again = run_cli("prism", "start", "--state-dir", folder, "--job-port", str(free_port()), "--ui-port",
                     str(free_port()))  # fmt: skip
     assert_one_line_error(again, "already runs", "beamline prism stop")
@@ -353,3 +358,15 @@ def test_stopped_services_say_so_with_exit_3(tmp_path: Path, worker_python: str)
         assert pid is not None
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_a_pool_whose_python_lacks_beam_fails_in_one_line(tmp_path: Path) -> None:
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    folder = str(tmp_path / "workers")
+
+    result = run_cli("workers", "start", "--state-dir", folder, "--port", str(free_port()), "--python",
+                     str(bare / "bin" / "python"))  # fmt: skip
+
+    assert_one_line_error(result, "workers cannot start", "exited while starting", "No module named")
+    assert run_cli("workers", "status", "--state-dir", folder).returncode == 3
