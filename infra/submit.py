@@ -18,7 +18,7 @@ from core.settings import PROJECT_ROOT
 from infra.prism import default_job_endpoint
 from infra.worker_pool import WorkerPool
 
-__all__ = ["ENVIRONMENTS", "host_port", "not_given", "portable_runner_args", "staging_args"]
+__all__ = ["ENVIRONMENTS", "flag_of", "host_port", "not_given", "portable_runner_args", "staging_args"]
 
 #: ``--environment`` values of ``beamline run --runner portable``.
 ENVIRONMENTS = ("external", "loopback")

@@ -52,11 +52,13 @@ from transforms.kafka import LOCAL_PROGRESS, PROGRESS_DIR_ENV, count_records
 
 __all__ = [
     "AUTO_WORKERS_FROM_RECORDS",
+    "JOB_SERVICE_RUNNERS",
     "MAX_AUTO_WORKERS",
     "PRISM_NO_SPLITS",
     "RunSummary",
     "auto_workers",
     "available_cores",
+    "check_submission",
     "main_for",
     "run_pipeline",
 ]
