@@ -9,6 +9,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CACHE := .cache
 BENCH_VENV := $(CACHE)/bench-venv
+JOB_SERVER_DIR := $(CACHE)/flink/job-server
 BEAM_VERSION := 2.77.0
 # The live page's chart library and the API docs' viewer (npm), served by `beamline serve` from .cache/js.
 JS_DIR := $(CACHE)/js
@@ -23,7 +24,7 @@ PYTEST_ARGS ?=
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-setup: $(VENV)/.installed $(CACHE)/kafka/.installed $(CACHE)/flink/.installed $(CACHE)/bin/prism $(JS_DIR)/.installed-$(UPLOT_VERSION)-$(SWAGGER_UI_VERSION) ## Create .venv; fetch Kafka and Flink jars, Prism, the page's JS (cached)
+setup: $(VENV)/.installed $(CACHE)/kafka/.installed $(CACHE)/flink/.installed $(JOB_SERVER_DIR)/.attempted $(CACHE)/bin/prism $(JS_DIR)/.installed-$(UPLOT_VERSION)-$(SWAGGER_UI_VERSION) ## Create .venv; fetch Kafka and Flink jars, Prism, the page's JS (cached)
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-confluent.txt setup.py
 	test -x $(PY) || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
@@ -42,6 +43,20 @@ $(CACHE)/flink/.installed: infra/flink/pom.xml
 	rm -rf $(CACHE)/flink/libs
 	mvn -q -B -f infra/flink/pom.xml dependency:copy-dependencies \
 	    -DoutputDirectory=$(CURDIR)/$(CACHE)/flink/libs -DincludeScope=runtime
+	touch $@
+
+# Beam's Flink job server jar, tried once through Maven. Where the registry Maven uses does not serve
+# it, the reason is written to UNAVAILABLE and set-up goes on: `beamline run --runner flink` then lets
+# Beam fetch the jar itself, or takes BEAMLINE_FLINK_JOB_SERVER_JAR (docs/flink.md).
+$(JOB_SERVER_DIR)/.attempted: infra/flink/job-server/pom.xml
+	mkdir -p $(JOB_SERVER_DIR)
+	if timeout 600 mvn -q -B -Dstyle.color=never -f infra/flink/job-server/pom.xml dependency:copy-dependencies \
+	        -DoutputDirectory=$(CURDIR)/$(JOB_SERVER_DIR) -DincludeScope=runtime > $(JOB_SERVER_DIR)/maven.log 2>&1; then \
+	    rm -f $(JOB_SERVER_DIR)/UNAVAILABLE; \
+	else \
+	    { date -u +%Y-%m-%dT%H:%M:%SZ; grep -m 1 ERROR $(JOB_SERVER_DIR)/maven.log; } > $(JOB_SERVER_DIR)/UNAVAILABLE; \
+	    echo "setup: Beam's Flink job server jar is not available through Maven here (see $(JOB_SERVER_DIR)/UNAVAILABLE)"; \
+	fi
 	touch $@
 
 $(CACHE)/bin/prism:
@@ -109,7 +124,9 @@ bench: setup ## Run the benchmarks and rewrite bench/RESULTS.md (installs requir
 screenshot: test-setup ## Refresh docs/serve-page.png from the browser test
 	BEAMLINE_SCREENSHOT=$(CURDIR)/docs/serve-page.png $(PY) -m pytest -q tests/test_serve_page.py
 
-clean-state: ## Stop the local broker and delete local state (.beamline/)
+clean-state: ## Stop the local services and delete local state (.beamline/)
 	-$(VENV)/bin/beamline kafka stop
 	-$(VENV)/bin/beamline flink stop
+	-$(VENV)/bin/beamline prism stop
+	-$(VENV)/bin/beamline workers stop
 	rm -rf .beamline

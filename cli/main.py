@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from cli import produce, read, run, serve, services, warehouse
+from cli import jobs, produce, read, run, serve, services, warehouse
 from core.errors import report_errors
 
 __all__ = ["build_parser", "main"]
@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_commands(verbs)
     warehouse.add_commands(verbs)
     services.add_flink(verbs)
+    services.add_prism(verbs)
+    services.add_workers(verbs)
+    jobs.add_commands(verbs)
     return parser
 
 

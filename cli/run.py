@@ -3,7 +3,9 @@
 ``beamline run PIPELINE`` translates its own options into the pipeline's
 Beam-style arguments and passes every argument it does not know to Beam, so
 ``beamline run inventory --window_size=1800 --direct_num_workers=2`` works as
-``python -m pipelines.inventory`` would. ``--help`` lists both.
+``python -m pipelines.inventory`` would. ``--help`` lists both. ``--runner
+flink`` and ``--runner portable`` add the Beam options that submit to Flink or
+to a running job service (:mod:`infra.flink_cluster`, :mod:`infra.submit`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 from cli.options import add_bootstrap, add_warehouse
 from core.arguments import port
+from infra.submit import ENVIRONMENTS, portable_runner_args
 
 __all__ = ["DEMO_EVENTS", "PIPELINES", "add_commands", "pipeline_argv"]
 
@@ -33,6 +36,10 @@ def pipeline_argv(args: argparse.Namespace, extra: Sequence[str]) -> list[str]:
         from infra.flink_cluster import flink_runner_args
 
         argv.extend(flink_runner_args(args.flink_master, extra))
+    elif args.runner == "portable":
+        argv.extend(portable_runner_args(args.job_endpoint, args.environment, args.environment_config, extra))
+    if args.detach:
+        argv.append("--detach")
     argv.extend(extra)
     return argv
 
@@ -41,6 +48,8 @@ def _run(args: argparse.Namespace) -> int:
     module = importlib.import_module(PIPELINES[args.pipeline])
     summary = module.run(pipeline_argv(args, args.beam_args))
     print(f"{args.pipeline} ({args.mode}) {summary.describe()}")
+    if summary.job_id is not None:
+        print(f"stop it with: beamline jobs cancel {summary.job_id}")
     return 0
 
 
@@ -136,15 +145,38 @@ def add_commands(verbs: argparse._SubParsersAction) -> None:
     run.add_argument("--mode", choices=["batch", "streaming"], default="batch", help="default %(default)s")
     run.add_argument(
         "--runner",
-        choices=["direct", "flink"],
+        choices=["direct", "flink", "portable"],
         default="direct",
-        help="direct: Beam's FnApiRunner for batch, Prism for streaming; flink: see docs/flink.md "
-        "(default %(default)s)",
+        help="direct: Beam's FnApiRunner for batch, Prism for streaming; flink: see docs/flink.md; "
+        "portable: submit to a running job service, e.g. `beamline prism start` (default %(default)s)",
     )
     run.add_argument(
         "--flink-master",
         default="[local]",
         help="with --runner flink: [local] (embedded) or HOST:PORT of a session cluster's REST endpoint",
+    )
+    run.add_argument(
+        "--job-endpoint",
+        metavar="HOST:PORT",
+        help="with --runner portable: the job service (default: the one `beamline prism start` runs, localhost:8073)",
+    )
+    run.add_argument(
+        "--environment",
+        choices=ENVIRONMENTS,
+        help="with --runner portable: where the job's Python code runs: external, in a worker pool "
+        "(`beamline workers start`), or loopback, in this process (default: external when a pool runs "
+        "or --environment-config names one, else loopback)",
+    )
+    run.add_argument(
+        "--environment-config",
+        metavar="HOST:PORT",
+        help="with --environment external: the worker pool (default: the one `beamline workers start` runs)",
+    )
+    run.add_argument(
+        "--detach",
+        action="store_true",
+        help="with --runner portable: print the job's id once it runs and return; "
+        "`beamline jobs cancel JOB_ID` stops it",
     )
     add_bootstrap(run, unset=True)
     add_warehouse(run, unset=True)

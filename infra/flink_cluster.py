@@ -3,7 +3,7 @@
 One JobManager (``StandaloneSessionClusterEntrypoint``) and one or more
 TaskManagers (``TaskManagerRunner``) run as separate ``java`` processes from
 the jars that ``make setup`` puts in the cache; beside them a Beam Python SDK
-worker pool (``worker_pool_main``) serves the EXTERNAL environment. Flink's
+worker pool (:class:`infra.worker_pool.WorkerPool`) serves the EXTERNAL environment. Flink's
 configuration is generated into the state folder, so a folder describes its
 cluster and ``status``/``stop`` work from any process.
 
@@ -21,40 +21,44 @@ Layout of a state folder::
 
 Beam talks to the cluster through Beam's Flink job server jar
 (:class:`FlinkJobServer`, or ``FlinkRunner`` given ``--flink_job_server_jar``),
-which submits the translated job to the JobManager's REST port. That jar is
-not served by the package registry this project fetches from, so it is passed
-by path (``$BEAMLINE_FLINK_JOB_SERVER_JAR``) and the Beam-on-Flink path
-(:func:`flink_runner_args`, :class:`FlinkJobServer`) is untested here.
+which submits the translated job to the JobManager's REST port. That jar
+comes from the cache (``make setup`` tries Maven once), from
+``$BEAMLINE_FLINK_JOB_SERVER_JAR``, or from Beam's own download
+(:func:`require_job_server_jar`). The package registry this project fetches
+from does not serve it, so the Beam-on-Flink path (:func:`flink_runner_args`,
+:class:`FlinkJobServer`) has not run here.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
+import logging
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
+from urllib.error import HTTPError, URLError
 
 from core import settings
-from core.errors import ConfigError, ServiceError, SetupMissing
-from core.settings import PROJECT_ROOT, cache_dir, state_dir
+from core.errors import ServiceError, SetupMissing
+from core.settings import cache_dir, state_dir
 from infra.process import (
+    ManagedProcess,
     find_java,
     free_port,
     last_log_line,
     port_open,
+    prepare_folder,
     read_pid,
     require_free_port,
     spawn,
     terminate,
-    wait_started,
 )
+from infra.submit import flag_of, host_port, not_given, staging_args
+from infra.worker_pool import WorkerPool
 
 __all__ = [
     "BEAM_VERSION",
@@ -66,11 +70,11 @@ __all__ = [
     "FlinkCluster",
     "FlinkClusterConfig",
     "FlinkJobServer",
-    "WorkerPool",
-    "flink_job_server_jar",
+    "cached_job_server_jar",
     "flink_libs_dir",
     "flink_pipeline_args",
     "flink_runner_args",
+    "local_job_server_jar",
     "require_job_server_jar",
 ]
 
@@ -123,29 +127,68 @@ def flink_libs_dir() -> Path:
     return cache_dir() / "flink" / "libs"
 
 
-def flink_job_server_jar() -> Path:
-    """Beam's Flink job server jar (``$BEAMLINE_FLINK_JOB_SERVER_JAR`` overrides)."""
-    override = settings.flink_job_server_jar()
-    if override:
-        return override
+def cached_job_server_jar() -> Path:
+    """Where ``make setup`` puts Beam's Flink job server jar when Maven can fetch it."""
     return cache_dir() / "flink" / "job-server" / JOB_SERVER_JAR_NAME
 
 
+def local_job_server_jar() -> Path | None:
+    """The job server jar on this machine: ``$BEAMLINE_FLINK_JOB_SERVER_JAR``, else the cached copy, else None.
+
+    A variable naming no file is an error (one line), not a reason to look elsewhere.
+    """
+    named = settings.flink_job_server_jar()
+    if named is not None:
+        if not named.is_file():
+            raise SetupMissing(
+                f"BEAMLINE_FLINK_JOB_SERVER_JAR names {named}, which is not a file; point it at "
+                f"Beam's Flink job server jar for {BEAM_VERSION} ({JOB_SERVER_JAR_NAME})"
+            )
+        return named
+    cached = cached_job_server_jar()
+    return cached if cached.is_file() else None
+
+
 def require_job_server_jar() -> Path:
-    """The job server jar, or SetupMissing in one line saying how to supply it."""
-    jar = flink_job_server_jar()
-    if jar.is_file():
-        return jar
-    if settings.flink_job_server_jar():
+    """The job server jar: a local one, else the one Beam fetches itself, as its FlinkRunner would.
+
+    Beam downloads the jar of its own release from Maven Central into its jar
+    cache (``~/.apache_beam/cache/jars``) on first use; Beamline calls that same
+    download before submitting, so a machine that cannot reach Maven Central
+    gets one line saying so and how to supply the jar, not a traceback from
+    inside the run.
+    """
+    local = local_job_server_jar()
+    if local is not None:
+        return local
+    from apache_beam.utils.subprocess_server import JavaJarServer
+
+    url = JavaJarServer.path_to_beam_jar(f":runners:flink:{FLINK_LINE}:job-server:shadowJar")
+    # Beam warns in eight lines that it downloads from a public repository; a failure is said in one below.
+    downloads = logging.getLogger(JavaJarServer.__module__)
+    level = downloads.level
+    downloads.setLevel(logging.ERROR)
+    try:
+        return Path(JavaJarServer.local_jar(url))
+    except (RuntimeError, OSError) as exc:
         raise SetupMissing(
-            f"BEAMLINE_FLINK_JOB_SERVER_JAR names {jar}, which is not a file; point it at "
-            f"Beam's Flink job server jar for {BEAM_VERSION} ({JOB_SERVER_JAR_NAME})"
-        )
-    raise SetupMissing(
-        f"Beam's Flink job server jar for {BEAM_VERSION} ({JOB_SERVER_JAR_NAME}) is not in the cache; "
-        "supply a copy with env BEAMLINE_FLINK_JOB_SERVER_JAR=/path/to/the.jar "
-        "(the package registry this project fetches from does not serve it)"
-    )
+            f"Beam could not fetch its Flink job server jar {JOB_SERVER_JAR_NAME} ({_fetch_failure(exc)}); "
+            "download it where Maven Central is reachable and point env BEAMLINE_FLINK_JOB_SERVER_JAR at it, "
+            f"or put it in {cached_job_server_jar().parent}"
+        ) from None
+    finally:
+        downloads.setLevel(level)
+
+
+def _fetch_failure(exc: BaseException) -> str:
+    """Why a download failed, on one line: the first URL error Beam met, else Beam's own message."""
+    reason: object = exc
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, URLError):
+            reason = cause if isinstance(cause, HTTPError) else cause.reason
+        cause = cause.__context__
+    return " ".join(str(reason).split())[:200]
 
 
 def flink_pipeline_args(
@@ -159,7 +202,7 @@ def flink_pipeline_args(
     job_server_jar: Path | str | None = None,
     job_server_heap: str = "768m",
 ) -> list[str]:
-    """Beam options that run a Python pipeline on Flink with nothing downloaded.
+    """Beam options that run a Python pipeline on Flink with the job server jar given.
 
     ``flink_master`` is ``[local]`` (Flink embedded in the job server) or the
     ``HOST:PORT`` of a session cluster's REST API. ``environment`` is LOOPBACK
@@ -201,10 +244,9 @@ def flink_runner_args(flink_master: str, extra: Sequence[str]) -> list[str]:
     workers (its TaskManagers must reach this machine) unless ``extra`` names
     ``--environment_type``. Checkpointing options in ``extra`` pass through.
     """
-    jar = require_job_server_jar()
     environment, worker_pool, parallelism = "LOOPBACK", None, None
     if flink_master not in ("[local]", "[auto]"):
-        host, port = _host_port(flink_master)
+        host, port = host_port(flink_master, "--flink-master")
         if not port_open(port, host):
             raise ServiceError(
                 f"no Flink REST endpoint answers at {flink_master}; start a local session cluster "
@@ -218,21 +260,11 @@ def flink_runner_args(flink_master: str, extra: Sequence[str]) -> list[str]:
         environment=environment,
         worker_pool=worker_pool,
         parallelism=parallelism,
-        job_server_jar=jar,
+        job_server_jar=require_job_server_jar(),
     )
+    if environment == "EXTERNAL":
+        args.extend(staging_args())
     return _not_given(args, extra)
-
-
-def _host_port(address: str) -> tuple[str, int]:
-    """``HOST:PORT`` (an ``http://`` prefix allowed) as a pair, or ConfigError."""
-    host, _, port = address.split("://")[-1].rstrip("/").rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"--flink-master {address!r} is not HOST:PORT or [local]; e.g. localhost:8081")
-    return host, int(port)
-
-
-def _flag(arg: str) -> str:
-    return arg.split("=", 1)[0]
 
 
 def _not_given(args: list[str], extra: Sequence[str]) -> list[str]:
@@ -241,19 +273,16 @@ def _not_given(args: list[str], extra: Sequence[str]) -> list[str]:
     ``--job_server_jvm_property`` may repeat: ours are dropped only when the
     same value is given, and our heap only when ``extra`` sets one.
     """
-    given = {_flag(arg) for arg in extra if arg.startswith("--")}
-    if "--environment_type" in given:
-        given.add("--environment_config")
     user_heap = any(arg.startswith("--job_server_jvm_property=-Xmx") for arg in extra)
-    kept = []
-    for arg in args:
-        if _flag(arg) == "--job_server_jvm_property":
-            if arg in extra or (user_heap and arg.startswith("--job_server_jvm_property=-Xmx")):
-                continue
-        elif _flag(arg) in given:
-            continue
-        kept.append(arg)
-    return kept
+    kept = [
+        arg
+        for arg in args
+        if not (
+            flag_of(arg) == "--job_server_jvm_property"
+            and (arg in extra or (user_heap and arg.startswith("--job_server_jvm_property=-Xmx")))
+        )
+    ]
+    return not_given(kept, extra, repeatable={"--job_server_jvm_property"})
 
 
 # -- configuration and status ---------------------------------------------------------
@@ -298,92 +327,6 @@ class ClusterStatus:
     def worker_pool(self) -> str | None:
         """``HOST:PORT`` to pass as ``--environment_config`` (EXTERNAL)."""
         return f"localhost:{self.worker_pool_port}" if self.worker_pool_pid else None
-
-
-class _HelperProcess:
-    """A process beside the cluster whose ``NAME.pid`` and ``NAME.log`` live in the state folder."""
-
-    NAME: ClassVar[str]
-    WHAT: ClassVar[str]
-    STOP_TIMEOUT_S: ClassVar[float]
-
-    def __init__(self, folder: Path | str | None = None) -> None:
-        self.folder = Path(folder) if folder else state_dir() / "flink"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.folder / f"{self.NAME}.pid"
-
-    @property
-    def log_file(self) -> Path:
-        return self.folder / f"{self.NAME}.log"
-
-    def pid(self) -> int | None:
-        return read_pid(self.pid_file)
-
-    def stop(self) -> bool:
-        """Stop the process; False if none ran."""
-        return terminate(self.pid_file, self.STOP_TIMEOUT_S)
-
-    def _refuse_second_start(self) -> None:
-        pid = self.pid()
-        if pid is not None:
-            raise ServiceError(f"a {self.WHAT} already runs from {self.folder} (pid {pid}); stop it first")
-
-    def _wait_listening(self, process: subprocess.Popen, port: int, timeout_s: float) -> None:
-        wait_started(
-            process,
-            lambda: port_open(port),
-            what=f"the {self.WHAT}",
-            expectation=f"listen on port {port}",
-            log_file=self.log_file,
-            pid_file=self.pid_file,
-            stop=self.stop,
-            timeout_s=timeout_s,
-        )
-
-
-class WorkerPool(_HelperProcess):
-    """A Beam Python SDK worker pool: the EXTERNAL environment's workers.
-
-    Runs ``apache_beam.runners.worker.worker_pool_main`` with this Python, so
-    workers import what this environment has installed (the project itself,
-    installed with ``pip install -e .``); staged ``--setup_file`` packages are
-    not installed by a plain worker pool.
-    """
-
-    NAME = "worker-pool"
-    WHAT = "Python SDK worker pool"
-    STOP_TIMEOUT_S = 10.0
-
-    def start(self, port: int, *, timeout_s: float = 60.0) -> int:
-        """Start the pool on ``port`` and return its pid once the port accepts."""
-        self._refuse_second_start()
-        require_free_port(port, "Python SDK worker pool")
-        self.folder.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ)
-        # The pool starts each SDK worker as plain `python`: make that this Python.
-        env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
-        process = spawn(
-            [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", f"--service_port={port}"],
-            self.log_file,
-            self.pid_file,
-            env=env,
-            cwd=PROJECT_ROOT,
-        )
-        self._wait_listening(process, port, timeout_s)
-        return process.pid
-
-    def stop(self) -> bool:
-        """Stop the pool and the SDK workers it started (its process group)."""
-        pid = read_pid(self.pid_file)
-        if pid is not None:
-            try:
-                os.killpg(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        return super().stop()
 
 
 class FlinkCluster:
@@ -568,16 +511,7 @@ class FlinkCluster:
 
     # -- helpers ------------------------------------------------------------------
     def _prepare_folder(self) -> None:
-        try:
-            for sub in (self.conf_dir, self.checkpoint_dir, self.folder / "tmp"):
-                sub.mkdir(parents=True, exist_ok=True)
-            probe = self.folder / ".write-test"
-            probe.write_text("ok")
-            probe.unlink()
-        except OSError as exc:
-            raise ServiceError(
-                f"state dir {self.folder} is unusable ({exc.strerror or exc}); pass a writable folder"
-            ) from None
+        prepare_folder(self.folder, self.conf_dir, self.checkpoint_dir, self.folder / "tmp")
 
     def _write_config(self, rpc_port: int) -> None:
         cfg = self.config
@@ -725,7 +659,7 @@ class FlinkCluster:
             time.sleep(0.2)
 
 
-class FlinkJobServer(_HelperProcess):
+class FlinkJobServer(ManagedProcess):
     """Beam's Flink job server as a long-lived process (for PortableRunner submissions).
 
     ``FlinkRunner`` given ``--flink_job_server_jar`` starts and stops its own job
@@ -738,6 +672,9 @@ class FlinkJobServer(_HelperProcess):
     NAME = "job-server"
     WHAT = "Beam Flink job server"
     STOP_TIMEOUT_S = 15.0
+
+    def __init__(self, folder: Path | str | None = None) -> None:
+        super().__init__(folder or state_dir() / "flink")
 
     def start(
         self,

@@ -1,9 +1,10 @@
 """Local service processes: find ``java``, check ports, start, wait, stop.
 
-Shared by the Kafka broker and the Flink cluster. A service runs in its own
-session (it outlives the command that started it) and its pid is written to a
-pid file in its state folder, so a later ``beamline ... status`` or ``stop``
-finds it from any process.
+Shared by every local service (the Kafka broker, the Flink cluster, the Prism
+job service, the worker pool). A service runs in its own session (it outlives
+the command that started it) and its pid is written to a pid file in its state
+folder, so a later ``beamline ... status`` or ``stop`` finds it from any
+process. :class:`ManagedProcess` is that pattern for a one-process service.
 """
 
 from __future__ import annotations
@@ -17,17 +18,19 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from core.errors import ServiceError
 
 __all__ = [
+    "ManagedProcess",
     "find_java",
     "free_port",
     "last_log_line",
     "pid_alive",
     "port_is_free",
     "port_open",
+    "prepare_folder",
     "read_pid",
     "require_free_port",
     "spawn",
@@ -163,6 +166,18 @@ def spawn(cmd: Sequence[str], log_file: Path, pid_file: Path, **popen_kwargs: An
     return process
 
 
+def prepare_folder(folder: Path, *subfolders: Path) -> None:
+    """Create a state folder (and ``subfolders``) that this process can write, or say in one line why not."""
+    try:
+        for each in (folder, *subfolders):
+            each.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ServiceError(f"state dir {folder} is unusable ({exc.strerror or exc}); pass a writable folder") from None
+
+
 def last_log_line(log_file: Path) -> str:
     """The last error-looking line of ``log_file`` (else its last line), for one-line errors."""
     try:
@@ -205,3 +220,59 @@ def wait_started(
             stop()
             raise ServiceError(f"{what} did not {expectation} within {timeout_s:.0f}s; see {log_file}")
         time.sleep(poll_s)
+
+
+class ManagedProcess:
+    """A one-process service whose ``NAME.pid`` and ``NAME.log`` live in a state folder.
+
+    Subclasses name the files (``NAME``), say what runs in errors (``WHAT``)
+    and implement ``start``; ``pid``, ``stop`` and the readiness wait are here.
+    """
+
+    NAME: ClassVar[str]
+    WHAT: ClassVar[str]
+    STOP_TIMEOUT_S: ClassVar[float] = 10.0
+
+    def __init__(self, folder: Path | str) -> None:
+        self.folder = Path(folder)
+
+    @property
+    def pid_file(self) -> Path:
+        return self.folder / f"{self.NAME}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.folder / f"{self.NAME}.log"
+
+    def pid(self) -> int | None:
+        """The service's pid while it runs, else None."""
+        return read_pid(self.pid_file)
+
+    def stop(self) -> bool:
+        """Stop the process; False if none ran."""
+        return terminate(self.pid_file, self.STOP_TIMEOUT_S)
+
+    def _refuse_second_start(self, hint: str = "stop it first") -> None:
+        pid = self.pid()
+        if pid is not None:
+            raise ServiceError(f"a {self.WHAT} already runs from {self.folder} (pid {pid}); {hint}")
+
+    def _prepare_folder(self) -> None:
+        prepare_folder(self.folder)
+
+    def _wait_ready(
+        self, process: subprocess.Popen, ready: Callable[[], bool], expectation: str, timeout_s: float
+    ) -> None:
+        wait_started(
+            process,
+            ready,
+            what=f"the {self.WHAT}",
+            expectation=expectation,
+            log_file=self.log_file,
+            pid_file=self.pid_file,
+            stop=self.stop,
+            timeout_s=timeout_s,
+        )
+
+    def _wait_listening(self, process: subprocess.Popen, port: int, timeout_s: float) -> None:
+        self._wait_ready(process, lambda: port_open(port), f"listen on port {port}", timeout_s)

@@ -197,9 +197,11 @@ def catch_up(options: PipelineOptions, argv: Sequence[str]) -> None:
     horizon = timedelta(seconds=settings.dedupe_horizon)
     remember_since = time.time_ns() // 1_000 - duration_micros(horizon)
     stops = {tp: end for tp, (_, end) in log.items()}
+    # Attached even for a detached run: its resume point is committed once the backfill is done.
+    attached = [arg for arg in argv if arg.split("=", 1)[0] != "--detach"]
     run_pipeline(
         functools.partial(build_backfill, stop=StopAt(stops), remember_since=remember_since),
-        [*argv, "--mode=batch"],
+        [*attached, "--mode=batch"],
         progress_topics=topics_read,
     )
     run = commit_catch_up(

@@ -30,6 +30,7 @@ from transforms.retail import DEFAULT_SHARDS
 __all__ = [
     "BeamlineOptions",
     "KafkaOptions",
+    "SubmitOptions",
     "WarehouseOptions",
     "bootstrap_servers",
     "connection_of",
@@ -255,6 +256,20 @@ class BeamlineOptions(PipelineOptions):
         )
 
 
+class SubmitOptions(PipelineOptions):
+    """How the job is handed to its runner."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--detach",
+            action="store_true",
+            default=False,
+            help="submit the job to a job service (--runner=PortableRunner --job_endpoint=HOST:PORT), print its id "
+            "and return while it runs; its workers must not live in this process (EXTERNAL environment)",
+        )
+
+
 def options_help(prog: str) -> str:
     """Every Beamline pipeline option with its default in force, as ``--help`` prints them."""
     parser = argparse.ArgumentParser(
@@ -268,6 +283,7 @@ def options_help(prog: str) -> str:
         (BeamlineOptions, "how the views are computed"),
         (KafkaOptions, "where the log is"),
         (WarehouseOptions, "where the views go"),
+        (SubmitOptions, "how the job is submitted"),
     ):
         options_class._add_argparse_args(parser.add_argument_group(title))  # type: ignore[arg-type]
     return parser.format_help()

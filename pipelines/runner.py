@@ -9,7 +9,9 @@ The pipelines only describe *what* to compute; this module decides *where*:
 * ``--mode streaming`` with no runner named runs on Prism, Beam's portable
   local runner, from the binary cached by ``make setup``;
 * any runner named explicitly (``--runner=FlinkRunner``, ``PrismRunner``, ...)
-  is used as given.
+  is used as given; ``--runner=PortableRunner --job_endpoint=HOST:PORT``
+  submits to a running job service (``beamline prism start``), which must
+  answer before anything is staged, and ``--detach`` returns once the job runs.
 
 In streaming mode SIGINT and SIGTERM cancel the job and the process exits 0:
 the views hold everything committed so far, and a restart replays the log
@@ -23,6 +25,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -32,21 +35,30 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import DebugOptions, DirectOptions, PipelineOptions, StandardOptions
+import grpc
+from apache_beam.options.pipeline_options import (
+    DebugOptions,
+    DirectOptions,
+    PipelineOptions,
+    PortableOptions,
+    StandardOptions,
+)
 from apache_beam.runners.runner import PipelineState
 
-from core.errors import PipelineFailed, SetupMissing, report_errors
+from core.errors import ConfigError, PipelineFailed, ServiceError, SetupMissing, report_errors
 from core.settings import prism_binary
-from pipelines.options import BeamlineOptions, kafka_connection, options_help, without_secrets
+from pipelines.options import BeamlineOptions, SubmitOptions, kafka_connection, options_help, without_secrets
 from transforms.kafka import LOCAL_PROGRESS, PROGRESS_DIR_ENV, count_records
 
 __all__ = [
     "AUTO_WORKERS_FROM_RECORDS",
+    "JOB_SERVICE_RUNNERS",
     "MAX_AUTO_WORKERS",
     "PRISM_NO_SPLITS",
     "RunSummary",
     "auto_workers",
     "available_cores",
+    "check_submission",
     "main_for",
     "run_pipeline",
 ]
@@ -63,6 +75,10 @@ FN_API_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 PRISM_NO_SPLITS = "prism_disable_sdf_split"
 # A streaming job runs until stopped: ten years stands for "no deadline".
 STREAM_JOB_TIMEOUT_S = 10 * 365 * 24 * 3600
+# Runner names (as --runner takes them, lower case) that submit to a job service given by --job_endpoint.
+JOB_SERVICE_RUNNERS = ("portablerunner", "portable")
+# How long a job service or a worker pool has to answer before a submission stops with one line.
+ENDPOINT_TIMEOUT_S = 10.0
 METRICS_NAMESPACE = "beamline"
 # A backfill of at least this many records runs in worker processes, one per
 # core, when the user left the runner's parallelism alone. Below it, starting
@@ -79,13 +95,20 @@ _LOG = logging.getLogger(__name__)
 
 @dataclass
 class RunSummary:
-    """Counters the pipeline reported (namespace ``beamline``), and the elapsed time."""
+    """Counters the pipeline reported (namespace ``beamline``), and the elapsed time.
+
+    A detached run (``--detach``) has only the job's id and its state when
+    this process let go of it.
+    """
 
     state: str
     elapsed_s: float
     counters: dict[str, int] = field(default_factory=dict)
+    job_id: str | None = None
 
     def describe(self) -> str:
+        if self.job_id is not None:
+            return f"submitted as job {self.job_id} in {self.elapsed_s:.1f}s; it is {self.state.lower()}"
         parts = [f"{name}={value:,}" for name, value in sorted(self.counters.items())]
         return f"{self.state.lower()} in {self.elapsed_s:.1f}s" + (": " + ", ".join(parts) if parts else "")
 
@@ -108,16 +131,73 @@ def resolve_argv(argv: Sequence[str]) -> list[str]:
         args.append(f"--job_server_timeout={STREAM_JOB_TIMEOUT_S}")
     if not _has_flag(args, "--runner"):
         args.append("--runner=" + ("PrismRunner" if mode == "streaming" else FN_API_RUNNER))
-    runner = options.view_as(StandardOptions).runner or ""
-    uses_prism = "--runner=PrismRunner" in args or runner.lower() in ("prismrunner", "prism")
+    runner = (options.view_as(StandardOptions).runner or "").lower()
+    uses_prism = "--runner=PrismRunner" in args or runner in ("prismrunner", "prism")
     if uses_prism and not _has_flag(args, "--prism_location"):
         binary = prism_binary()
         if not binary.is_file():
             raise SetupMissing(f"Prism runner not found at {binary}; run `make setup`")
         args.append(f"--prism_location={binary}")
-    if uses_prism and PRISM_NO_SPLITS not in (options.view_as(DebugOptions).experiments or []):
+    # A job service is most often Prism's (`beamline prism start`); other runners ignore the experiment.
+    may_be_prism = uses_prism or runner in JOB_SERVICE_RUNNERS
+    if may_be_prism and PRISM_NO_SPLITS not in (options.view_as(DebugOptions).experiments or []):
         args.append(f"--experiments={PRISM_NO_SPLITS}")
     return args
+
+
+def _answers(address: str, timeout_s: float) -> bool:
+    """Whether a gRPC server at ``address`` (HOST:PORT) accepts a connection within ``timeout_s``.
+
+    A refused TCP connection answers at once; gRPC alone would retry until the timeout.
+    """
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host or "localhost", int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError):
+        return False
+    with grpc.insecure_channel(address) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=timeout_s)
+        except grpc.FutureTimeoutError:
+            return False
+    return True
+
+
+def check_submission(options: PipelineOptions) -> None:
+    """Refuse in one line what would fail later and worse: a job service or worker pool that does not answer.
+
+    Beam's PortableRunner waits for a job service as long as the job's
+    deadline (years, for a streaming run), and Prism 2.77 stops altogether when
+    it cannot reach the worker pool of an EXTERNAL environment, failing every
+    job it runs. ``--detach`` needs a job service and workers outside this
+    process.
+    """
+    runner = (options.view_as(StandardOptions).runner or "").lower()
+    portable = options.view_as(PortableOptions)
+    detach = options.view_as(SubmitOptions).detach
+    if runner not in JOB_SERVICE_RUNNERS:
+        if detach:
+            raise ConfigError("--detach needs --runner=PortableRunner --job_endpoint=HOST:PORT (a running job service)")
+        return
+    if not portable.job_endpoint:
+        raise ConfigError("--runner=PortableRunner needs --job_endpoint=HOST:PORT of a running job service")
+    environment = (portable.environment_type or "").upper()
+    if detach and environment in ("LOOPBACK", ""):
+        raise ConfigError(
+            "--detach needs workers outside this process: --environment_type=EXTERNAL "
+            "--environment_config=HOST:PORT of a worker pool (LOOPBACK workers end with this process)"
+        )
+    if not _answers(portable.job_endpoint, ENDPOINT_TIMEOUT_S):
+        raise ServiceError(
+            f"no job service answers at {portable.job_endpoint}; start one with `beamline prism start` "
+            "or pass the job endpoint of a running one"
+        )
+    if environment == "EXTERNAL" and portable.environment_config and not portable.environment_config.startswith("{"):
+        if not _answers(portable.environment_config, ENDPOINT_TIMEOUT_S):
+            raise ServiceError(
+                f"no worker pool answers at {portable.environment_config}; start one with "
+                "`beamline workers start` or pass the address of a running one"
+            )
 
 
 def auto_workers(argv: Sequence[str], records: int, cores: int) -> int:
@@ -253,6 +333,8 @@ def run_pipeline(
     given = list(sys.argv[1:] if argv is None else argv)
     args = resolve_argv(given)
     options = PipelineOptions(args)
+    check_submission(options)
+    detach = options.view_as(SubmitOptions).detach
     if prepare is not None:
         prepare(options, given)
     # The runner (and a job service's UI) gets the options without client secrets: the
@@ -261,7 +343,9 @@ def run_pipeline(
     for each in (options, runner_options):
         each.view_as(beam.options.pipeline_options.SetupOptions).save_main_session = False
     streaming = options.view_as(BeamlineOptions).mode == "streaming"
-    counted_topics = progress_topics(options) if progress_topics is not None and not streaming else None
+    # A detached run returns at once: nothing to report progress on.
+    wants_progress = progress_topics is not None and not streaming and not detach
+    counted_topics = progress_topics(options) if progress_topics is not None and wants_progress else None
     counted = counted_topics is not None
     if counted_topics is not None:
         # Counted before the pipeline is built: the worker count it decides
@@ -299,6 +383,10 @@ def run_pipeline(
         result = pipeline.run()
         if on_started is not None:
             on_started(result)
+        if detach:
+            # Beam's portable result keeps the job service's id of the job as _job_id and offers no accessor.
+            state = str(result.state).split(".")[-1]
+            return RunSummary(state, time.monotonic() - started, job_id=getattr(result, "_job_id", None) or "?")
         stop_requested = threading.Event()
 
         def _stop(signum: int, _frame: object) -> None:

@@ -50,6 +50,8 @@ def one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str], *needles
         (["produce", "retail", "--events", "10", "--rate", "0"], ["--rate"]),
         (["kafka", "start", "--port", "70000"], ["--port", "65,535"]),
         (["flink", "start", "--taskmanagers", "0"], ["--taskmanagers"]),
+        (["prism", "start", "--job-port", "70000"], ["--job-port", "65,535"]),
+        (["workers", "start", "--port", "0"], ["--port", "at least 1"]),
     ],
 )
 def test_a_bad_value_is_one_line_and_a_non_zero_exit(
@@ -116,6 +118,8 @@ def environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, st
         (["produce", "file"], ["BEAMLINE_BOOTSTRAP_SERVERS"]),
         (["kafka"], ["BEAMLINE_HOME"]),
         (["flink"], ["BEAMLINE_HOME"]),
+        (["prism"], ["BEAMLINE_HOME"]),
+        (["workers"], ["BEAMLINE_HOME"]),
         (
             ["run"],
             [

@@ -7,8 +7,8 @@ pool, state in a temp folder) and inspected through
 work across its slots and restores a streaming job from a checkpoint after a
 TaskManager is killed; a Beam pipeline proves the worker pool serves the
 EXTERNAL environment. Beam pipelines on Flink itself need Beam's Flink job
-server jar, which this project cannot fetch: ``--runner flink`` is tested to
-say so in one line.
+server jar, which this project cannot fetch: ``tests/test_flink_submit.py``
+shows what ``--runner flink`` does without it and with a jar supplied.
 """
 
 from __future__ import annotations
@@ -28,14 +28,12 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
-from core.errors import ServiceError, SetupMissing
+from core.errors import ServiceError
 from core.settings import PROJECT_ROOT
 from infra.flink_cluster import (
-    BEAM_VERSION,
     JAVA_MODULE_OPTS,
     FlinkCluster,
     FlinkClusterConfig,
-    FlinkJobServer,
     flink_libs_dir,
     flink_runner_args,
 )
@@ -232,14 +230,6 @@ def test_worker_pool_runs_a_pipeline_in_the_external_environment(
         counts = pipeline | "Words" >> beam.Create(words) | "Count" >> beam.combiners.Count.PerElement()
         assert_that(counts, equal_to(list(Counter(words).items())))
     assert "Starting worker" in flink_cluster.worker_pool.log_file.read_text()
-
-
-def test_run_on_flink_without_the_job_server_jar_fails_in_one_line(tmp_path: Path) -> None:
-    env = _env(BEAMLINE_CACHE_DIR=str(tmp_path), BEAMLINE_FLINK_JOB_SERVER_JAR=None)
-    result = run_cli("run", "inventory", "--runner", "flink", env=env)
-    assert_one_line_error(result, f"job server jar for {BEAM_VERSION}", "BEAMLINE_FLINK_JOB_SERVER_JAR")
-    with pytest.raises(SetupMissing, match="BEAMLINE_FLINK_JOB_SERVER_JAR"):
-        FlinkJobServer(tmp_path).start("[local]", job_port=free_port())
 
 
 def test_runner_args_use_the_local_cluster_and_defer_to_given_options(

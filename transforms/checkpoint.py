@@ -40,6 +40,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigError
@@ -129,7 +130,9 @@ def start_run(
     starts = {tp: max(recorded.get(tp, first), first) for tp, first in earliest.items()}
     run = begin_run(warehouse, pipeline, starts, shards)
     resumed_from = prior.snapshot_id if prior is not None else None
-    return Checkpoint(str(warehouse), pipeline, run, tuple(sorted(starts.items())), resumed_from)
+    # Absolute: workers may run in other folders (an external worker pool).
+    root = str(Path(warehouse).absolute())
+    return Checkpoint(root, pipeline, run, tuple(sorted(starts.items())), resumed_from)
 
 
 def claims_of(positions: Iterable[tuple[str, int, int]]) -> Claims:

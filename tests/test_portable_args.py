@@ -1,0 +1,124 @@
+"""What `beamline run --runner portable` hands to Beam, and what it refuses in one line (no services run).
+
+The state folder is a fresh temp one, so no job service or worker pool of
+``beamline prism|workers start`` is found there; the end-to-end runs are in
+``tests/test_portable.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from apache_beam.options.pipeline_options import DebugOptions, PipelineOptions
+
+from cli.main import build_parser
+from cli.run import pipeline_argv
+from core.errors import ConfigError
+from core.settings import PROJECT_ROOT
+from infra.process import free_port
+from infra.submit import portable_runner_args
+from pipelines import inventory
+from pipelines.runner import PRISM_NO_SPLITS, resolve_argv
+from tests.test_cli import one_line_error
+
+
+@pytest.fixture(autouse=True)
+def empty_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("BEAMLINE_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def _argv(*given: str) -> list[str]:
+    args, extra = build_parser().parse_known_args(["run", "inventory", "--runner", "portable", *given])
+    return pipeline_argv(args, extra)
+
+
+def test_with_nothing_running_it_submits_to_the_default_job_service_with_loopback_workers() -> None:
+    assert _argv() == [
+        "--mode=batch",
+        "--runner=PortableRunner",
+        "--job_endpoint=localhost:8073",
+        "--environment_type=LOOPBACK",
+    ]
+
+
+def test_a_worker_pool_makes_the_environment_external_and_stages_the_package() -> None:
+    argv = _argv("--job-endpoint", "jobs.example:8099", "--environment-config", "pool.example:50000", "--detach")
+    assert argv == [
+        "--mode=batch",
+        "--runner=PortableRunner",
+        "--job_endpoint=jobs.example:8099",
+        "--environment_type=EXTERNAL",
+        "--environment_config=pool.example:50000",
+        f"--setup_file={PROJECT_ROOT / 'setup.py'}",
+        "--detach",
+    ]
+
+
+def test_beam_options_given_win_over_beamlines() -> None:
+    argv = _argv("--environment-config", "pool:1", "--job_endpoint=other:2", "--environment_type=DOCKER")
+    assert [arg for arg in argv if arg.startswith(("--job_endpoint", "--environment_"))] == [
+        "--job_endpoint=other:2",
+        "--environment_type=DOCKER",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "environment", "config", "needle"),
+    [
+        (None, "external", None, "beamline workers start"),
+        (None, "loopback", "pool:1", "goes with --environment external"),
+        ("nowhere", None, None, "--job-endpoint 'nowhere' is not HOST:PORT"),
+        (None, "external", "pool", "--environment-config 'pool' is not HOST:PORT"),
+        (None, "docker", None, "--environment must be one of external, loopback"),
+    ],
+)
+def test_a_submission_that_cannot_work_is_refused(
+    endpoint: str | None, environment: str | None, config: str | None, needle: str
+) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        portable_runner_args(endpoint, environment, config, [])
+
+
+def test_a_job_service_is_given_the_prism_experiment() -> None:
+    # A job service is usually Prism's, whose dynamic splits lose state updates (pipelines/runner.py).
+    args = resolve_argv(["--runner=PortableRunner", "--job_endpoint=localhost:1"])
+    assert PRISM_NO_SPLITS in (PipelineOptions(args).view_as(DebugOptions).experiments or [])
+
+
+@pytest.mark.parametrize(
+    ("argv", "needles"),
+    [
+        (["run", "inventory", "--detach"], ["--detach needs --runner=PortableRunner"]),
+        (
+            ["run", "inventory", "--runner", "portable", "--environment", "loopback", "--detach"],
+            ["--detach needs workers outside this process", "EXTERNAL"],
+        ),
+        (["run", "inventory", "--runner", "portable", "--environment", "external"], ["beamline workers start"]),
+        (["jobs", "cancel"], ["JOB_ID", "beamline jobs list"]),
+        (["prism", "start", "--job-port", "9999", "--ui-port", "9999"], ["must differ"]),
+        (["workers", "start", "--python", "/nonexistent/python"], ["/nonexistent/python", "not an executable"]),
+        (["workers", "start", "--count", "0"], ["--count", "at least 1"]),
+    ],
+)
+def test_a_bad_submission_or_service_option_is_one_line(
+    capsys: pytest.CaptureFixture[str], argv: list[str], needles: list[str]
+) -> None:
+    one_line_error(capsys, argv, *needles)
+
+
+def test_no_job_service_answering_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    nothing = f"localhost:{free_port()}"
+    one_line_error(capsys, ["run", "inventory", "--runner", "portable", "--job-endpoint", nothing],
+                   f"no job service answers at {nothing}", "beamline prism start")  # fmt: skip
+    one_line_error(capsys, ["jobs", "list", "--job-endpoint", nothing], f"no job service answers at {nothing}")
+    one_line_error(capsys, ["jobs", "cancel", "job-001", "--job-endpoint", nothing], "no job service answers")
+
+
+def test_the_pipeline_module_refuses_a_portable_runner_without_a_job_service(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert inventory.main(["--runner=PortableRunner"]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if "apitools" not in line]
+    assert len(err) == 1 and "--job_endpoint=HOST:PORT" in err[0], err
