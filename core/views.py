@@ -52,6 +52,10 @@ class ViewSpec:
     hidden: bool = False
     # Rows are appended as they come: no check against stored rows (duplicates are harmless to the reader).
     append_only: bool = False
+    # Compaction keeps only the rows this SQL condition holds for: ``t`` is the row, ``needs`` the
+    # tables of the same snapshot the condition reads (so rows the state no longer needs are dropped).
+    retain_sql: str | None = None
+    needs: tuple[str, ...] = ()
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -188,6 +192,11 @@ INVENTORY_IDS = ViewSpec(
     version_column=None,
     hidden=True,
     append_only=True,
+    # Ids their key has forgotten (older than its expired_before) go at compaction, so the table
+    # stays the size of the dedupe horizon, not of the log.
+    retain_sql='t.event_time >= coalesce((SELECT s.expired_before FROM "_inventory_state" s '
+    "WHERE s.store_id = t.store_id AND s.item_id = t.item_id), -9223372036854775808)",
+    needs=("_inventory_state",),
 )
 
 VIEWS: dict[str, ViewSpec] = {

@@ -198,3 +198,26 @@ def test_a_group_commit_of_several_views_is_one_snapshot(tmp_path: Path):
     assert snap.snapshot_id == before + 1
     assert sum(n for _, n in snap.files["_inventory_ids"]) == 20 and snap.files["_inventory_state"]
     warehouse.close()
+
+
+def test_compaction_drops_the_ids_their_key_forgot(tmp_path: Path):
+    """The ids table stays the size of the dedupe horizon: compaction leaves out what keys forgot."""
+    warehouse = Warehouse(tmp_path / "wh", max_files_per_view=2)
+    key, other = ("s", "i"), ("s", "j")
+    warehouse.commit("_inventory_state", [state_row(key, KeyState(expired_before=500), SalesKeyState(), 1)])
+    for n in range(3):  # three commits: past the limit of two files, a compaction follows
+        warehouse.commit(
+            "_inventory_ids",
+            [
+                id_row(key, "sale", f"old{n}", 100, 1),
+                id_row(key, "sale", f"new{n}", 900, 1),
+                id_row(other, "sale", f"x{n}", 1, 1),  # a key with no state row keeps its ids
+            ],
+        )
+    _, (rows,) = query_tables(
+        warehouse.root, "SELECT item_id, event_id FROM _inventory_ids ORDER BY ALL", ["_inventory_ids"]
+    )
+    warehouse.close()
+    assert [(r["item_id"], r["event_id"]) for r in rows.to_pylist()] == [
+        ("i", "new0"), ("i", "new1"), ("i", "new2"), ("j", "x0"), ("j", "x1"), ("j", "x2"),
+    ]  # fmt: skip

@@ -69,6 +69,7 @@ __all__ = [
     "manifest_id",
     "manifest_name",
     "oldest_snapshot",
+    "parquet_sql",
     "quote_ident",
     "read_manifest",
     "verify_snapshots",
@@ -536,13 +537,17 @@ def catalog_sql(snap: Snapshot) -> str:
     for name, spec in USER_VIEWS.items():
         paths = snap.paths(name)
         if paths:
-            listed = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
-            source = f"read_parquet([{listed}])"
-            body = dedupe_sql(spec, source, visible_only=True)
+            body = dedupe_sql(spec, parquet_sql(paths), visible_only=True)
         else:
             body = empty_view_sql(spec)
         lines.append(f"CREATE OR REPLACE VIEW {quote_ident(name)} AS {body};")
     return "\n".join(lines) + "\n"
+
+
+def parquet_sql(paths: list[str]) -> str:
+    """``read_parquet([...])`` of ``paths`` as SQL literals (a view's definition takes no parameters)."""
+    listed = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
+    return f"read_parquet([{listed}])"
 
 
 def empty_view_sql(spec: ViewSpec) -> str:

@@ -24,7 +24,15 @@ import duckdb
 import pyarrow as pa
 
 from core.views import RESUME_OFFSETS, get_view
-from warehouse.format import Snapshot, WarehouseMissing, dedupe_sql, empty_view_sql, load_snapshot, quote_ident
+from warehouse.format import (
+    Snapshot,
+    WarehouseMissing,
+    dedupe_sql,
+    empty_view_sql,
+    load_snapshot,
+    parquet_sql,
+    quote_ident,
+)
 from warehouse.writer import Warehouse
 
 __all__ = ["RecordedRun", "begin_run", "progress_version", "query_tables", "recorded_run"]
@@ -60,8 +68,7 @@ def query_tables(
             spec = get_view(view)
             paths = snap.paths(view)
             if paths:
-                listed = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
-                body = dedupe_sql(spec, f"read_parquet([{listed}])", visible_only=False)
+                body = dedupe_sql(spec, parquet_sql(paths), visible_only=False)
             else:
                 body = empty_view_sql(spec)
             con.execute(f"CREATE VIEW {quote_ident(view)} AS {body}")

@@ -57,8 +57,10 @@ from warehouse.format import (
     check_not_ahead,
     check_root,
     dedupe_sql,
+    empty_view_sql,
     key_columns_sql,
     load_snapshot,
+    parquet_sql,
     quote_ident,
     read_manifest,
     view_dir,
@@ -439,14 +441,25 @@ class Warehouse:
         protocol.write_data_file(self.root / rel, table.cast(spec.storage_schema))
         return rel
 
-    def _merge(self, spec: ViewSpec, sid: int, chosen: list[tuple[str, int]]) -> tuple[str, int]:
-        """One sorted file holding, per key, the highest-version row of the files ``chosen``."""
+    def _merge(self, spec: ViewSpec, chosen: list[tuple[str, int]], parent: Snapshot) -> tuple[str, int]:
+        """One sorted file holding, per key, the highest-version row of the files ``chosen``.
+
+        Rows a ``retain_sql`` condition refuses (judged against ``parent``'s tables) are left out.
+        """
         con = self._connection()
         con.read_parquet([str(self.root / p) for p, _ in chosen]).create_view("_compact", replace=True)
         order = key_columns_sql(spec)
-        merged = con.sql(f"SELECT * FROM ({dedupe_sql(spec, '_compact', visible_only=False)}) ORDER BY {order}")
+        deduped = dedupe_sql(spec, "_compact", visible_only=False)
+        if spec.retain_sql:
+            for name in spec.needs:
+                needed = get_view(name)
+                paths = parent.paths(name)
+                body = dedupe_sql(needed, parquet_sql(paths), visible_only=False) if paths else empty_view_sql(needed)
+                con.execute(f"CREATE OR REPLACE TEMP VIEW {quote_ident(name)} AS {body}")
+            deduped = f"SELECT * FROM ({deduped}) t WHERE {spec.retain_sql}"
+        merged = con.sql(f"SELECT * FROM ({deduped}) ORDER BY {order}")
         table = merged.to_arrow_table()
-        return self._write_file(spec, sid, table), table.num_rows
+        return self._write_file(spec, parent.snapshot_id + 1, table), table.num_rows
 
     def _compact_commit(self, views: Sequence[str], *, full: bool) -> Snapshot | None:
         """Compaction, a commit of its own: merge small files into one (every file if ``full``).
@@ -475,7 +488,7 @@ class Warehouse:
                 largest = max(files[view], key=lambda f: f[1])
                 small = [f for f in files[view] if f is not largest]
                 chosen = files[view] if full or sum(n for _, n in small) * 4 >= largest[1] else small
-                out = self._merge(get_view(view), parent.snapshot_id + 1, chosen)
+                out = self._merge(get_view(view), chosen, parent)
                 made.append(self.root / out[0])
                 merged[view] = (frozenset(rel for rel, _ in chosen), out)
                 files[view] = [f for f in files[view] if f not in chosen] + [out]
