@@ -178,6 +178,9 @@ def test_a_first_start_on_a_long_log_catches_up_in_batch_then_streams_on(retail_
     try:
         wait_for_views(retail_log.warehouse, expected_views(retail_log.truth()), process, timeout_s=300)
         _wait_for_run(retail_log.warehouse, 2, process)  # run 1: the catch-up's resume point; 2: streaming from it
+        deadline = time.monotonic() + 30
+        while "resuming from snapshot" not in stderr_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)  # the run says so just after it records its start
         log = stderr_path.read_text()
         assert "catching up in batch first" in log and "resuming from snapshot" in log, log[-3000:]
         assert sum(_run_starts(retail_log.warehouse, 2).values()) == events  # streaming began where the batch ended
