@@ -24,6 +24,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -208,6 +209,9 @@ def _windows_without(windows: dict[Any, int], late: list[bytes]) -> dict[Any, in
     return out
 
 
+# Twenty generated logs, each through a batch and a streaming pipeline in process: about a minute, so
+# in the full suite (CI), not in the one-minute unit tier.
+@pytest.mark.slow
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(logs())
 def test_batch_and_streaming_agree_on_generated_logs(

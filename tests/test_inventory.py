@@ -191,7 +191,7 @@ def recompute(log: list[Shipment | Sale]) -> list[dict[str, Any]]:
     return [row(k[0], k[1], shipped[k], sold[k], count[k], last[k]) for k in count]
 
 
-@pytest.mark.parametrize("mode", ["streaming", "batch"])
+@pytest.mark.parametrize("mode", [pytest.param("streaming", marks=pytest.mark.slow), "batch"])
 def test_random_log_equals_plain_recompute(mode: str) -> None:
     log = random_log(seed=20261126, n=4_000)
     expected = recompute(log)
