@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import random
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +25,6 @@ import pytest
 from infra.kafka_broker import KafkaBroker
 from producers.retail import GeneratedRecord, RetailConfig, generate_retail
 from producers.send import send_records
-from tests.cli_helpers import PROJECT_ROOT
 from tests.conftest import body_failed
 from tests.e2e_helpers import (
     RetailLog,
@@ -209,13 +207,7 @@ def test_streaming_survives_a_broker_restart(
 
 def start_streaming_with_sink_fault(log: RetailLog, marker: Path, nth: int, stderr_path: Path) -> subprocess.Popen:
     """``beamline run inventory --mode streaming`` whose ``nth`` warehouse commit fails once."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.sink_fault", str(marker), str(nth), *log.run_args("streaming")],
-        cwd=PROJECT_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=open(stderr_path, "ab"),
-        start_new_session=True,
-    )
+    return start_streaming(log, stderr_path, via=("tests.sink_fault", str(marker), str(nth)))
 
 
 def test_a_commit_failing_once_then_a_restart_converges(
