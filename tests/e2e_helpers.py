@@ -13,8 +13,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+
+from kafka import KafkaConsumer, TopicPartition
 
 from producers.retail import RetailConfig, generate_retail
 from producers.send import send_records
@@ -26,6 +29,8 @@ __all__ = [
     "RetailLog",
     "describe_diff",
     "expected_views",
+    "group_offsets",
+    "history",
     "kill_group",
     "start_streaming",
     "stop_pipeline",
@@ -65,6 +70,14 @@ class RetailLog:
 
     def truth(self) -> Truth:
         return recompute_retail(read_topic(self.bootstrap, self.shipments), read_topic(self.bootstrap, self.sales))
+
+
+def history(events: int, seed: int, span: timedelta) -> RetailConfig:
+    """``events`` retail events spread evenly over the ``span`` before now; a few invalid, a few re-sent."""
+    return RetailConfig(
+        events=events, seed=seed, invalid_rate=0.01, duplicate_rate=0.03, mean_gap_s=span.total_seconds() / events,
+        start_time=datetime.now(timezone.utc) - span,
+    )  # fmt: skip
 
 
 def views(warehouse: Path) -> dict[str, object]:
@@ -151,15 +164,32 @@ def describe_diff(got: object, want: object, limit: int = 5) -> str:
     return f"got {got!r}, want {want!r}"
 
 
-def start_streaming(log: RetailLog, stderr_path: Path) -> subprocess.Popen:
-    """``beamline run inventory --mode streaming`` in its own process group."""
+def start_streaming(log: RetailLog, stderr_path: Path, *args: str, via: Sequence[str] = ("cli",)) -> subprocess.Popen:
+    """``beamline run inventory --mode streaming [args]`` in its own process group.
+
+    ``via``: the module that runs ``beamline`` and its own arguments (a
+    test-only entry point that injects a fault, as ``tests/sink_fault.py``).
+    """
     return subprocess.Popen(
-        [sys.executable, "-m", "cli", *log.run_args("streaming")],
+        [sys.executable, "-m", *via, *log.run_args("streaming"), *args],
         cwd=PROJECT_ROOT,
         stdout=subprocess.DEVNULL,
         stderr=open(stderr_path, "ab"),
         start_new_session=True,  # its own process group: Prism dies with it on kill -9
     )
+
+
+def group_offsets(bootstrap: str, group: str, topics: Sequence[str]) -> dict[tuple[str, int], int | None]:
+    """The offsets consumer group ``group`` has committed, per partition of ``topics`` (None: none)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        return {
+            (topic, p): consumer.committed(TopicPartition(topic, p))
+            for topic in topics
+            for p in sorted(consumer.partitions_for_topic(topic) or ())
+        }
+    finally:
+        consumer.close()
 
 
 def kill_group(process: subprocess.Popen) -> None:

@@ -3,45 +3,58 @@
 Each test runs ``beamline run inventory --mode streaming`` as a separate process
 against the session broker while events are produced, injects one kind of fault,
 and then waits until every view equals :mod:`tests.truth`'s recompute of the
-whole log: a crash (SIGKILL) at five seeded-random points, a broker stop and
-restart, and a bundle failing inside a warehouse commit. Restarts use the same
+whole log: a crash (SIGKILL) at five seeded-random points; a first start on
+a long log crashed during its batch catch-up, between a warehouse commit and
+the consumer group's commit, and early in a resumed run; a broker stop and
+restart; and a bundle failing inside a warehouse commit. Restarts use the same
 command, as an operator would.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import random
+import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from functools import partial
 from pathlib import Path
 
 import pytest
 
 from infra.kafka_broker import KafkaBroker
+from pipelines.inventory import PIPELINE
 from producers.retail import GeneratedRecord, RetailConfig, generate_retail
 from producers.send import send_records
-from tests.cli_helpers import PROJECT_ROOT
+from tests.cli_helpers import run_cli
 from tests.conftest import body_failed
 from tests.e2e_helpers import (
     RetailLog,
     expected_views,
+    group_offsets,
+    history,
     kill_group,
     start_streaming,
     stop_pipeline,
+    views_or_none,
     wait_for_views,
 )
+from transforms.kafka import partition_offsets
 from warehouse.format import WarehouseMissing, load_snapshot
+from warehouse.resume import RecordedRun, recorded_run
 
 pytestmark = pytest.mark.slow
 
-# Seeds of the fault schedule; a failure names the one it ran with.
-KILL_SCHEDULE_SEED = 20261127
+# Seeds of the fault schedules; a failure names the one it ran with. Another schedule: BEAMLINE_FAULT_SEED=N.
+KILL_SCHEDULE_SEED = int(os.environ.get("BEAMLINE_FAULT_SEED", 20261127))
+CRASH_SCHEDULE_SEED = int(os.environ.get("BEAMLINE_FAULT_SEED", 20261206))
+# The consumer group a streaming inventory run commits its covered offsets to, by default.
+GROUP = f"beamline-{PIPELINE}"
 CONVERGE_TIMEOUT_S = 240
 READY_TIMEOUT_S = 120
 
@@ -166,6 +179,165 @@ def test_streaming_killed_at_five_random_points_converges(retail_log: RetailLog,
         kill_group(process)
 
 
+@dataclass(frozen=True)
+class CrashSchedule:
+    """Where :func:`test_killed_in_a_catch_up_between_commits_and_in_a_resume_converges` crashes, from one seed."""
+
+    seed: int
+    catch_up_delay_s: float  # after the catch-up begins, a kill from outside (its read, its compute, its writes)
+    catch_up_commit: str  # a crash point just before or just after the catch-up's one commit
+    group_gap: str  # a crash point between a warehouse commit and the consumer group's
+    resume: str  # a crash point early in a resumed run: its run begun, its state read, its first commits
+    gap: int  # events produced after a commit of a resumed run, then a kill from outside
+
+    @classmethod
+    def drawn(cls, seed: int) -> CrashSchedule:
+        rng = random.Random(seed)
+        return cls(
+            seed=seed,
+            catch_up_delay_s=rng.uniform(0.0, 1.5),
+            catch_up_commit=rng.choice(["before-catch-up-commit", "after-catch-up-commit"]),
+            group_gap=f"group-gap:{rng.randint(1, 6)}",
+            resume=rng.choice(["published:1", "restored:1", "published:2", "published:3"]),
+            gap=rng.randint(25, 300),
+        )
+
+    def crash_points(self) -> list[str]:
+        """The points the pipeline crashes itself at (``tests/crash_points.py``), in order."""
+        return [self.catch_up_commit, self.group_gap, self.resume]
+
+
+def crashed_itself(process: subprocess.Popen, point: str, log: Path, seed: int) -> None:
+    """Wait until the pipeline kills itself at ``point``; fail if it exits otherwise or does not within the timeout."""
+    try:
+        code = process.wait(timeout=READY_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the pipeline did not reach {point} within {READY_TIMEOUT_S}s (seed {seed})") from None
+    assert code == -signal.SIGKILL and f"kill -9 at {point}" in log.read_text(), (
+        f"the pipeline exited with {code}, not killed at {point} (seed {seed})"
+    )
+
+
+def test_killed_in_a_catch_up_between_commits_and_in_a_resume_converges(
+    retail_log: RetailLog, tmp_path: Path, pipeline_log: Path
+) -> None:
+    """A first start on a long log, killed -9 five times while events keep coming, converges.
+
+    The kills: during its batch catch-up (a seeded delay after it begins), just
+    before or after the catch-up's commit, between a warehouse commit and the
+    consumer group's commit, early in a resumed run (its run begun, its state
+    read, or its first commits), and once a resumed run has committed and more
+    events came. Each restart is the same command. Then the views and dead
+    letters equal the recompute (nothing lost, nothing counted twice), the
+    consumer group holds the offsets the warehouse records, and a batch run of
+    the same log gives the same views.
+    """
+    plan = CrashSchedule.drawn(CRASH_SCHEDULE_SEED)
+    print(f"crash schedule: {plan}")  # shown with a failure
+    seed = plan.seed
+    warehouse, topics = retail_log.warehouse, [retail_log.shipments, retail_log.sales]
+    events = 12_000  # past --catch_up_records: a first start catches up in batch
+    old = history(events, seed=71, span=timedelta(days=2))
+    retail_log.produce(old)
+    reached = tmp_path / "crash-points"
+    reached.mkdir()
+    via = ("tests.crash_points", str(reached), *plan.crash_points(), "--")
+
+    def start() -> subprocess.Popen:
+        return start_streaming(retail_log, pipeline_log, "--catch_up_records=10000", via=via)
+
+    producer = Producer(retail_log, live_events(seed=72), rate=100)
+    producer.start()
+    process = start()
+    try:
+        # 1. During the catch-up, from outside.
+        wait_until(lambda: "catching up in batch first" in pipeline_log.read_text(), "the catch-up began", process, 60)
+        time.sleep(plan.catch_up_delay_s)  # the seeded time of the kill, not a wait for readiness
+        kill_group(process)
+        assert recorded_run(warehouse, PIPELINE) is None, (
+            f"the catch-up had committed within {plan.catch_up_delay_s:.1f}s: the kill missed it (seed {seed})"
+        )
+
+        # 2. At the catch-up's commit: the batch views are in, the resume point just ahead or just made.
+        process = start()
+        crashed_itself(process, plan.catch_up_commit, pipeline_log, seed)
+        assert views_or_none(warehouse) is not None, f"the catch-up wrote no views before its commit (seed {seed})"
+        caught_up = recorded_run(warehouse, PIPELINE)
+        if plan.catch_up_commit == "before-catch-up-commit":
+            assert caught_up is None, f"a resume point before the catch-up's commit (seed {seed})"
+        else:
+            assert caught_up is not None and caught_up.run == 1 and sum(caught_up.offsets.values()) >= events, (
+                f"the catch-up's commit recorded {caught_up} (seed {seed})"
+            )
+
+        # 3. Between a warehouse commit that moved the resume point and the consumer group's commit.
+        process = start()
+        crashed_itself(process, plan.group_gap, pipeline_log, seed)
+        recorded = recorded_run(warehouse, PIPELINE)
+        assert recorded is not None
+        committed = group_offsets(retail_log.bootstrap, GROUP, topics)
+        assert committed != dict(recorded.offsets), f"the group already holds the views' offsets (seed {seed})"
+        assert all(committed[tp] is None or committed[tp] <= offset for tp, offset in recorded.offsets.items()), (
+            f"the group ran ahead of the views: {committed} > {dict(recorded.offsets)} (seed {seed})"
+        )
+
+        # 4. Early in a resumed run.
+        process = start()
+        crashed_itself(process, plan.resume, pipeline_log, seed)
+        resumed = recorded_run(warehouse, PIPELINE)
+        assert resumed is not None and resumed.run == recorded.run + 1, f"no resumed run began (seed {seed})"
+
+        # 5. Once a resumed run has moved its resume point and more events came, from outside.
+        process = start()
+        wait_until(
+            lambda: moved_past(warehouse, resumed),
+            f"a resumed run committed past its start (seed {seed})",
+            process,
+            READY_TIMEOUT_S,
+        )
+        due = producer.sent + plan.gap
+        wait_until(lambda: producer.sent >= due, f"{plan.gap} more events were produced", process, READY_TIMEOUT_S)
+        kill_group(process)
+
+        process = start()  # every point reached: it runs plainly
+        producer.finish()
+        retail_log.produce(RetailConfig(**{**old.__dict__, "events": 500}))  # re-sends: the same ids and content
+        truth = retail_log.truth()
+        assert truth.duplicates and truth.dead_letters
+        expected = expected_views(truth)
+        wait_for_views(warehouse, expected, process, CONVERGE_TIMEOUT_S)
+        ends = {tp: end for tp, (_, end) in partition_offsets(retail_log.bootstrap, topics).items()}
+        wait_until(
+            lambda: group_offsets(retail_log.bootstrap, GROUP, topics) == covered(warehouse) == ends,
+            f"the consumer group and the resume point reached the log's end (seed {seed})",
+            process,
+            30,
+        )
+        assert stop_pipeline(process) == 0, pipeline_log.read_text()[-3000:]
+    finally:
+        producer.stop()
+        kill_group(process)
+    batch = run_cli(*retail_log.run_args("batch"), timeout=600)
+    assert batch.returncode == 0, batch.stderr[-3000:]
+    assert views_or_none(warehouse) == expected
+
+
+def moved_past(warehouse: Path, earlier: RecordedRun) -> bool:
+    """A later run than ``earlier`` has committed offsets past where ``earlier`` stood."""
+    recorded = recorded_run(warehouse, PIPELINE)
+    return (
+        recorded is not None
+        and recorded.run > earlier.run
+        and sum(recorded.offsets.values()) > sum(earlier.offsets.values())
+    )
+
+
+def covered(warehouse: Path) -> dict[tuple[str, int], int] | None:
+    """The offsets the warehouse's resume point records (None: none yet)."""
+    recorded = recorded_run(warehouse, PIPELINE)
+    return None if recorded is None else dict(recorded.offsets)
+
+
 @pytest.mark.xfail(
     strict=False,
     reason="not yet shown reliable. The rare failure, caught with its log: a partition reader's consumer was closed "
@@ -211,13 +383,7 @@ def test_streaming_survives_a_broker_restart(
 
 def start_streaming_with_sink_fault(log: RetailLog, marker: Path, nth: int, stderr_path: Path) -> subprocess.Popen:
     """``beamline run inventory --mode streaming`` whose ``nth`` warehouse commit fails once."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.sink_fault", str(marker), str(nth), *log.run_args("streaming")],
-        cwd=PROJECT_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=open(stderr_path, "ab"),
-        start_new_session=True,
-    )
+    return start_streaming(log, stderr_path, via=("tests.sink_fault", str(marker), str(nth)))
 
 
 def test_a_commit_failing_once_then_a_restart_converges(

@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 
 from producers.retail import RetailConfig
-from tests.cli_helpers import PROJECT_ROOT, assert_one_line_error, run_cli
+from tests.cli_helpers import assert_one_line_error, run_cli
 from tests.e2e_helpers import (
     RetailLog,
     expected_views,
+    group_offsets,
+    history,
     kill_group,
     start_streaming,
     stop_pipeline,
@@ -62,18 +62,6 @@ def _wait_for_run(warehouse: Path, run: int, process: subprocess.Popen, timeout_
     raise AssertionError(f"run {run} recorded no resume point within {timeout_s}s")
 
 
-def _group_offsets(bootstrap: str, group: str, topics: list[str]) -> dict[tuple[str, int], int | None]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    try:
-        return {
-            (topic, p): consumer.committed(TopicPartition(topic, p))
-            for topic in topics
-            for p in sorted(consumer.partitions_for_topic(topic) or ())
-        }
-    finally:
-        consumer.close()
-
-
 def test_a_restart_resumes_from_the_recorded_offsets_with_its_state(retail_log: RetailLog, tmp_path: Path):
     """Converge, crash (kill -9), produce more, restart: the restart starts where the views stood, not at 0.
 
@@ -112,7 +100,7 @@ def test_a_restart_resumes_from_the_recorded_offsets_with_its_state(retail_log: 
     after = recorded_run(retail_log.warehouse, "inventory")
     assert after is not None and sum(after.offsets.values()) == 21_500
     topics = [retail_log.shipments, retail_log.sales]
-    assert _group_offsets(retail_log.bootstrap, "beamline-inventory", topics) == dict(after.offsets)
+    assert group_offsets(retail_log.bootstrap, "beamline-inventory", topics) == dict(after.offsets)
 
     status = run_cli(
         "status", "--warehouse", str(retail_log.warehouse), "--bootstrap-servers", retail_log.bootstrap,
@@ -160,21 +148,11 @@ def test_a_first_start_on_a_long_log_catches_up_in_batch_then_streams_on(retail_
     Afterwards the live events, and re-sends of events the catch-up applied,
     give the recompute of the whole log, as a pure streaming run would.
     """
-    span = timedelta(days=2)
     events = 30_000
-    old = RetailConfig(
-        events=events, seed=61, invalid_rate=0.01, duplicate_rate=0.03, mean_gap_s=span.total_seconds() / events,
-        start_time=datetime.now(timezone.utc) - span,
-    )  # fmt: skip
+    old = history(events, seed=61, span=timedelta(days=2))
     retail_log.produce(old)
     stderr_path = tmp_path / "pipeline.log"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cli", *retail_log.run_args("streaming"), "--catch_up_records=10000"],
-        cwd=PROJECT_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=open(stderr_path, "ab"),
-        start_new_session=True,
-    )
+    process = start_streaming(retail_log, stderr_path, "--catch_up_records=10000")
     try:
         wait_for_views(retail_log.warehouse, expected_views(retail_log.truth()), process, timeout_s=300)
         _wait_for_run(retail_log.warehouse, 2, process)  # run 1: the catch-up's resume point; 2: streaming from it
