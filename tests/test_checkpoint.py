@@ -48,6 +48,14 @@ def test_progress_moves_its_floor_only_over_offsets_claimed():
     assert (progress.floor, progress.pending) == (20, [])
 
 
+def test_progress_knows_which_offsets_are_done():
+    progress = Progress(10)
+    progress.claim(15, 19)
+    assert [o for o in range(8, 22) if progress.done(o)] == [8, 9, 15, 16, 17, 18, 19]
+    again = Progress.from_row(progress.row("wordcount", ("t", 0), 0, 1, 3, 1))
+    assert (again.floor, again.pending, again.start) == (10, [(15, 19)], 10)
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.integers(0, 50), st.lists(st.integers(1, 7), min_size=1, max_size=30), st.randoms(use_true_random=False))
 def test_progress_floor_is_the_first_offset_not_claimed_whatever_the_order(start, sizes, rnd):

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from kafka import KafkaProducer
 
 from producers.retail import RetailConfig
-from tests.cli_helpers import assert_one_line_error, run_cli
+from readside.query import run_query
+from tests.cli_helpers import PROJECT_ROOT, assert_one_line_error, run_cli
 from tests.e2e_helpers import (
     RetailLog,
     expected_views,
@@ -28,6 +31,7 @@ from tests.e2e_helpers import (
     views_or_none,
     wait_for_views,
 )
+from tests.truth import read_topic, recompute_word_counts
 from warehouse.resume import query_tables, recorded_run
 
 pytestmark = pytest.mark.slow
@@ -175,3 +179,62 @@ def test_a_first_start_on_a_long_log_catches_up_in_batch_then_streams_on(retail_
     batch = run_cli(*retail_log.run_args("batch"), timeout=600)
     assert batch.returncode == 0, batch.stderr[-3000:]
     assert views_or_none(retail_log.warehouse) == streamed == expected
+
+
+def _send_lines(bootstrap: str, topic: str, first: int, count: int) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    lines = ["The quick brown fox", "jumps over the lazy dog", "Ünïcode wörds, ÜNÏCODE", "", "x_y 42 x_y"]
+    for index in range(first, first + count):
+        value = b"\xff\xfe broken utf-8" if index % 97 == 0 else f"{lines[index % len(lines)]} n{index % 7}".encode()
+        producer.send(topic, value=value)
+    producer.flush()
+    producer.close()
+
+
+def test_the_word_count_resumes_too_and_counts_each_line_once(
+    bootstrap_servers: str, make_topic: Callable[..., str], tmp_path: Path
+):
+    """Word counts have no ids to dedupe: a line read again after a restart must not count twice."""
+    lines_topic, counts_topic, dead_topic = make_topic(2), make_topic(1), make_topic(1)
+    warehouse = tmp_path / "warehouse"
+    args = [
+        sys.executable, "-m", "cli", "run", "wordcount", "--mode", "streaming", "--bootstrap-servers",
+        bootstrap_servers, "--warehouse", str(warehouse), f"--text_topic={lines_topic}",
+        f"--word_counts_topic={counts_topic}", f"--dead_letter_topic={dead_topic}",
+    ]  # fmt: skip
+    stderr_path = tmp_path / "pipeline.log"
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen(
+            args, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=open(stderr_path, "ab"), start_new_session=True
+        )
+
+    def converge(process: subprocess.Popen) -> None:
+        counts, dead = recompute_word_counts(read_topic(bootstrap_servers, lines_topic))
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert process.poll() is None, stderr_path.read_text()[-3000:]
+            covered = recorded_run(warehouse, "wordcount")
+            if covered is not None and sum(covered.offsets.values()) == total[0]:
+                break
+            time.sleep(0.5)  # polling the warehouse for the run's commits
+        got = {r["word"]: r["count"] for r in run_query("SELECT * FROM word_counts", warehouse).to_pylist()}
+        got_dead = run_query('SELECT source_topic, partition, "offset" FROM dead_letters', warehouse).to_pylist()
+        assert got == counts
+        assert {(r["source_topic"], r["partition"], r["offset"]) for r in got_dead} == dead
+
+    total = [2_000]
+    _send_lines(bootstrap_servers, lines_topic, 0, 2_000)
+    process = start()
+    try:
+        converge(process)
+        kill_group(process)  # a crash
+        before = recorded_run(warehouse, "wordcount")
+        _send_lines(bootstrap_servers, lines_topic, 2_000, 500)
+        total[0] = 2_500
+        process = start()
+        converge(process)
+        assert _run_starts(warehouse, 2) == dict(before.offsets)  # resumed where the views stood
+        assert stop_pipeline(process) == 0, stderr_path.read_text()[-3000:]
+    finally:
+        kill_group(process)

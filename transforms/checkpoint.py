@@ -167,6 +167,16 @@ class Progress:
         if self.start < 0:
             self.start = self.floor
 
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Progress:
+        """The progress a ``_resume_offsets`` row records."""
+        pending = [(int(lo), int(hi)) for lo, hi in json.loads(row["pending"])]
+        return cls(int(row["next_offset"]), pending, int(row["start_offset"]))
+
+    def done(self, offset: int) -> bool:
+        """Whether ``offset`` is among the offsets claimed."""
+        return offset < self.floor or any(lo <= offset <= hi for lo, hi in self.pending)
+
     def claim(self, first: int, last: int) -> None:
         """Offsets ``first``..``last`` (inclusive) are done."""
         if last < self.floor:

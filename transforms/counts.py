@@ -83,6 +83,7 @@ __all__ = [
     "SalesWindowDoFn",
     "WindowState",
     "WordCountDoFn",
+    "split_line",
     "tokenize",
     "window_row",
     "windows_table",
@@ -432,7 +433,8 @@ def tokenize(text: str) -> list[str]:
     return [run.lower() for run in _WORD.findall(text)]
 
 
-def _split_line(record: KafkaRecord) -> Iterator[Any]:
+def split_line(record: KafkaRecord) -> Iterator[Any]:
+    """A text line's (word, count) pairs, or a dead letter for a line that is not UTF-8 text."""
     if record.value is None:
         error = "null value (tombstone): expected a UTF-8 text line"
     else:
@@ -494,7 +496,7 @@ class CountWords(beam.PTransform):
         self._fn = WordCountDoFn(mode)
 
     def expand(self, records: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
-        split = records | "SplitLines" >> beam.FlatMap(_split_line).with_outputs(DEAD_LETTERS_TAG, main="words")
+        split = records | "SplitLines" >> beam.FlatMap(split_line).with_outputs(DEAD_LETTERS_TAG, main="words")
         words = split.words | "TypedWords" >> beam.Map(lambda kv: kv).with_output_types(tuple[str, int])
         if self._fn._batch and records.is_bounded:
             # A backfill sees every line: a combiner sums partial counts before the shuffle.
