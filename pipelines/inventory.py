@@ -60,7 +60,7 @@ from transforms.kafka import (
 )
 from transforms.retail import StreamRetail
 from transforms.sinks import WriteToWarehouse
-from warehouse.resume import recorded_run
+from warehouse.resume import hold_run_lock, recorded_run
 
 __all__ = ["PIPELINE", "build", "main", "run"]
 
@@ -183,6 +183,7 @@ def catch_up(options: PipelineOptions, argv: Sequence[str]) -> None:
     if settings.mode != "streaming" or not settings.catch_up_records:
         return
     warehouse = options.view_as(WarehouseOptions).warehouse
+    hold_run_lock(warehouse, PIPELINE)  # kept by the streaming run that follows
     if recorded_run(warehouse, PIPELINE) is not None:
         return
     log = partition_offsets(kafka_connection(options), topics_read(options))

@@ -123,7 +123,7 @@ def test_a_restart_resumes_from_the_recorded_offsets_with_its_state(retail_log: 
     assert views_or_none(retail_log.warehouse) == streamed == expected
 
 
-def test_a_warehouse_that_resumes_other_topics_is_refused_in_one_line(
+def test_a_second_run_or_other_topics_on_a_warehouse_are_refused_in_one_line(
     retail_log: RetailLog, make_topic: Callable[..., str], tmp_path: Path
 ):
     retail_log.produce(RetailConfig(events=200, seed=3, start_time=datetime.now(timezone.utc), mean_gap_s=0.01))
@@ -133,8 +133,12 @@ def test_a_warehouse_that_resumes_other_topics_is_refused_in_one_line(
         while recorded_run(retail_log.warehouse, "inventory") is None and time.monotonic() < deadline:
             assert process.poll() is None, (tmp_path / "pipeline.log").read_text()[-3000:]
             time.sleep(0.5)  # polling for the run's resume point, which it records before reading
+        # Two runs writing one resume point would take each other's offsets: the second is refused.
+        second = run_cli(*retail_log.run_args("streaming"), timeout=120)
+        assert_one_line_error(second, "another streaming run of inventory", f"pid {process.pid}")
+        assert process.poll() is None  # the first run goes on
     finally:
-        kill_group(process)
+        kill_group(process)  # its lock goes with it
     other_sales = make_topic(4)
     args = [
         a if not a.startswith("--sales_topic=") else f"--sales_topic={other_sales}"

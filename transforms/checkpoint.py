@@ -50,7 +50,7 @@ from transforms.events import NO_TIME, duration_micros
 from transforms.inventory import InventoryDoFn, KeyState
 from transforms.kafka import KafkaConnection, commit_group_offsets, partition_offsets
 from transforms.seen_ids import SeenBase, ident_hash
-from warehouse.resume import begin_run, progress_version, query_tables, recorded_run
+from warehouse.resume import begin_run, hold_run_lock, progress_version, query_tables, recorded_run
 
 __all__ = [
     "CATCH_UP_RECORDS",
@@ -115,9 +115,11 @@ def start_run(
 ) -> Checkpoint:
     """Begin a streaming run of ``pipeline``: resume where the warehouse says, else from the earliest offsets.
 
-    Refuses, in one line, a warehouse whose resume point reads other topics.
+    Refuses, in one line, a warehouse whose resume point reads other topics,
+    or that another streaming run of the pipeline is writing to.
     """
     topics = sorted(set(topics))
+    hold_run_lock(warehouse, pipeline)
     prior = recorded_run(warehouse, pipeline)
     if prior is not None and prior.topics != set(topics):
         raise ConfigError(

@@ -35,7 +35,15 @@ from typing import Any
 from core.errors import ConfigError
 from core.views import VIEWS
 from warehouse import protocol
-from warehouse.format import LOCK_FILE, SNAPSHOTS_DIR, Snapshot, manifest_id, verify_snapshots, view_dir
+from warehouse.format import (
+    LOCK_FILE,
+    RUN_LOCK_PREFIX,
+    SNAPSHOTS_DIR,
+    Snapshot,
+    manifest_id,
+    verify_snapshots,
+    view_dir,
+)
 
 __all__ = ["MANIFEST_MIN_AGE", "ORPHAN_GRACE", "expire"]
 
@@ -139,7 +147,12 @@ def _temp_files(root: Path) -> list[tuple[Path, float]]:
     for folder in (root, root / SNAPSHOTS_DIR):
         with os.scandir(folder) as entries:
             for entry in entries:
-                if entry.name.startswith(".") and entry.name != LOCK_FILE and entry.is_file():
+                if (
+                    entry.name.startswith(".")
+                    and entry.name != LOCK_FILE
+                    and not entry.name.startswith(RUN_LOCK_PREFIX)
+                    and entry.is_file()
+                ):
                     with contextlib.suppress(FileNotFoundError):
                         out.append((Path(entry.path), entry.stat().st_mtime))
     return out

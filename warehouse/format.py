@@ -51,6 +51,7 @@ __all__ = [
     "LOCK_FILE",
     "MARKER_FILE",
     "READABLE_FORMAT_VERSIONS",
+    "RUN_LOCK_PREFIX",
     "SNAPSHOTS_DIR",
     "Snapshot",
     "SnapshotExpired",
@@ -84,6 +85,8 @@ READABLE_FORMAT_VERSIONS = (1, 2)
 CURRENT_FILE = "CURRENT"
 # Format 1 writers serialised on an fcntl lock of this file; only the upgrade to format 2 takes it now.
 LOCK_FILE = ".lock"
+# A streaming run holds ``.run-<pipeline>.lock`` while it writes its resume point (warehouse.resume).
+RUN_LOCK_PREFIX = ".run-"
 CATALOG_SQL = "catalog.sql"
 SNAPSHOTS_DIR = "snapshots"
 DATA_DIR = "data"

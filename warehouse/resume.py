@@ -16,6 +16,8 @@ committed the outcome of every record before it yet).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,8 +25,10 @@ from dataclasses import dataclass
 import duckdb
 import pyarrow as pa
 
+from core.errors import ConfigError
 from core.views import RESUME_OFFSETS, get_view
 from warehouse.format import (
+    RUN_LOCK_PREFIX,
     Snapshot,
     WarehouseMissing,
     dedupe_sql,
@@ -35,12 +39,45 @@ from warehouse.format import (
 )
 from warehouse.writer import Warehouse
 
-__all__ = ["RecordedRun", "begin_run", "progress_version", "query_tables", "recorded_run"]
+__all__ = ["RecordedRun", "begin_run", "hold_run_lock", "progress_version", "query_tables", "recorded_run"]
 
 Partition = tuple[str, int]
 
 # A row's version: its run in the high bits, the shard's commits in that run below.
 _RUN_SHIFT = 32
+
+
+# Run locks this process holds, by path: open for as long as the process runs the pipeline.
+_HELD_LOCKS: dict[str, int] = {}
+
+
+def hold_run_lock(root: str | os.PathLike[str], pipeline: str) -> None:
+    """Hold the warehouse's run lock of ``pipeline`` until this process ends, or refuse in one line.
+
+    Two streaming runs of one pipeline writing one resume point would each
+    take the other's offsets for their own; the second is refused instead. An
+    advisory lock (flock) on a file in the warehouse: freed by the system when
+    the process that holds it ends, however it ends.
+    """
+    folder = os.fspath(root)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{RUN_LOCK_PREFIX}{pipeline}.lock")
+    if path in _HELD_LOCKS:
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise ConfigError(
+            f"another streaming run of {pipeline} (pid {holder}) is writing to the warehouse {folder}; "
+            "stop it first, or pass another --warehouse"
+        ) from None
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+    _HELD_LOCKS[path] = fd
 
 
 def progress_version(run: int, commits: int) -> int:
