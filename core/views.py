@@ -28,6 +28,7 @@ __all__ = [
     "INVENTORY_IDS",
     "INVENTORY_STATE",
     "RESUME_OFFSETS",
+    "RESUME_RUNS",
     "SALES_BY_WINDOW",
     "USER_VIEWS",
     "VIEWS",
@@ -156,6 +157,20 @@ RESUME_OFFSETS = ViewSpec(
     hidden=True,
 )
 
+# Each streaming run of a pipeline: its number and the settings its state depends on (JSON; a
+# run with other settings, a window size say, would read the state wrongly, and is refused).
+RESUME_RUNS = ViewSpec(
+    name="_resume_runs",
+    columns=(
+        ("pipeline", pa.string()),
+        ("run", pa.int64()),
+        ("settings", pa.string()),
+    ),
+    key=("pipeline",),
+    version_column="run",
+    hidden=True,
+)
+
 # Each (store_id, item_id)'s state in the streaming inventory step: totals,
 # dedupe frontier and open windows (``state``, JSON). ``expired_before`` is
 # out of the JSON so a restore can drop forgotten ids in SQL.
@@ -201,7 +216,16 @@ INVENTORY_IDS = ViewSpec(
 
 VIEWS: dict[str, ViewSpec] = {
     v.name: v
-    for v in (INVENTORY, SALES_BY_WINDOW, WORD_COUNTS, DEAD_LETTERS, RESUME_OFFSETS, INVENTORY_STATE, INVENTORY_IDS)
+    for v in (
+        INVENTORY,
+        SALES_BY_WINDOW,
+        WORD_COUNTS,
+        DEAD_LETTERS,
+        RESUME_OFFSETS,
+        RESUME_RUNS,
+        INVENTORY_STATE,
+        INVENTORY_IDS,
+    )
 }
 # The views readers show (the contract's); hidden tables are not among them.
 USER_VIEWS: dict[str, ViewSpec] = {name: spec for name, spec in VIEWS.items() if not spec.hidden}

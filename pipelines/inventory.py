@@ -214,6 +214,7 @@ def catch_up(options: PipelineOptions, argv: Sequence[str]) -> None:
         horizon=horizon,
         window_size=timedelta(seconds=settings.window_size),
         allowed_lateness=timedelta(seconds=settings.allowed_lateness),
+        settings=state_settings(options),
     )
     print(f"beamline: caught up to {records:,} records; streaming on from there (run {run})", file=sys.stderr)
 
@@ -238,7 +239,9 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions) -> GroupOffsets | N
     # resume point says (the earliest offset on a first start), and the state
     # step commits views, state and offsets together (transforms/checkpoint.py).
     topics = [kafka.shipments_topic, kafka.sales_topic]
-    checkpoint = start_run(kafka_connection(options), warehouse, PIPELINE, topics, settings.state_shards)
+    checkpoint = start_run(
+        kafka_connection(options), warehouse, PIPELINE, topics, settings.state_shards, state_settings(options)
+    )
     print(f"beamline: {checkpoint.describe()}", file=sys.stderr)
     # Time is event time (the payload's event_time), for the watermark as for
     # windows and the dedupe horizon; record timestamps are not used.
@@ -270,6 +273,16 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions) -> GroupOffsets | N
     dead_letters_to_kafka(views.dead_letter_parts, options)
     # The offsets the warehouse covers, to the consumer group, for Kafka's lag tools.
     return GroupOffsets(kafka_connection(options), checkpoint, kafka.consumer_group or f"beamline-{PIPELINE}")
+
+
+def state_settings(options: PipelineOptions) -> dict[str, object]:
+    """The options the streaming state depends on: a resume with others is refused."""
+    settings = options.view_as(BeamlineOptions)
+    return {
+        "window_size": settings.window_size,
+        "allowed_lateness": settings.allowed_lateness,
+        "dedupe_horizon": settings.dedupe_horizon,
+    }
 
 
 def start_of(checkpoint: Checkpoint, topic: str) -> StartAt:

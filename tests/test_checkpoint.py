@@ -229,3 +229,18 @@ def test_compaction_drops_the_ids_their_key_forgot(tmp_path: Path):
     assert [(r["item_id"], r["event_id"]) for r in rows.to_pylist()] == [
         ("i", "new0"), ("i", "new1"), ("i", "new2"), ("j", "x0"), ("j", "x1"), ("j", "x2"),
     ]  # fmt: skip
+
+
+def test_a_resume_with_other_state_settings_is_refused_in_one_line(tmp_path: Path):
+    from core.errors import ConfigError
+    from transforms.checkpoint import start_run
+    from transforms.kafka import KafkaConnection
+
+    root = str(tmp_path / "wh")
+    settings = {"window_size": 3600, "allowed_lateness": 3600, "dedupe_horizon": 604800}
+    begin_run(root, "inventory", {("sales", 0): 0}, shards=1, settings=settings)
+    recorded = recorded_run(root, "inventory")
+    assert recorded is not None and dict(recorded.settings) == settings
+    nowhere = KafkaConnection("127.0.0.1:1")  # refused before any broker is asked
+    with pytest.raises(ConfigError, match=r"computed with --window_size=3600; this run asks --window_size=1800"):
+        start_run(nowhere, root, "inventory", ["sales"], 1, {**settings, "window_size": 1800})

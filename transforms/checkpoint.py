@@ -111,12 +111,18 @@ class Checkpoint:
 
 
 def start_run(
-    connection: KafkaConnection, warehouse: str, pipeline: str, topics: Iterable[str], shards: int
+    connection: KafkaConnection,
+    warehouse: str,
+    pipeline: str,
+    topics: Iterable[str],
+    shards: int,
+    settings: Mapping[str, object] | None = None,
 ) -> Checkpoint:
     """Begin a streaming run of ``pipeline``: resume where the warehouse says, else from the earliest offsets.
 
-    Refuses, in one line, a warehouse whose resume point reads other topics,
-    or that another streaming run of the pipeline is writing to.
+    Refuses, in one line, a warehouse whose resume point reads other topics
+    or was computed with other ``settings`` (a window size, say), or that
+    another streaming run of the pipeline is writing to.
     """
     topics = sorted(set(topics))
     hold_run_lock(warehouse, pipeline)
@@ -126,11 +132,20 @@ def start_run(
             f"the warehouse {warehouse} holds a {pipeline} resume point for topics {', '.join(sorted(prior.topics))}, "
             f"but this run reads {', '.join(topics)}; use another --warehouse, or the same topics"
         )
+    settings = dict(settings or {})
+    if prior is not None and prior.settings and dict(prior.settings) != settings:
+        changed = sorted(k for k in prior.settings.keys() | settings.keys() if prior.settings.get(k) != settings.get(k))
+        was = ", ".join(f"--{k}={prior.settings.get(k)}" for k in changed)
+        now = ", ".join(f"--{k}={settings.get(k)}" for k in changed)
+        raise ConfigError(
+            f"the warehouse {warehouse} holds a {pipeline} state computed with {was}; this run asks {now}: "
+            "its state would be read wrongly. Run with the same settings, or write a new warehouse"
+        )
     earliest = {tp: first for tp, (first, _) in partition_offsets(connection, topics).items()}
     recorded = dict(prior.offsets) if prior is not None else {}
     # A partition the resume point does not list (new since) starts at its earliest offset.
     starts = {tp: max(recorded.get(tp, first), first) for tp, first in earliest.items()}
-    run = begin_run(warehouse, pipeline, starts, shards)
+    run = begin_run(warehouse, pipeline, starts, shards, settings=settings)
     resumed_from = prior.snapshot_id if prior is not None else None
     # Absolute: workers may run in other folders (an external worker pool).
     root = str(Path(warehouse).absolute())
@@ -380,6 +395,7 @@ def commit_catch_up(
     horizon: timedelta,
     window_size: timedelta,
     allowed_lateness: timedelta,
+    settings: Mapping[str, object] | None = None,
 ) -> int:
     """After a batch catch-up to ``stops``: the state a streaming run resumes from, and its resume point, in one commit.
 
@@ -428,4 +444,4 @@ def commit_catch_up(
         deadlines = [windows_logic.next_deadline(start, w) for start, w in mine.items()]
         sales = SalesKeyState(closed_until=closed_until, timer_at=min(deadlines) if deadlines else None, windows=mine)
         states.append(state_row(key, inventory, sales, 1))
-    return begin_run(warehouse, pipeline, stops, shards, {INVENTORY_STATE.name: states})
+    return begin_run(warehouse, pipeline, stops, shards, {INVENTORY_STATE.name: states}, settings)

@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import duckdb
 import pyarrow as pa
 
 from core.errors import ConfigError
-from core.views import RESUME_OFFSETS, get_view
+from core.views import RESUME_OFFSETS, RESUME_RUNS, get_view
 from warehouse.format import (
     RUN_LOCK_PREFIX,
     Snapshot,
@@ -131,6 +132,7 @@ class RecordedRun:
     offsets: Mapping[Partition, int]
     snapshot_id: int
     committed_at_us: int
+    settings: Mapping[str, object] = field(default_factory=dict)  # what the run's state depends on
 
     @property
     def topics(self) -> frozenset[str]:
@@ -140,16 +142,19 @@ class RecordedRun:
 def recorded_run(root: str | os.PathLike[str], pipeline: str, snapshot: Snapshot | None = None) -> RecordedRun | None:
     """The pipeline's newest run in the warehouse at ``root`` (as of ``snapshot``), or None if it never streamed."""
     try:
-        snap, (rows,) = query_tables(
+        snap, (rows, runs) = query_tables(
             root,
-            f"""
+            [
+                f"""
             WITH mine AS (SELECT * FROM {RESUME_OFFSETS.name} WHERE pipeline = $pipeline),
                  newest AS (SELECT * FROM mine WHERE run = (SELECT max(run) FROM mine))
             SELECT topic, "partition", min(next_offset) AS next_offset, any_value(run) AS run,
                    max(shards) AS shards
             FROM newest GROUP BY topic, "partition" ORDER BY topic, "partition"
             """,
-            [RESUME_OFFSETS.name],
+                f"SELECT run, settings FROM {RESUME_RUNS.name} WHERE pipeline = $pipeline",
+            ],
+            [RESUME_OFFSETS.name, RESUME_RUNS.name],
             {"pipeline": pipeline},
             snapshot,
         )
@@ -158,12 +163,14 @@ def recorded_run(root: str | os.PathLike[str], pipeline: str, snapshot: Snapshot
     if rows.num_rows == 0:
         return None
     listed = rows.to_pylist()
+    settings = [r["settings"] for r in runs.to_pylist() if r["run"] == listed[0]["run"]]
     return RecordedRun(
         run=int(listed[0]["run"]),
         shards=int(listed[0]["shards"]),
         offsets={(r["topic"], int(r["partition"])): int(r["next_offset"]) for r in listed},
         snapshot_id=snap.snapshot_id,
         committed_at_us=snap.committed_at_us,
+        settings=json.loads(settings[0]) if settings else {},
     )
 
 
@@ -173,11 +180,13 @@ def begin_run(
     starts: Mapping[Partition, int],
     shards: int,
     with_rows: Mapping[str, Sequence[Mapping[str, object]]] | None = None,
+    settings: Mapping[str, object] | None = None,
 ) -> int:
     """Commit the rows of the pipeline's next run (every partition and shard at its start); return its number.
 
     ``with_rows`` go in the same snapshot (a catch-up's state: the resume
-    point and the state it covers become visible together).
+    point and the state it covers become visible together). ``settings``:
+    what the run's state depends on (a later run with others is refused).
     """
     prior = recorded_run(root, pipeline)
     run = 1 if prior is None else prior.run + 1
@@ -200,7 +209,8 @@ def begin_run(
     warehouse = Warehouse(root)
     try:
         if rows:
-            warehouse.commit_many({RESUME_OFFSETS.name: rows, **(with_rows or {})})
+            run_row = {"pipeline": pipeline, "run": run, "settings": json.dumps(dict(settings or {}), sort_keys=True)}
+            warehouse.commit_many({RESUME_OFFSETS.name: rows, RESUME_RUNS.name: [run_row], **(with_rows or {})})
     finally:
         warehouse.close()
     return run
