@@ -31,7 +31,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,11 +51,13 @@ from warehouse.format import (
     LOCK_FILE,
     MARKER_FILE,
     SNAPSHOTS_DIR,
+    Alias,
     Snapshot,
     WarehouseInconsistent,
     WarehouseMissing,
     check_not_ahead,
     check_root,
+    data_tables,
     dedupe_sql,
     key_columns_sql,
     load_snapshot,
@@ -95,6 +97,9 @@ class CommitResult:
     snapshot_id: int | None
     rows_in: int
     rows_written: int
+    # A snapshot holding these rows or newer ones of their keys: the one made, else the newest they were
+    # checked against (None: no rows). Its aliases say whether the table is the version readers see.
+    snapshot: Snapshot | None = None
 
 
 def _coerce_timestamp(value: Any) -> Any:
@@ -168,7 +173,7 @@ class Warehouse:
 
     def _refuse_lost_manifests(self, has_marker: bool) -> None:
         """A warehouse whose manifests are gone is not new: starting again at snapshot 0 would reuse ids."""
-        data = [f for v in VIEWS for f in os.listdir(self.root / view_dir(v)) if not f.startswith(".")]
+        data = [f for t in data_tables(self.root) for f in os.listdir(self.root / view_dir(t)) if not f.startswith(".")]
         if has_marker or data:
             raise WarehouseInconsistent(
                 f"{self.root / SNAPSHOTS_DIR} holds no manifest although the warehouse exists "
@@ -215,11 +220,18 @@ class Warehouse:
         *,
         operation: str = "commit",
         expired_through: int = -1,
+        aliases: Mapping[str, Alias] | None = None,
     ) -> Snapshot:
         """Publish the snapshot whose files are written and synced; CommitConflict if another writer has its id."""
         try:
             return protocol.publish(
-                self.root, snapshot_id, committed_at_us, files, operation=operation, expired_through=expired_through
+                self.root,
+                snapshot_id,
+                committed_at_us,
+                files,
+                operation=operation,
+                expired_through=expired_through,
+                aliases=aliases,
             )
         except protocol.CommitConflict:
             self.lost_races += 1
@@ -276,16 +288,18 @@ class Warehouse:
             return results
         with self._thread_lock:
             fresh: dict[str, _Fresh] = {}
+            checked: list[Snapshot] = []  # the parents the rows were checked against, the last one newest
 
             def plan(parent: Snapshot) -> protocol.Plan | None:
                 sid = parent.snapshot_id + 1
-                files = {v: list(parent.files.get(v, ())) for v in VIEWS}
+                checked.append(parent)
+                files = {t: list(entries) for t, entries in parent.files.items()}
                 for view, batch in tables.items():
                     spec = get_view(view)
                     now = self._fresh_rows(spec, batch, parent, fresh.get(view))
                     fresh[view] = now
                     if now.table.num_rows:
-                        files[view].append((self._fresh_file(spec, sid, now), now.table.num_rows))
+                        files.setdefault(view, []).append((self._fresh_file(spec, sid, now), now.table.num_rows))
                 if not any(f.table.num_rows for f in fresh.values()):
                     return None
                 # A file reused from a lost attempt had its folder synced then.
@@ -303,10 +317,11 @@ class Warehouse:
                 raise
             if snap is None:  # other writers' commits made every row stale while this one retried
                 self._discard(f.path for f in fresh.values())
+            holding = snap if snap is not None else checked[-1]
             for view, f in fresh.items():
                 written = f.table.num_rows if snap is not None else 0
                 sid = snap.snapshot_id if snap is not None and written else None
-                results[view] = CommitResult(view, sid, tables[view].num_rows, written)
+                results[view] = CommitResult(view, sid, tables[view].num_rows, written, holding)
                 if snap is not None:
                     self._remember(view, snap, f)
             if snap is not None:
@@ -435,6 +450,10 @@ class Warehouse:
             con.unregister("_batch")
 
     def _write_file(self, spec: ViewSpec, sid: int, table: pa.Table) -> str:
+        folder = self.root / view_dir(spec.name)
+        if not folder.is_dir():  # a table's first file (a new version): its folder's name durable first
+            folder.mkdir(exist_ok=True)
+            protocol.fsync_dir(self.root / DATA_DIR)
         rel = f"{view_dir(spec.name)}/{sid:012d}-{uuid.uuid4().hex}.parquet"
         protocol.write_data_file(self.root / rel, table.cast(spec.storage_schema))
         return rel
@@ -459,9 +478,10 @@ class Warehouse:
         merged: dict[str, tuple[frozenset[str], tuple[str, int]]] = {}
 
         def plan(parent: Snapshot) -> protocol.Plan | None:
-            files = {v: list(parent.files.get(v, ())) for v in VIEWS}
+            files = {t: list(entries) for t, entries in parent.files.items()}
             made: list[Path] = []
             for view in views:
+                files.setdefault(view, [])
                 present = {rel for rel, _ in files[view]}
                 prior = merged.pop(view, None)
                 if prior is not None and prior[0] <= present:
@@ -487,11 +507,25 @@ class Warehouse:
         return protocol.commit_with_retries(self.root, plan, self._publish, what="compacting")
 
     def compact(self, view: str | None = None) -> int | None:
-        """Merge every view's files into one per view now (a commit like any other); returns the new snapshot id."""
-        views = [get_view(view).name] if view else list(VIEWS)
+        """Merge every table's files into one per table now (a commit like any other); returns the new snapshot id."""
+        views = [get_view(view).name] if view else sorted(self.current().files)
         with self._thread_lock:
             snap = self._compact_commit(views, full=True)
             return snap.snapshot_id if snap is not None else None
+
+    def commit_plan(self, plan: Callable[[Snapshot], protocol.Plan | None], *, what: str) -> Snapshot | None:
+        """Publish ``plan(newest snapshot)`` as the next snapshot, planned again on the newest after a lost race.
+
+        For commits that are no upsert (a promote, a rollback, a drop: :mod:`warehouse.versions`);
+        None when the plan says there is nothing to publish.
+        """
+        with self._thread_lock:
+            return protocol.commit_with_retries(self.root, plan, self._publish, what=what)
+
+    def write_file(self, table: str, snapshot_id: int, rows: pa.Table) -> str:
+        """A new data file of ``table`` for the commit of ``snapshot_id``, fsynced; its path as manifests list it."""
+        spec = get_view(table)
+        return self._write_file(spec, snapshot_id, rows.select(spec.storage_schema.names))
 
     def expire_snapshots(self, retain: dt.timedelta, *, orphan_grace: dt.timedelta | None = None) -> int:
         """Expire snapshots superseded more than ``retain`` ago and delete what only they used; bounds time travel.

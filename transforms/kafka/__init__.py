@@ -25,6 +25,7 @@ from transforms.kafka.admin import (
     commit_group_offsets,
     count_records,
     ensure_topics,
+    first_record_times,
     partition_offsets,
     wait_for_kafka,
 )
@@ -69,6 +70,7 @@ __all__ = [
     "count_records",
     "ensure_topics",
     "event_time_step",
+    "first_record_times",
     "load_client_properties",
     "parse_client_setting",
     "partition_offsets",
