@@ -21,11 +21,14 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from core import settings, topics
 from core.arguments import whole_number
 from core.errors import ConfigError
+from core.views import check_version
 from transforms.checkpoint import CATCH_UP_RECORDS
 from transforms.counts import DEFAULT_ALLOWED_LATENESS, DEFAULT_EARLY_DELAY, DEFAULT_WINDOW_SIZE, LONGEST_WINDOW
 from transforms.inventory import DEFAULT_HORIZON
 from transforms.kafka import KAFKA_CLIENTS, KafkaConnection, load_client_properties, parse_client_setting
 from transforms.retail import DEFAULT_SHARDS
+from warehouse.versions import RunTables
+from warehouse.versions import run_tables as resolve_run_tables
 
 __all__ = [
     "BeamlineOptions",
@@ -36,6 +39,7 @@ __all__ = [
     "default_warehouse",
     "kafka_connection",
     "options_help",
+    "run_tables",
     "without_secrets",
 ]
 
@@ -175,7 +179,7 @@ def bootstrap_servers(options: PipelineOptions) -> str:
 
 
 class WarehouseOptions(PipelineOptions):
-    """Where the views go."""
+    """Where the views go, and which version of them."""
 
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
@@ -185,6 +189,29 @@ class WarehouseOptions(PipelineOptions):
             default=default_warehouse(),
             help=f"warehouse folder for the views ({settings.env_help('BEAMLINE_WAREHOUSE')}; default %(default)s)",
         )
+        parser.add_argument(
+            *_both("view_version"),
+            dest="view_version",
+            type=_view_version,
+            default=None,
+            metavar="VERSION",
+            help="write this version of the pipeline's views (inventory@v2, ...) beside the one readers see, with "
+            "a resume point of its own; `beamline views promote` swaps it in (default: the version each view "
+            "shows now; v1 in a new warehouse)",
+        )
+
+
+def _view_version(text: str) -> str:
+    try:
+        return check_version(text)
+    except ConfigError as exc:
+        raise ConfigError(f"--view_version: {exc}") from None
+
+
+def run_tables(options: PipelineOptions, pipeline: str) -> RunTables:
+    """The tables this run of ``pipeline`` writes (``--view_version``, else what each view shows now)."""
+    warehouse = options.view_as(WarehouseOptions)
+    return resolve_run_tables(warehouse.warehouse, pipeline, warehouse.view_version)
 
 
 class BeamlineOptions(PipelineOptions):

@@ -16,8 +16,9 @@ from collections.abc import Sequence
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from core.views import DEAD_LETTERS, WORD_COUNTS
 from pipelines.inventory import read_log, write_dead_letters
-from pipelines.options import BeamlineOptions, KafkaOptions, WarehouseOptions, kafka_connection
+from pipelines.options import BeamlineOptions, KafkaOptions, WarehouseOptions, kafka_connection, run_tables
 from pipelines.runner import RunSummary, main_for, run_pipeline
 from transforms.counts import CountWords, word_count_to_kafka
 from transforms.kafka import WriteToKafka, ensure_topics
@@ -30,17 +31,18 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions) -> None:
     """Add the word count's steps to ``pipeline``."""
     kafka = options.view_as(KafkaOptions)
     warehouse = options.view_as(WarehouseOptions).warehouse
+    tables = run_tables(options, "wordcount")
     connection = kafka_connection(options)
     ensure_topics(connection, [kafka.word_counts_topic])
     lines = read_log(pipeline, "ReadLines", kafka.text_topic, options)
     counts, dead = lines | "CountWords" >> CountWords(mode=options.view_as(BeamlineOptions).mode)
-    _ = counts | "WriteWordCounts" >> WriteToWarehouse(warehouse, "word_counts")
+    _ = counts | "WriteWordCounts" >> WriteToWarehouse(warehouse, tables[WORD_COUNTS.name])
     _ = (
         counts
         | "WordCountRecords" >> beam.Map(word_count_to_kafka)
         | "WordCountsToKafka" >> WriteToKafka(connection, kafka.word_counts_topic)
     )
-    write_dead_letters([dead], options)
+    write_dead_letters([dead], options, tables[DEAD_LETTERS.name])
 
 
 def topics_read(options: PipelineOptions) -> list[str]:

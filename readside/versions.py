@@ -21,14 +21,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.errors import BeamlineError
-from core.views import USER_VIEWS, pipeline_of, table_name
+from core.views import PIPELINE_VIEWS, USER_VIEWS, table_name
 from transforms.kafka import KafkaConnection, first_record_times, partition_offsets
 from warehouse.format import Snapshot, load_snapshot, manifest_name, quote_ident, read_manifest, user_tables
 from warehouse.reader import Reader
 from warehouse.resume import recorded_run
 from warehouse.versions import last_commit
 
-__all__ = ["Lag", "VersionStatus", "format_versions", "list_versions", "resume_name", "version_lag"]
+__all__ = ["Lag", "VersionStatus", "format_versions", "list_versions", "resume_names", "version_lag"]
 
 
 @dataclass(frozen=True)
@@ -81,20 +81,19 @@ class VersionStatus:
         }
 
 
-def resume_name(view: str, version: str) -> str | None:
-    """The name of the resume point that covers ``version`` of ``view`` (None: no one pipeline writes it)."""
-    pipeline = pipeline_of(view)
-    return None if pipeline is None else table_name(pipeline, version)
+def resume_names(view: str, version: str) -> list[str]:
+    """The resume points that may cover ``version`` of ``view``: those of the pipelines writing it, at that version."""
+    return [table_name(pipeline, version) for pipeline, views in PIPELINE_VIEWS.items() if view in views]
 
 
 def version_lag(
     warehouse: str | os.PathLike[str], view: str, version: str, connection: KafkaConnection | None
 ) -> Lag | None:
-    """The lag of ``version`` of ``view`` behind the log (None: it has no resume point)."""
-    pipeline = resume_name(view, version)
-    recorded = recorded_run(warehouse, pipeline) if pipeline is not None else None
-    if pipeline is None or recorded is None:
+    """The lag of ``version`` of ``view`` behind the log (None: no resume point covers it)."""
+    found = [(name, run) for name in resume_names(view, version) if (run := recorded_run(warehouse, name))]
+    if not found:
         return None
+    pipeline, recorded = found[0]
     if connection is None:
         return Lag(pipeline, error="not asked: --no-broker")
     try:
@@ -139,10 +138,9 @@ def list_versions(
         entries = snap.files.get(table, ())
         stored = sum(rows for _, rows in entries)
         newest = last_commit(snap, table)
-        pipeline = resume_name(view, version)
-        key = (pipeline or "", version)
+        key = (",".join(resume_names(view, version)), version)
         if key not in lags:
-            lags[key] = version_lag(warehouse, view, version, connection) if pipeline else None
+            lags[key] = version_lag(warehouse, view, version, connection)
         statuses.append(
             VersionStatus(
                 view=view,

@@ -19,6 +19,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from cli.main import main as beamline
+from core.errors import ConfigError
 from core.views import get_view, table_name
 from readside.query import connect, run_query
 from readside.serve import ServeConfig, create_app
@@ -28,7 +29,7 @@ from warehouse.check import check_warehouse
 from warehouse.format import MARKER_FILE, SNAPSHOTS_DIR, load_snapshot, manifest_name
 from warehouse.reader import QueryFailed, Reader
 from warehouse.resume import begin_run, recorded_run
-from warehouse.versions import UnknownVersion, drop, promote, rollback
+from warehouse.versions import UnknownVersion, drop, promote, rollback, run_tables
 from warehouse.writer import Warehouse
 
 UTC = dt.timezone.utc
@@ -334,3 +335,26 @@ def test_an_unknown_version_is_one_line_from_the_command(root: Path) -> None:
     assert_one_line_error(result, "no version 'v7'", "v1, v2")
     assert result.returncode == 1
     assert table_name("inventory", "v7") == "inventory@v7"
+
+
+def test_a_run_writes_the_version_it_names_else_what_each_view_shows(tmp_path: Path, root: Path) -> None:
+    fresh = run_tables(tmp_path / "new", "inventory", None)
+    assert fresh.pipeline == "inventory" and not fresh.versioned()
+    assert dict(fresh.tables) == {
+        "inventory": "inventory",
+        "sales_by_window": "sales_by_window",
+        "dead_letters": "dead_letters",
+        "_inventory_state": "_inventory_state",
+        "_inventory_ids": "_inventory_ids",
+    }
+    beside = run_tables(root, "inventory", "v2")
+    assert beside.pipeline == "inventory@v2"
+    assert beside["sales_by_window"] == "sales_by_window@v2" and beside["_inventory_ids"] == "_inventory_ids@v2"
+    promote(root, "inventory", "v2")
+    after = run_tables(root, "inventory", None)  # an unversioned run goes on writing what readers see
+    assert after == beside
+    words = run_tables(root, "wordcount", None)  # its own view stays at v1; the shared dead letters follow theirs
+    assert dict(words.tables) == {"word_counts": "word_counts", "dead_letters": "dead_letters@v2"}
+    assert words.pipeline == "wordcount"
+    with pytest.raises(ConfigError, match="cannot name a view version"):
+        run_tables(root, "inventory", "V2/..")

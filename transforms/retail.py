@@ -555,13 +555,14 @@ class _ShardedRetailFn(beam.DoFn):
                     st = data.keys[key]
                     st.version += 1
                     states.append(state_row(key, st.inventory, st.sales, st.version))
+        table = checkpoint.table
         writer.commit_many(
             {
-                "inventory": inventory,
-                "sales_by_window": outbox.windows,
-                "dead_letters": outbox.letters,
-                "_inventory_state": states,
-                "_inventory_ids": outbox.ids,
+                table("inventory"): inventory,
+                table("sales_by_window"): outbox.windows,
+                table("dead_letters"): outbox.letters,
+                table("_inventory_state"): states,
+                table("_inventory_ids"): outbox.ids,
                 "_resume_offsets": offsets,
             }
         )

@@ -20,6 +20,11 @@ aliases of the snapshot they read, so moving an alias is the whole upgrade:
 
 Each alias counts its moves (``generation``): a changes topic orders the rows
 it publishes after a move above every row published before it.
+
+Which tables a pipeline run writes is decided once, when it starts
+(:func:`run_tables`): all at the version ``--view-version`` names, else each
+view the version it shows then, so an unversioned run goes on writing what
+readers see (``v1`` in a new warehouse, as before versions existed).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from core.errors import ConfigError
 from core.views import (
     FIRST_VERSION,
     PIPELINE_STATE,
+    PIPELINE_VIEWS,
     RESUME_OFFSETS,
     USER_VIEWS,
     check_version,
@@ -44,11 +50,12 @@ from core.views import (
     table_name,
 )
 from warehouse import protocol
-from warehouse.format import Alias, Snapshot, dedupe_sql, key_columns_sql, load_snapshot
+from warehouse.format import Alias, Snapshot, WarehouseMissing, dedupe_sql, key_columns_sql, load_snapshot
 from warehouse.writer import Warehouse
 
 __all__ = [
     "Moved",
+    "RunTables",
     "UnknownVersion",
     "check_present",
     "check_view",
@@ -56,6 +63,7 @@ __all__ = [
     "last_commit",
     "promote",
     "rollback",
+    "run_tables",
     "version_tables",
 ]
 
@@ -73,6 +81,47 @@ class Moved:
     # view -> (version before, version after); a drop: the tables it took out.
     aliases: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     dropped: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunTables:
+    """The tables one run of a pipeline writes, picked when it starts; small and picklable."""
+
+    pipeline: str  # the name of its resume point: inventory, inventory@v2
+    tables: tuple[tuple[str, str], ...]  # each view (and hidden table) the run writes -> its table
+
+    def __getitem__(self, name: str) -> str:
+        return dict(self.tables)[name]
+
+    def versioned(self) -> bool:
+        """Whether any table is not the plain one (a run beside, or after, a promote)."""
+        return any(view != table for view, table in self.tables)
+
+    def describe(self) -> str:
+        """One line for the log: what this run writes."""
+        return f"{self.pipeline}: writing {', '.join(table for _, table in self.tables if not table.startswith('_'))}"
+
+
+def run_tables(root: str | os.PathLike[str], pipeline: str, version: str | None) -> RunTables:
+    """The tables a run of ``pipeline`` writes: all at ``version``, or each view the version it shows now.
+
+    The pipeline's state and resume point go with its main view's version. In
+    a warehouse that does not exist yet, everything is ``v1``: the plain names.
+    """
+    views = PIPELINE_VIEWS[pipeline]
+    try:
+        snap: Snapshot | None = None if version is not None else load_snapshot(root)
+    except WarehouseMissing:
+        snap = None
+
+    def at(view: str) -> str:
+        if version is not None:
+            return check_version(version)
+        return snap.promoted(view) if snap is not None else FIRST_VERSION
+
+    tables = {view: table_name(view, at(view)) for view in views}
+    tables |= {hidden: table_name(hidden, at(views[0])) for hidden in PIPELINE_STATE.get(pipeline, ())}
+    return RunTables(table_name(pipeline, at(views[0])), tuple(tables.items()))
 
 
 def check_view(view: str) -> str:
