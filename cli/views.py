@@ -8,7 +8,10 @@ query. It is refused, in one line, while v2 lags the log by more than
 ``--max-lag`` (from v2's resume point against the broker's end offsets), unless
 ``--force``. ``rollback`` moves the aliases back; ``drop`` takes a version out
 (never the promoted one) and expiry frees its files. An unknown view or
-version is one line and exit 1. See docs/upgrades.md for the whole procedure.
+version is one line and exit 1. After a promote or a rollback, each moved
+view's changes topic (if a run publishes one) gets the version now shown,
+whole; promoting the version a view already shows publishes it again. See
+docs/upgrades.md for the whole procedure.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import sys
 
 from cli.options import add_bootstrap, add_client_settings, add_warehouse, connection
 from core.arguments import duration
-from core.errors import ConfigError
+from core.errors import BeamlineError, ConfigError
+from core.views import promotion_group
 
 __all__ = ["DEFAULT_MAX_LAG_S", "add_commands"]
 
@@ -59,6 +63,23 @@ def _check_lag(args: argparse.Namespace) -> None:
         )
 
 
+def _republish(args: argparse.Namespace, views: list[str], done: str, version: str) -> None:
+    """After a promote or rollback: the version now shown, whole, to each of its views' changes topics."""
+    from transforms.changes import registered_topics, republish
+
+    if not any(registered_topics(args.warehouse).get(view) for view in views):
+        return
+    try:
+        sent = republish(args.warehouse, connection(args), views)
+    except BeamlineError as exc:
+        raise BeamlineError(
+            f"{done}, but its changes topics are not republished yet ({exc}); run `beamline views promote "
+            f"{args.view} {version}` to publish them"
+        ) from None
+    for topic, messages in sorted(sent.items()):
+        print(f"published {messages:,} messages to changes topic {topic}")
+
+
 def _promote(args: argparse.Namespace) -> int:
     from warehouse.format import load_snapshot
     from warehouse.versions import check_present, check_view, promote
@@ -68,10 +89,16 @@ def _promote(args: argparse.Namespace) -> int:
         _check_lag(args)
     moved = promote(args.warehouse, args.view, args.version)
     if moved.snapshot is None:
+        # Again, as it is (a promote stopped before its topics were published finishes here).
         print(f"{args.view} already shows {args.version}; nothing changed")
+        views = [
+            view for view in promotion_group(args.view) if load_snapshot(args.warehouse).promoted(view) == args.version
+        ]
     else:
         what = ", ".join(f"{view} {before} -> {after}" for view, (before, after) in moved.aliases.items())
         print(f"promoted in snapshot {moved.snapshot.snapshot_id}: {what}")
+        views = list(moved.aliases)
+    _republish(args, views, f"{args.view} shows {args.version}", args.version)
     return 0
 
 
@@ -82,6 +109,8 @@ def _rollback(args: argparse.Namespace) -> int:
     assert moved.snapshot is not None  # a rollback always moves the named view
     what = ", ".join(f"{view} {before} -> {after}" for view, (before, after) in moved.aliases.items())
     print(f"rolled back in snapshot {moved.snapshot.snapshot_id}: {what}")
+    shown = moved.aliases[args.view][1]
+    _republish(args, list(moved.aliases), f"{args.view} shows {shown} again", shown)
     return 0
 
 

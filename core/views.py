@@ -32,6 +32,7 @@ import pyarrow as pa
 from core.errors import ConfigError
 
 __all__ = [
+    "CHANGES_TOPICS",
     "DEAD_LETTERS",
     "FIRST_VERSION",
     "INVENTORY",
@@ -208,9 +209,28 @@ INVENTORY_IDS = ViewSpec(
     append_only=True,
 )
 
+# The changes topics a view's commits are published to (``--changes_topic``): a promote republishes the
+# version it makes visible to each, so their consumers follow it.
+CHANGES_TOPICS = ViewSpec(
+    name="_changes_topics",
+    columns=(("view", pa.string()), ("topic", pa.string()), ("since", TIMESTAMP)),
+    key=("view", "topic"),
+    version_column=None,
+    hidden=True,
+)
+
 VIEWS: dict[str, ViewSpec] = {
     v.name: v
-    for v in (INVENTORY, SALES_BY_WINDOW, WORD_COUNTS, DEAD_LETTERS, RESUME_OFFSETS, INVENTORY_STATE, INVENTORY_IDS)
+    for v in (
+        INVENTORY,
+        SALES_BY_WINDOW,
+        WORD_COUNTS,
+        DEAD_LETTERS,
+        RESUME_OFFSETS,
+        INVENTORY_STATE,
+        INVENTORY_IDS,
+        CHANGES_TOPICS,
+    )
 }
 # The views readers show (the contract's); hidden tables are not among them.
 USER_VIEWS: dict[str, ViewSpec] = {name: spec for name, spec in VIEWS.items() if not spec.hidden}

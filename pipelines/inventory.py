@@ -41,7 +41,14 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
 from core.errors import ConfigError
 from core.views import DEAD_LETTERS, INVENTORY, INVENTORY_IDS, SALES_BY_WINDOW
-from pipelines.options import BeamlineOptions, KafkaOptions, WarehouseOptions, kafka_connection, run_tables
+from pipelines.options import (
+    BeamlineOptions,
+    KafkaOptions,
+    WarehouseOptions,
+    changes_topics,
+    kafka_connection,
+    run_tables,
+)
 from pipelines.runner import RunSummary, main_for, run_pipeline
 from transforms.backfill import BackfillRetail
 from transforms.checkpoint import Checkpoint, GroupOffsets, commit_catch_up, start_run
@@ -166,6 +173,7 @@ def build_backfill(
     settings = options.view_as(BeamlineOptions)
     warehouse = options.view_as(WarehouseOptions).warehouse
     tables = tables or announced_tables(options)
+    changes = changes_topics(options, tables)
     records = read_log(
         pipeline, "ReadLog", [kafka.shipments_topic, kafka.sales_topic], options, batched=True, stop=stop
     )
@@ -175,8 +183,10 @@ def build_backfill(
         refetch=FetchRecords(kafka_connection(options)),
         remember_since=remember_since,
     )
-    _ = views.inventory | "WriteInventory" >> WriteToWarehouse(warehouse, tables[INVENTORY.name])
-    _ = views.windows | "WriteSalesByWindow" >> WriteToWarehouse(warehouse, tables[SALES_BY_WINDOW.name])
+    _ = views.inventory | "WriteInventory" >> WriteToWarehouse(warehouse, tables[INVENTORY.name], changes=changes)
+    _ = views.windows | "WriteSalesByWindow" >> WriteToWarehouse(
+        warehouse, tables[SALES_BY_WINDOW.name], changes=changes
+    )
     if views.ids is not None:
         _ = views.ids | "WriteRememberedIds" >> WriteToWarehouse(warehouse, tables[INVENTORY_IDS.name])
     write_dead_letters([views.dead_letters], options, tables[DEAD_LETTERS.name])
@@ -285,6 +295,7 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions) -> GroupOffsets | N
         early_delay=timedelta(seconds=settings.early_firing) if settings.early_firing > 0 else None,
         shards=settings.state_shards,
         checkpoint=checkpoint,
+        changes=changes_topics(options, tables),
     )
     dead_letters_to_kafka(views.dead_letter_parts, options)
     # The offsets the warehouse covers, to the consumer group, for Kafka's lag tools.

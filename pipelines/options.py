@@ -21,7 +21,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from core import settings, topics
 from core.arguments import whole_number
 from core.errors import ConfigError
-from core.views import check_version
+from core.views import check_version, split_name
+from transforms.changes import DEFAULT_CHANGES_TOPIC, ChangesTopics, prepare_changes
 from transforms.checkpoint import CATCH_UP_RECORDS
 from transforms.counts import DEFAULT_ALLOWED_LATENESS, DEFAULT_EARLY_DELAY, DEFAULT_WINDOW_SIZE, LONGEST_WINDOW
 from transforms.inventory import DEFAULT_HORIZON
@@ -35,6 +36,7 @@ __all__ = [
     "KafkaOptions",
     "WarehouseOptions",
     "bootstrap_servers",
+    "changes_topics",
     "connection_of",
     "default_warehouse",
     "kafka_connection",
@@ -109,6 +111,23 @@ class KafkaOptions(PipelineOptions):
             help=f"Kafka client for reads and writes: {' or '.join(KAFKA_CLIENTS)} "
             f"({settings.env_help('BEAMLINE_KAFKA_CLIENT')}; default %(default)s); "
             "confluent needs pip install 'beamline[confluent]'",
+        )
+        parser.add_argument(
+            *_both("publish_changes"),
+            dest="publish_changes",
+            action="store_true",
+            help=f"after each commit of a view, publish its changed rows to a compacted topic {DEFAULT_CHANGES_TOPIC} "
+            "(inventory-changes, ...): key = the view's key, value = the row as JSON with its version and snapshot",
+        )
+        parser.add_argument(
+            *_both("changes_topic"),
+            dest="changes_topic",
+            nargs="?",
+            const=DEFAULT_CHANGES_TOPIC,
+            default=None,
+            metavar="NAME",
+            help=f"publish changes (as --publish_changes) to NAME, where {{view}} stands for the view "
+            f"(default {DEFAULT_CHANGES_TOPIC})",
         )
         parser.add_argument(
             *_both("kafka_config"),
@@ -206,6 +225,16 @@ def _view_version(text: str) -> str:
         return check_version(text)
     except ConfigError as exc:
         raise ConfigError(f"--view_version: {exc}") from None
+
+
+def changes_topics(options: PipelineOptions, tables: RunTables) -> ChangesTopics | None:
+    """Where this run publishes its views' changes (its topics made and recorded first), or None: it does not."""
+    kafka = options.view_as(KafkaOptions)
+    template = kafka.changes_topic or (DEFAULT_CHANGES_TOPIC if kafka.publish_changes else None)
+    if template is None:
+        return None
+    views = [split_name(view)[0] for view, _ in tables.tables]
+    return prepare_changes(kafka_connection(options), options.view_as(WarehouseOptions).warehouse, views, template)
 
 
 def run_tables(options: PipelineOptions, pipeline: str) -> RunTables:

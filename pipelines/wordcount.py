@@ -18,7 +18,14 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from core.views import DEAD_LETTERS, WORD_COUNTS
 from pipelines.inventory import read_log, write_dead_letters
-from pipelines.options import BeamlineOptions, KafkaOptions, WarehouseOptions, kafka_connection, run_tables
+from pipelines.options import (
+    BeamlineOptions,
+    KafkaOptions,
+    WarehouseOptions,
+    changes_topics,
+    kafka_connection,
+    run_tables,
+)
 from pipelines.runner import RunSummary, main_for, run_pipeline
 from transforms.counts import CountWords, word_count_to_kafka
 from transforms.kafka import WriteToKafka, ensure_topics
@@ -36,7 +43,8 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions) -> None:
     ensure_topics(connection, [kafka.word_counts_topic])
     lines = read_log(pipeline, "ReadLines", kafka.text_topic, options)
     counts, dead = lines | "CountWords" >> CountWords(mode=options.view_as(BeamlineOptions).mode)
-    _ = counts | "WriteWordCounts" >> WriteToWarehouse(warehouse, tables[WORD_COUNTS.name])
+    changes = changes_topics(options, tables)
+    _ = counts | "WriteWordCounts" >> WriteToWarehouse(warehouse, tables[WORD_COUNTS.name], changes=changes)
     _ = (
         counts
         | "WordCountRecords" >> beam.Map(word_count_to_kafka)

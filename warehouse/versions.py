@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 
 from core.errors import ConfigError
 from core.views import (
@@ -44,6 +45,7 @@ from core.views import (
     RESUME_OFFSETS,
     USER_VIEWS,
     check_version,
+    get_view,
     pipeline_of,
     promotion_group,
     split_name,
@@ -64,6 +66,7 @@ __all__ = [
     "promote",
     "rollback",
     "run_tables",
+    "table_rows",
     "version_tables",
 ]
 
@@ -267,6 +270,21 @@ def drop(root: str | os.PathLike[str], view: str, version: str) -> Moved:
 
     snap = _commit(root, plan, f"dropping {view} {version}")
     return Moved(view, snap, dropped=tuple(dropped))
+
+
+def table_rows(snap: Snapshot, table: str) -> pa.Table:
+    """The rows of ``table`` in ``snap`` as readers see them (per key the highest version), hidden columns too."""
+    spec = get_view(table)
+    paths = snap.paths(table)
+    if not paths:
+        return spec.storage_schema.empty_table()
+    con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    try:
+        con.read_parquet(paths).create_view("_stored")
+        sql = f"SELECT * FROM ({dedupe_sql(spec, '_stored', visible_only=False)}) ORDER BY {key_columns_sql(spec)}"
+        return con.sql(sql).to_arrow_table().cast(spec.storage_schema)
+    finally:
+        con.close()
 
 
 def _without_resume_point(warehouse: Warehouse, parent: Snapshot, pipeline: str) -> list[tuple[str, int]] | None:

@@ -70,6 +70,7 @@ __all__ = [
     "DEFAULT_RETENTION",
     "CommitResult",
     "GroupCommitter",
+    "Held",
     "Warehouse",
     "acquire_shared_writer",
     "release_shared_writer",
@@ -594,13 +595,27 @@ def _newer_than(spec: ViewSpec, batch: pa.Table, versions: dict[tuple[Any, ...],
 class _Waiting:
     """One caller's rows in a group commit, and how that commit went."""
 
-    __slots__ = ("done", "error", "table", "view")
+    __slots__ = ("done", "error", "snapshot", "table", "view")
 
     def __init__(self, view: str, table: pa.Table) -> None:
         self.view = view
         self.table = table
         self.done = False
         self.error: BaseException | None = None
+        self.snapshot: Snapshot | None = None  # holds the rows (or newer ones of their keys) once done
+
+
+@dataclass(frozen=True)
+class Held:
+    """A caller's rows once durable: as committed (the tables' storage schema) and a snapshot holding them.
+
+    The snapshot is the one their commit made, or, when every row was stale,
+    the newest they were checked against (it holds them or newer rows of their
+    keys); its aliases say which of the tables readers see.
+    """
+
+    snapshot: Snapshot
+    tables: Mapping[str, pa.Table]
 
 
 class GroupCommitter:
@@ -626,16 +641,16 @@ class GroupCommitter:
         self._queue_lock = threading.Lock()
         self._queue: list[_Waiting] = []
 
-    def commit(self, view: str, rows: pa.Table | Iterable[Mapping[str, Any]]) -> None:
-        self.commit_many({view: rows})
+    def commit(self, view: str, rows: pa.Table | Iterable[Mapping[str, Any]]) -> Held | None:
+        return self.commit_many({view: rows})
 
-    def commit_many(self, batches: Mapping[str, pa.Table | Iterable[Mapping[str, Any]]]) -> None:
-        """Rows of several views, in one snapshot together (never split between two commits)."""
+    def commit_many(self, batches: Mapping[str, pa.Table | Iterable[Mapping[str, Any]]]) -> Held | None:
+        """Rows of several views, in one snapshot together (never split between two commits); None: no rows."""
         # Checked here, in the caller's thread: rows a view refuses fail their own bundle only.
         mine = [_Waiting(view, self.warehouse.prepare(view, rows)) for view, rows in batches.items()]
         mine = [waiting for waiting in mine if waiting.table.num_rows]
         if not mine:
-            return
+            return None
         with self._queue_lock:
             self._queue.extend(mine)  # queued together, so taken into one group together
         with self._commit_lock:
@@ -647,6 +662,9 @@ class GroupCommitter:
         if error is not None:
             views = ", ".join(repr(w.view) for w in mine)
             raise BeamlineError(f"committing {views} rows to {self.warehouse.root} failed: {error!r}") from error
+        snapshot = mine[0].snapshot
+        assert snapshot is not None  # set by the group commit that took these rows
+        return Held(snapshot, {waiting.view: waiting.table for waiting in mine})
 
     def _commit_group(self, group: list[_Waiting]) -> None:
         tables: dict[str, list[pa.Table]] = {}
@@ -654,7 +672,11 @@ class GroupCommitter:
             tables.setdefault(waiting.view, []).append(waiting.table)
         try:
             # Prepared in each caller's thread already: straight to the commit.
-            self.warehouse._commit_tables({v: t[0] if len(t) == 1 else pa.concat_tables(t) for v, t in tables.items()})
+            results = self.warehouse._commit_tables(
+                {v: t[0] if len(t) == 1 else pa.concat_tables(t) for v, t in tables.items()}
+            )
+            for waiting in group:
+                waiting.snapshot = results[waiting.view].snapshot
         except BaseException as exc:
             for waiting in group:
                 waiting.error = exc

@@ -18,7 +18,8 @@ Modules, lowest first (a module imports only those above it):
   :func:`partition_offsets`, :func:`commit_group_offsets`;
 - ``spec``, ``watermarks``, ``partitions``, ``read``: :class:`ReadFromKafka`, its splittable DoFn, its
   watermarks and what it is told;
-- ``write``: :class:`WriteToKafka`; ``fetch``: :class:`FetchRecords`, records looked up by offset.
+- ``write``: :class:`WriteToKafka`, and :class:`KafkaSender` for plain code;
+- ``fetch``: :class:`FetchRecords`, records looked up by offset.
 """
 
 from transforms.kafka.admin import (
@@ -44,7 +45,7 @@ from transforms.kafka.read import GLOBAL_WINDOWS, METRICS_NAMESPACE, ReadFromKaf
 from transforms.kafka.records import KafkaBatch, KafkaBatchCoder, KafkaRecord
 from transforms.kafka.spec import EventTimeOf, ReadTiming, StartAt, StopAt
 from transforms.kafka.watermarks import event_time_step
-from transforms.kafka.write import KafkaWriteError, WriteToKafka
+from transforms.kafka.write import KafkaSender, KafkaWriteError, WriteToKafka
 
 __all__ = [
     "GLOBAL_WINDOWS",
@@ -59,6 +60,7 @@ __all__ = [
     "KafkaBatchCoder",
     "KafkaConnection",
     "KafkaRecord",
+    "KafkaSender",
     "KafkaWriteError",
     "ReadFromKafka",
     "ReadTiming",
