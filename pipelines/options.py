@@ -117,7 +117,8 @@ class KafkaOptions(PipelineOptions):
             dest="publish_changes",
             action="store_true",
             help=f"after each commit of a view, publish its changed rows to a compacted topic {DEFAULT_CHANGES_TOPIC} "
-            "(inventory-changes, ...): key = the view's key, value = the row as JSON with its version and snapshot",
+            "(inventory-changes, ...): key = the view's key, value = the row as JSON with its version and snapshot "
+            "(default %(default)s)",
         )
         parser.add_argument(
             *_both("changes_topic"),
