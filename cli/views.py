@@ -55,7 +55,10 @@ def _check_lag(args: argparse.Namespace) -> None:
             "or pass --force"
         )
     if lag.records is None:
-        raise ConfigError(f"refused: the lag of {args.view} {args.version} is unknown ({lag.error}); or pass --force")
+        raise ConfigError(
+            f"refused: the lag of {args.view} {args.version} is unknown ({lag.error}); make the broker reachable "
+            "(--bootstrap-servers), or pass --force"
+        )
     if lag.records and (lag.seconds is None or lag.seconds > args.max_lag):
         raise ConfigError(
             f"refused: {args.view} {args.version} is {lag.describe()}, more than {bound}; wait for it to catch up "
@@ -84,16 +87,16 @@ def _promote(args: argparse.Namespace) -> int:
     from warehouse.format import load_snapshot
     from warehouse.versions import check_present, check_view, promote
 
-    check_present(load_snapshot(args.warehouse), check_view(args.view), args.version)
-    if not args.force:
+    snap = load_snapshot(args.warehouse)
+    check_present(snap, check_view(args.view), args.version)
+    shown = [view for view in promotion_group(args.view) if snap.promoted(view) == args.version]
+    if not args.force and shown != list(promotion_group(args.view)):
         _check_lag(args)
     moved = promote(args.warehouse, args.view, args.version)
     if moved.snapshot is None:
-        # Again, as it is (a promote stopped before its topics were published finishes here).
+        # Shown already: published again, as it is (this finishes a promote stopped before its topics were).
         print(f"{args.view} already shows {args.version}; nothing changed")
-        views = [
-            view for view in promotion_group(args.view) if load_snapshot(args.warehouse).promoted(view) == args.version
-        ]
+        views = shown
     else:
         what = ", ".join(f"{view} {before} -> {after}" for view, (before, after) in moved.aliases.items())
         print(f"promoted in snapshot {moved.snapshot.snapshot_id}: {what}")

@@ -49,7 +49,7 @@ __all__ = [
     "check_version",
     "get_view",
     "is_version",
-    "pipeline_of",
+    "led_by",
     "promotion_group",
     "split_name",
     "table_name",
@@ -296,18 +296,12 @@ def get_view(name: str) -> ViewSpec:
     return spec if table == base else replace(spec, name=table)
 
 
-def pipeline_of(view: str) -> str | None:
-    """The pipeline whose main view ``view`` is, else the one pipeline that writes it (None: several or none)."""
-    for pipeline, views in PIPELINE_VIEWS.items():
-        if views[0] == view:
-            return pipeline
-    writers = [pipeline for pipeline, views in PIPELINE_VIEWS.items() if view in views]
-    return writers[0] if len(writers) == 1 else None
+def led_by(view: str) -> str | None:
+    """The pipeline whose main view ``view`` is (None: it is no pipeline's main view)."""
+    return next((pipeline for pipeline, views in PIPELINE_VIEWS.items() if views[0] == view), None)
 
 
 def promotion_group(view: str) -> tuple[str, ...]:
     """The views a promote of ``view`` moves: a pipeline's main view moves all its views, any other only itself."""
-    for views in PIPELINE_VIEWS.values():
-        if views[0] == view:
-            return views
-    return (view,)
+    pipeline = led_by(view)
+    return PIPELINE_VIEWS[pipeline] if pipeline is not None else (view,)

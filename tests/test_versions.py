@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -106,7 +107,7 @@ def test_a_version_is_a_table_beside_the_view_queryable_by_its_name(root: Path) 
     assert shown(root) == (1, 60, "v1")  # nothing promoted: the plain tables are v1
     assert run_query('SELECT min(on_hand) AS n FROM "inventory@v2"', root).to_pylist() == [{"n": 2}]
     assert run_query('SELECT min(on_hand) AS n FROM "inventory@v1"', root).to_pylist() == [{"n": 1}]
-    with pytest.raises(QueryFailed, match="inventory@v3"):
+    with pytest.raises(QueryFailed, match="no version 'v3' here; its versions: inventory@v1, inventory@v2"):
         run_query('SELECT * FROM "inventory@v3"', root)
     doc = manifest(root, load_snapshot(root).snapshot_id)
     assert {"inventory", "inventory@v2", "sales_by_window@v2", "dead_letters@v2"} <= set(doc["views"])
@@ -358,3 +359,19 @@ def test_a_run_writes_the_version_it_names_else_what_each_view_shows(tmp_path: P
     assert words.pipeline == "wordcount"
     with pytest.raises(ConfigError, match="cannot name a view version"):
         run_tables(root, "inventory", "V2/..")
+
+
+def test_a_bad_view_version_or_max_lag_is_one_line() -> None:
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from core.arguments import duration
+    from pipelines.options import WarehouseOptions
+
+    with pytest.raises(ConfigError, match=re.escape("--view_version: 'v2/../x' cannot name a view version")):
+        PipelineOptions(["--view-version=v2/../x"]).view_as(WarehouseOptions)
+    assert PipelineOptions(["--view-version=v2"]).view_as(WarehouseOptions).view_version == "v2"
+    parse = duration("--max-lag")
+    assert [parse(t) for t in ("1s", "500ms", "2m", "1h", "3")] == [1.0, 0.5, 120.0, 3600.0, 3.0]
+    for bad in ("soon", "-1s", "nan"):
+        with pytest.raises(ConfigError, match="--max-lag"):
+            parse(bad)

@@ -344,6 +344,13 @@ def _views_used(con: duckdb.DuckDBPyConnection, sql: str, names: Collection[str]
         written = ".".join(part for part in (catalog, schema, name) if part)
         if low in internal or sch in _SYSTEM_SCHEMAS or cat in _SYSTEM_CATALOGS or "/" in name or "." in name:
             raise QueryRefused(f"refused: {written!r} is not a view; the query may read only the views {VIEW_LIST}")
+        base, version = split_name(low)
+        if version is not None and base in USER_VIEWS:
+            held = [n for n in names if n.startswith(f"{base}@")]
+            raise QueryFailed(
+                f"view {base} has no version {version!r} here; "
+                + (f"its versions: {', '.join(held)}" if held else f"it has one version, queried as {base}")
+            )
         raise QueryFailed(f"no view named {written!r}; views: {VIEW_LIST}; {_TRY_QUERY}")
     return used
 

@@ -46,7 +46,7 @@ from core.views import (
     USER_VIEWS,
     check_version,
     get_view,
-    pipeline_of,
+    led_by,
     promotion_group,
     split_name,
     table_name,
@@ -150,8 +150,8 @@ def check_present(snap: Snapshot, view: str, version: str) -> None:
 def version_tables(view: str, version: str) -> list[str]:
     """The tables a version of ``view``'s pipeline holds: its views and, for a pipeline's main view, its state."""
     tables = [table_name(member, version) for member in promotion_group(view)]
-    pipeline = pipeline_of(view)
-    if pipeline is not None and promotion_group(view)[0] == view:
+    pipeline = led_by(view)
+    if pipeline is not None:
         tables += [table_name(hidden, version) for hidden in PIPELINE_STATE.get(pipeline, ())]
     return tables
 
@@ -256,9 +256,9 @@ def drop(root: str | os.PathLike[str], view: str, version: str) -> Moved:
             alias = parent.alias(member)
             if alias.previous == version:
                 aliases[member] = Alias(alias.version, None, alias.generation)
-        pipeline = pipeline_of(view)
+        pipeline = led_by(view)
         scratch: list[Path] = []
-        if pipeline is not None and promotion_group(view)[0] == view:
+        if pipeline is not None:
             resume = _without_resume_point(warehouse, parent, table_name(pipeline, version))
             if resume is not None:
                 files[RESUME_OFFSETS.name] = resume
