@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from cli import jobs, produce, read, run, serve, services, warehouse
+from cli import jobs, produce, read, run, serve, services, views, warehouse
 from core.errors import report_errors
 
 __all__ = ["build_parser", "main"]
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     read.add_commands(verbs)
     serve.add_commands(verbs)
     warehouse.add_commands(verbs)
+    views.add_commands(verbs)
     services.add_flink(verbs)
     services.add_prism(verbs)
     services.add_workers(verbs)

@@ -13,7 +13,9 @@ from datetime import datetime, timezone
 
 from core.errors import ConfigError
 
-__all__ = ["moment", "port", "share", "whole_number"]
+__all__ = ["duration", "moment", "port", "share", "whole_number"]
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def whole_number(option: str, minimum: int = 0, maximum: int | None = None, unit: str = "") -> Callable[[str], int]:
@@ -53,6 +55,24 @@ def share(option: str) -> Callable[[str], float]:
         return value
 
     parse.__name__ = "fraction"
+    return parse
+
+
+def duration(option: str) -> Callable[[str], float]:
+    """A type for ``option``: a duration such as ``1s``, ``500ms``, ``2m`` or ``1h`` (a bare number: seconds)."""
+
+    def parse(text: str) -> float:
+        raw = str(text).strip().lower()
+        unit = next((u for u in ("ms", "s", "m", "h") if raw.endswith(u)), "")
+        try:
+            value = float(raw[: len(raw) - len(unit)]) * _DURATION_UNITS.get(unit, 1.0)
+        except ValueError:
+            raise ConfigError(f"{option} must be a duration such as 1s, 500ms, 2m or 1h; got {text!r}") from None
+        if not 0.0 <= value < float("inf"):
+            raise ConfigError(f"{option} must be 0 or more; got {text!r}")
+        return value
+
+    parse.__name__ = "duration"
     return parse
 
 

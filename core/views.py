@@ -12,21 +12,34 @@ but no reader shows it: the resume state of a streaming pipeline (where each
 partition's read stands, each key's state, the event ids still deduped), which
 must be exactly as old as the views it belongs to. Expiry, time travel and the
 commit protocol cover it because it is an ordinary table of the snapshot.
+
+A view has *versions*: a corrected or changed computation is built beside the
+one readers see, as its own table named ``<view>@<version>`` (``inventory@v2``)
+with the view's columns, then promoted. The first version, ``v1``, is the table
+under the plain name, so a warehouse from before versions existed is its
+``v1`` without a migration. :func:`get_view` resolves a versioned name to the
+view's spec under the table's name; which version readers see is the
+warehouse's alias (:mod:`warehouse.format`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 
 import pyarrow as pa
 
 from core.errors import ConfigError
 
 __all__ = [
+    "CHANGES_TOPICS",
     "DEAD_LETTERS",
+    "FIRST_VERSION",
     "INVENTORY",
     "INVENTORY_IDS",
     "INVENTORY_STATE",
+    "PIPELINE_STATE",
+    "PIPELINE_VIEWS",
     "RESUME_OFFSETS",
     "RESUME_RUNS",
     "SALES_BY_WINDOW",
@@ -34,7 +47,13 @@ __all__ = [
     "VIEWS",
     "WORD_COUNTS",
     "ViewSpec",
+    "check_version",
     "get_view",
+    "is_version",
+    "led_by",
+    "promotion_group",
+    "split_name",
+    "table_name",
 ]
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
@@ -214,6 +233,16 @@ INVENTORY_IDS = ViewSpec(
     needs=("_inventory_state",),
 )
 
+# The changes topics a view's commits are published to (``--changes_topic``): a promote republishes the
+# version it makes visible to each, so their consumers follow it.
+CHANGES_TOPICS = ViewSpec(
+    name="_changes_topics",
+    columns=(("view", pa.string()), ("topic", pa.string()), ("since", TIMESTAMP)),
+    key=("view", "topic"),
+    version_column=None,
+    hidden=True,
+)
+
 VIEWS: dict[str, ViewSpec] = {
     v.name: v
     for v in (
@@ -225,15 +254,79 @@ VIEWS: dict[str, ViewSpec] = {
         RESUME_RUNS,
         INVENTORY_STATE,
         INVENTORY_IDS,
+        CHANGES_TOPICS,
     )
 }
 # The views readers show (the contract's); hidden tables are not among them.
 USER_VIEWS: dict[str, ViewSpec] = {name: spec for name, spec in VIEWS.items() if not spec.hidden}
 
 
+# What each pipeline writes, its main view first: a run writes them all at one version, and promoting
+# the main view moves them together (dead_letters is written by both pipelines).
+PIPELINE_VIEWS: dict[str, tuple[str, ...]] = {
+    "inventory": (INVENTORY.name, SALES_BY_WINDOW.name, DEAD_LETTERS.name),
+    "wordcount": (WORD_COUNTS.name, DEAD_LETTERS.name),
+}
+# The hidden tables of each pipeline's resume point, versioned with its views (its offsets are rows of
+# _resume_offsets under the pipeline's name: ``inventory``, ``inventory@v2``).
+PIPELINE_STATE: dict[str, tuple[str, ...]] = {"inventory": (INVENTORY_STATE.name, INVENTORY_IDS.name)}
+
+# The version a view starts at: its table has the view's plain name.
+FIRST_VERSION = "v1"
+# Versions name folders and tables: short, lower case, no separators a path or SQL would read.
+_VERSION = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+
+
+def is_version(text: str) -> bool:
+    """Whether ``text`` can name a version (``v2``, ``window-30m``)."""
+    return _VERSION.fullmatch(text) is not None
+
+
+def check_version(version: str) -> str:
+    """``version`` if it can name a version, else a one-line ConfigError."""
+    if not is_version(version):
+        raise ConfigError(
+            f"{version!r} cannot name a view version: use 1 to 32 lower-case letters, digits, '-' or '_', "
+            "starting with a letter or digit (e.g. v2)"
+        )
+    return version
+
+
+def split_name(name: str) -> tuple[str, str | None]:
+    """``inventory@v2`` -> (``inventory``, ``v2``); a plain name -> (name, None)."""
+    base, at, version = name.partition("@")
+    return (base, version) if at else (name, None)
+
+
+def table_name(view: str, version: str | None) -> str:
+    """The table holding ``version`` of ``view``: the plain name for the first version (and for None)."""
+    if version is None or version == FIRST_VERSION:
+        return view
+    return f"{view}@{check_version(version)}"
+
+
 def get_view(name: str) -> ViewSpec:
-    """The spec of view ``name``, or a one-line error listing the views that exist."""
-    try:
-        return VIEWS[name]
-    except KeyError:
-        raise ConfigError(f"unknown view {name!r}; views: {', '.join(USER_VIEWS)}") from None
+    """The spec of view ``name``, or a one-line error listing the views that exist.
+
+    A versioned name (``inventory@v2``) gives the view's spec named after its
+    table (``inventory@v1`` is the table ``inventory``).
+    """
+    base, version = split_name(name)
+    spec = VIEWS.get(base)
+    if spec is None:
+        raise ConfigError(f"unknown view {base!r}; views: {', '.join(USER_VIEWS)}")
+    if version is None:
+        return spec
+    table = table_name(base, version)
+    return spec if table == base else replace(spec, name=table)
+
+
+def led_by(view: str) -> str | None:
+    """The pipeline whose main view ``view`` is (None: it is no pipeline's main view)."""
+    return next((pipeline for pipeline, views in PIPELINE_VIEWS.items() if views[0] == view), None)
+
+
+def promotion_group(view: str) -> tuple[str, ...]:
+    """The views a promote of ``view`` moves: a pipeline's main view moves all its views, any other only itself."""
+    pipeline = led_by(view)
+    return PIPELINE_VIEWS[pipeline] if pipeline is not None else (view,)

@@ -19,6 +19,11 @@ offsets seen at start and computes the same views with ``BackfillRetail``, the
 plain recompute of the log as two combines (no per-event state; each poll is
 decoded and deduped on the worker that read it).
 
+Every table it writes is at one version of the views: ``--view_version v2``
+writes ``inventory@v2``, ``sales_by_window@v2``, ``dead_letters@v2`` and a
+resume point of their own (``inventory@v2``) beside the version readers see;
+without it, the version each view shows (``warehouse/versions.py``).
+
 Run it with ``python -m pipelines.inventory --mode batch|streaming [Beam options]``
 or ``beamline run inventory ...``.
 """
@@ -35,8 +40,15 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
 from core.errors import ConfigError
-from core.views import INVENTORY_IDS
-from pipelines.options import BeamlineOptions, KafkaOptions, WarehouseOptions, kafka_connection
+from core.views import DEAD_LETTERS, INVENTORY, INVENTORY_IDS, SALES_BY_WINDOW
+from pipelines.options import (
+    BeamlineOptions,
+    KafkaOptions,
+    WarehouseOptions,
+    changes_topics,
+    kafka_connection,
+    run_tables,
+)
 from pipelines.runner import RunSummary, main_for, run_pipeline
 from transforms.backfill import BackfillRetail
 from transforms.checkpoint import Checkpoint, GroupOffsets, commit_catch_up, start_run
@@ -61,10 +73,11 @@ from transforms.kafka import (
 from transforms.retail import StreamRetail
 from transforms.sinks import WriteToWarehouse
 from warehouse.resume import hold_run_lock, recorded_run
+from warehouse.versions import RunTables
 
 __all__ = ["PIPELINE", "build", "main", "run"]
 
-# The name this pipeline's resume point has in the warehouse.
+# The name this pipeline's resume point has in the warehouse (a version's: inventory@v2).
 PIPELINE = "inventory"
 
 
@@ -122,8 +135,8 @@ def dead_letters_to_kafka(dead_letters: Sequence[beam.PCollection], options: Pip
         )
 
 
-def write_dead_letters(dead_letters: Sequence[beam.PCollection], options: PipelineOptions) -> None:
-    """Every dead letter goes to the dead_letters view and the dead-letters topic.
+def write_dead_letters(dead_letters: Sequence[beam.PCollection], options: PipelineOptions, table: str) -> None:
+    """Every dead letter goes to the dead_letters view (its ``table``: the run's version) and the dead-letters topic.
 
     Each collection is written in the step that makes it, not flattened first:
     on Prism a Flatten and the steps after it form stages of their own, and
@@ -137,23 +150,30 @@ def write_dead_letters(dead_letters: Sequence[beam.PCollection], options: Pipeli
         _ = (
             letters
             | f"DeadLetterRows{suffix}" >> beam.Map(dead_letter_to_row)
-            | f"WriteDeadLetters{suffix}" >> WriteToWarehouse(warehouse, "dead_letters")
+            | f"WriteDeadLetters{suffix}" >> WriteToWarehouse(warehouse, table)
         )
     dead_letters_to_kafka(dead_letters, options)
 
 
 def build_backfill(
-    pipeline: beam.Pipeline, options: PipelineOptions, stop: StopAt | str = "end", remember_since: int | None = None
+    pipeline: beam.Pipeline,
+    options: PipelineOptions,
+    stop: StopAt | str = "end",
+    remember_since: int | None = None,
+    tables: RunTables | None = None,
 ) -> None:
     """The batch pipeline: the plain recompute of the log up to ``stop`` (transforms/backfill.py).
 
     One read of both topics: each poll is decoded and deduped where it was
     read. ``remember_since``: also write the identities a streaming run would
-    remember from then on (a catch-up's, see :func:`catch_up`).
+    remember from then on (a catch-up's, see :func:`catch_up`). ``tables``:
+    those the run writes (a catch-up's are its stream's), else resolved here.
     """
     kafka = options.view_as(KafkaOptions)
     settings = options.view_as(BeamlineOptions)
     warehouse = options.view_as(WarehouseOptions).warehouse
+    tables = tables or announced_tables(options)
+    changes = changes_topics(options, tables)
     records = read_log(
         pipeline, "ReadLog", [kafka.shipments_topic, kafka.sales_topic], options, batched=True, stop=stop
     )
@@ -163,11 +183,21 @@ def build_backfill(
         refetch=FetchRecords(kafka_connection(options)),
         remember_since=remember_since,
     )
-    _ = views.inventory | "WriteInventory" >> WriteToWarehouse(warehouse, "inventory")
-    _ = views.windows | "WriteSalesByWindow" >> WriteToWarehouse(warehouse, "sales_by_window")
+    _ = views.inventory | "WriteInventory" >> WriteToWarehouse(warehouse, tables[INVENTORY.name], changes=changes)
+    _ = views.windows | "WriteSalesByWindow" >> WriteToWarehouse(
+        warehouse, tables[SALES_BY_WINDOW.name], changes=changes
+    )
     if views.ids is not None:
-        _ = views.ids | "WriteRememberedIds" >> WriteToWarehouse(warehouse, INVENTORY_IDS.name)
-    write_dead_letters([views.dead_letters], options)
+        _ = views.ids | "WriteRememberedIds" >> WriteToWarehouse(warehouse, tables[INVENTORY_IDS.name])
+    write_dead_letters([views.dead_letters], options, tables[DEAD_LETTERS.name])
+
+
+def announced_tables(options: PipelineOptions) -> RunTables:
+    """The tables this run writes; said on stderr when they are not the plain ones."""
+    tables = run_tables(options, PIPELINE)
+    if tables.versioned():
+        print(f"beamline: {tables.describe()}", file=sys.stderr)
+    return tables
 
 
 def catch_up(options: PipelineOptions, argv: Sequence[str]) -> None:
@@ -183,16 +213,17 @@ def catch_up(options: PipelineOptions, argv: Sequence[str]) -> None:
     if settings.mode != "streaming" or not settings.catch_up_records:
         return
     warehouse = options.view_as(WarehouseOptions).warehouse
-    hold_run_lock(warehouse, PIPELINE)  # kept by the streaming run that follows
-    if recorded_run(warehouse, PIPELINE) is not None:
+    tables = run_tables(options, PIPELINE)
+    hold_run_lock(warehouse, tables.pipeline)  # kept by the streaming run that follows
+    if recorded_run(warehouse, tables.pipeline) is not None:
         return
     log = partition_offsets(kafka_connection(options), topics_read(options))
     records = sum(end - first for first, end in log.values())
     if records < settings.catch_up_records:
         return
     print(
-        f"beamline: no resume point in {warehouse} and {records:,} records in the log: catching up in batch "
-        "first (--catch_up_records=0 streams from the earliest offsets instead)",
+        f"beamline: no {tables.pipeline} resume point in {warehouse} and {records:,} records in the log: catching "
+        "up in batch first (--catch_up_records=0 streams from the earliest offsets instead)",
         file=sys.stderr,
     )
     horizon = timedelta(seconds=settings.dedupe_horizon)
@@ -201,13 +232,13 @@ def catch_up(options: PipelineOptions, argv: Sequence[str]) -> None:
     # Attached even for a detached run: its resume point is committed once the backfill is done.
     attached = [arg for arg in argv if arg.split("=", 1)[0] != "--detach"]
     run_pipeline(
-        functools.partial(build_backfill, stop=StopAt(stops), remember_since=remember_since),
+        functools.partial(build_backfill, stop=StopAt(stops), remember_since=remember_since, tables=tables),
         [*attached, "--mode=batch"],
         progress_topics=topics_read,
     )
     run = commit_catch_up(
         warehouse,
-        PIPELINE,
+        tables,
         stops,
         settings.state_shards,
         remember_since=remember_since,
@@ -239,8 +270,9 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions) -> GroupOffsets | N
     # resume point says (the earliest offset on a first start), and the state
     # step commits views, state and offsets together (transforms/checkpoint.py).
     topics = [kafka.shipments_topic, kafka.sales_topic]
+    tables = announced_tables(options)
     checkpoint = start_run(
-        kafka_connection(options), warehouse, PIPELINE, topics, settings.state_shards, state_settings(options)
+        kafka_connection(options), warehouse, tables, topics, settings.state_shards, state_settings(options)
     )
     print(f"beamline: {checkpoint.describe()}", file=sys.stderr)
     # Time is event time (the payload's event_time), for the watermark as for
@@ -269,10 +301,11 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions) -> GroupOffsets | N
         early_delay=timedelta(seconds=settings.early_firing) if settings.early_firing > 0 else None,
         shards=settings.state_shards,
         checkpoint=checkpoint,
+        changes=changes_topics(options, tables),
     )
     dead_letters_to_kafka(views.dead_letter_parts, options)
     # The offsets the warehouse covers, to the consumer group, for Kafka's lag tools.
-    return GroupOffsets(kafka_connection(options), checkpoint, kafka.consumer_group or f"beamline-{PIPELINE}")
+    return GroupOffsets(kafka_connection(options), checkpoint, kafka.consumer_group or f"beamline-{tables.pipeline}")
 
 
 def state_settings(options: PipelineOptions) -> dict[str, object]:

@@ -21,11 +21,15 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from core import settings, topics
 from core.arguments import whole_number
 from core.errors import ConfigError
+from core.views import check_version, split_name
+from transforms.changes import DEFAULT_CHANGES_TOPIC, ChangesTopics, prepare_changes
 from transforms.checkpoint import CATCH_UP_RECORDS
 from transforms.counts import DEFAULT_ALLOWED_LATENESS, DEFAULT_EARLY_DELAY, DEFAULT_WINDOW_SIZE, LONGEST_WINDOW
 from transforms.inventory import DEFAULT_HORIZON
 from transforms.kafka import KAFKA_CLIENTS, KafkaConnection, load_client_properties, parse_client_setting
 from transforms.retail import DEFAULT_SHARDS
+from warehouse.versions import RunTables
+from warehouse.versions import run_tables as resolve_run_tables
 
 __all__ = [
     "BeamlineOptions",
@@ -33,10 +37,12 @@ __all__ = [
     "SubmitOptions",
     "WarehouseOptions",
     "bootstrap_servers",
+    "changes_topics",
     "connection_of",
     "default_warehouse",
     "kafka_connection",
     "options_help",
+    "run_tables",
     "without_secrets",
 ]
 
@@ -108,6 +114,24 @@ class KafkaOptions(PipelineOptions):
             "confluent needs pip install 'beamline[confluent]'",
         )
         parser.add_argument(
+            *_both("publish_changes"),
+            dest="publish_changes",
+            action="store_true",
+            help=f"after each commit of a view, publish its changed rows to a compacted topic {DEFAULT_CHANGES_TOPIC} "
+            "(inventory-changes, ...): key = the view's key, value = the row as JSON with its version and snapshot "
+            "(default %(default)s)",
+        )
+        parser.add_argument(
+            *_both("changes_topic"),
+            dest="changes_topic",
+            nargs="?",
+            const=DEFAULT_CHANGES_TOPIC,
+            default=None,
+            metavar="NAME",
+            help=f"publish changes (as --publish_changes) to NAME, where {{view}} stands for the view "
+            f"(default {DEFAULT_CHANGES_TOPIC})",
+        )
+        parser.add_argument(
             *_both("kafka_config"),
             dest="kafka_config",
             action="append",
@@ -176,7 +200,7 @@ def bootstrap_servers(options: PipelineOptions) -> str:
 
 
 class WarehouseOptions(PipelineOptions):
-    """Where the views go."""
+    """Where the views go, and which version of them."""
 
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
@@ -186,6 +210,39 @@ class WarehouseOptions(PipelineOptions):
             default=default_warehouse(),
             help=f"warehouse folder for the views ({settings.env_help('BEAMLINE_WAREHOUSE')}; default %(default)s)",
         )
+        parser.add_argument(
+            *_both("view_version"),
+            dest="view_version",
+            type=_view_version,
+            default=None,
+            metavar="VERSION",
+            help="write this version of the pipeline's views (inventory@v2, ...) beside the one readers see, with "
+            "a resume point of its own; `beamline views promote` swaps it in (default: the version each view "
+            "shows now; v1 in a new warehouse)",
+        )
+
+
+def _view_version(text: str) -> str:
+    try:
+        return check_version(text)
+    except ConfigError as exc:
+        raise ConfigError(f"--view_version: {exc}") from None
+
+
+def changes_topics(options: PipelineOptions, tables: RunTables) -> ChangesTopics | None:
+    """Where this run publishes its views' changes (its topics made and recorded first), or None: it does not."""
+    kafka = options.view_as(KafkaOptions)
+    template = kafka.changes_topic or (DEFAULT_CHANGES_TOPIC if kafka.publish_changes else None)
+    if template is None:
+        return None
+    views = [split_name(view)[0] for view, _ in tables.tables]
+    return prepare_changes(kafka_connection(options), options.view_as(WarehouseOptions).warehouse, views, template)
+
+
+def run_tables(options: PipelineOptions, pipeline: str) -> RunTables:
+    """The tables this run of ``pipeline`` writes (``--view_version``, else what each view shows now)."""
+    warehouse = options.view_as(WarehouseOptions)
+    return resolve_run_tables(warehouse.warehouse, pipeline, warehouse.view_version)
 
 
 class BeamlineOptions(PipelineOptions):

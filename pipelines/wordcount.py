@@ -20,8 +20,16 @@ from collections.abc import Sequence
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from core.views import DEAD_LETTERS, WORD_COUNTS
 from pipelines.inventory import dead_letters_to_kafka, read_log, start_of, write_dead_letters
-from pipelines.options import BeamlineOptions, KafkaOptions, WarehouseOptions, kafka_connection
+from pipelines.options import (
+    BeamlineOptions,
+    KafkaOptions,
+    WarehouseOptions,
+    changes_topics,
+    kafka_connection,
+    run_tables,
+)
 from pipelines.runner import RunSummary, main_for, run_pipeline
 from transforms.checkpoint import GroupOffsets, start_run
 from transforms.counts import CountWords, word_count_to_kafka
@@ -39,17 +47,20 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions) -> GroupOffsets | N
     """Add the word count's steps to ``pipeline``; a streaming run also returns what runs beside it."""
     kafka = options.view_as(KafkaOptions)
     warehouse = options.view_as(WarehouseOptions).warehouse
+    tables = run_tables(options, "wordcount")
     connection = kafka_connection(options)
     ensure_topics(connection, [kafka.word_counts_topic])
+    tables = run_tables(options, PIPELINE)
+    changes = changes_topics(options, tables)
     if options.view_as(BeamlineOptions).mode == "batch":
         lines = read_log(pipeline, "ReadLines", kafka.text_topic, options)
         counts, dead = lines | "CountWords" >> CountWords(mode="batch")
-        _ = counts | "WriteWordCounts" >> WriteToWarehouse(warehouse, "word_counts")
-        write_dead_letters([dead], options)
+        _ = counts | "WriteWordCounts" >> WriteToWarehouse(warehouse, tables[WORD_COUNTS.name], changes=changes)
+        write_dead_letters([dead], options, tables[DEAD_LETTERS.name])
         beside = None
     else:
         # The warehouse is the checkpoint, as for the inventory (transforms/wordcount_state.py).
-        checkpoint = start_run(connection, warehouse, PIPELINE, [kafka.text_topic], DEFAULT_WORD_SHARDS)
+        checkpoint = start_run(connection, warehouse, tables, [kafka.text_topic], DEFAULT_WORD_SHARDS)
         print(f"beamline: {checkpoint.describe()}", file=sys.stderr)
         lines = read_log(
             pipeline,
@@ -59,9 +70,9 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions) -> GroupOffsets | N
             start=start_of(checkpoint, kafka.text_topic),
             commit_offsets=False,
         )
-        counts, dead = lines | "CountWords" >> StreamWordCounts(checkpoint)
+        counts, dead = lines | "CountWords" >> StreamWordCounts(checkpoint, changes=changes)
         dead_letters_to_kafka([dead], options)
-        beside = GroupOffsets(connection, checkpoint, kafka.consumer_group or f"beamline-{PIPELINE}")
+        beside = GroupOffsets(connection, checkpoint, kafka.consumer_group or f"beamline-{tables.pipeline}")
     _ = (
         counts
         | "WordCountRecords" >> beam.Map(word_count_to_kafka)

@@ -14,15 +14,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.errors import BeamlineError
-from core.views import RESUME_OFFSETS
+from core.views import PIPELINE_VIEWS, RESUME_OFFSETS, split_name, table_name
 from transforms.kafka import KafkaConnection, partition_offsets
 from warehouse.format import EPOCH, load_snapshot
 from warehouse.resume import RecordedRun, query_tables, recorded_run
 
-__all__ = ["PIPELINE_VIEWS", "PipelineStatus", "TopicStatus", "format_status", "pipeline_status"]
+__all__ = ["PipelineStatus", "TopicStatus", "format_status", "pipeline_status", "views_of"]
 
-# The views each pipeline writes (what its resume point covers).
-PIPELINE_VIEWS = {"inventory": ("inventory", "sales_by_window", "dead_letters")}
+
+def views_of(pipeline: str) -> tuple[str, ...]:
+    """The tables a resume point covers: its pipeline's views, at its version (``inventory@v2``: theirs at v2)."""
+    base, version = split_name(pipeline)
+    return tuple(table_name(view, version) for view in PIPELINE_VIEWS.get(base, ()))
 
 
 @dataclass
@@ -112,7 +115,7 @@ def _status(name: str, recorded: RecordedRun, connection: KafkaConnection | None
         topics.setdefault(topic, TopicStatus(topic)).partitions[partition] = (covered, end[1] if end else None)
     return PipelineStatus(
         pipeline=name,
-        views=PIPELINE_VIEWS.get(name, ()),
+        views=views_of(name),
         run=recorded.run,
         shards=recorded.shards,
         snapshot_id=recorded.snapshot_id,

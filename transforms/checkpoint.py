@@ -51,6 +51,7 @@ from transforms.inventory import InventoryDoFn, KeyState
 from transforms.kafka import KafkaConnection, commit_group_offsets, partition_offsets
 from transforms.seen_ids import SeenBase, ident_hash
 from warehouse.resume import begin_run, hold_run_lock, progress_version, query_tables, recorded_run
+from warehouse.versions import RunTables
 
 __all__ = [
     "CATCH_UP_RECORDS",
@@ -95,9 +96,15 @@ class Checkpoint:
     starts: tuple[tuple[Partition, int], ...]
     # The snapshot whose resume point the run started from (None: the first run, from the earliest offsets).
     resumed_from: int | None = None
+    # The table of each view and hidden table the run writes (``inventory`` -> ``inventory@v2``); absent: its own.
+    tables: tuple[tuple[str, str], ...] = ()
 
     def start_of(self, partition: Partition) -> int | None:
         return dict(self.starts).get(partition)
+
+    def table(self, view: str) -> str:
+        """The table this run writes for ``view``: the version it runs at."""
+        return dict(self.tables).get(view, view)
 
     def describe(self) -> str:
         """One line for the log: where this run starts."""
@@ -113,17 +120,20 @@ class Checkpoint:
 def start_run(
     connection: KafkaConnection,
     warehouse: str,
-    pipeline: str,
+    tables: RunTables,
     topics: Iterable[str],
     shards: int,
     settings: Mapping[str, object] | None = None,
 ) -> Checkpoint:
-    """Begin a streaming run of ``pipeline``: resume where the warehouse says, else from the earliest offsets.
+    """Begin a streaming run: resume where the warehouse says, else from the earliest offsets.
 
-    Refuses, in one line, a warehouse whose resume point reads other topics
-    or was computed with other ``settings`` (a window size, say), or that
-    another streaming run of the pipeline is writing to.
+    ``tables`` names the run's resume point (``inventory``, or a version's:
+    ``inventory@v2``) and the tables it writes. Refuses, in one line, a
+    warehouse whose resume point reads other topics or was computed with
+    other ``settings`` (a window size, say), or that another streaming run
+    of the pipeline is writing to.
     """
+    pipeline = tables.pipeline
     topics = sorted(set(topics))
     hold_run_lock(warehouse, pipeline)
     prior = recorded_run(warehouse, pipeline)
@@ -149,7 +159,7 @@ def start_run(
     resumed_from = prior.snapshot_id if prior is not None else None
     # Absolute: workers may run in other folders (an external worker pool).
     root = str(Path(warehouse).absolute())
-    return Checkpoint(root, pipeline, run, tuple(sorted(starts.items())), resumed_from)
+    return Checkpoint(root, pipeline, run, tuple(sorted(starts.items())), resumed_from, tables.tables)
 
 
 def claims_of(positions: Iterable[tuple[str, int, int]]) -> Claims:
@@ -291,7 +301,7 @@ def restore(checkpoint: Checkpoint) -> Restored:
             "SELECT store_id, item_id, count(*) AS n FROM restored_ids GROUP BY ALL ORDER BY store_id, item_id",
             "SELECT ident_hash, event_time, quantity FROM restored_ids",
         ],
-        [INVENTORY_STATE.name, RESUME_OFFSETS.name, INVENTORY_IDS.name],
+        {name: checkpoint.table(name) for name in (INVENTORY_STATE.name, RESUME_OFFSETS.name, INVENTORY_IDS.name)},
         {"pipeline": checkpoint.pipeline, "run": checkpoint.run},
     )
     restored_keys = {(r["store_id"], r["item_id"]): (r["state"], int(r["version"])) for r in keys.to_pylist()}
@@ -387,7 +397,7 @@ class GroupOffsets(contextlib.AbstractContextManager["GroupOffsets"]):
 
 def commit_catch_up(
     warehouse: str,
-    pipeline: str,
+    tables: RunTables,
     stops: Mapping[Partition, int],
     shards: int,
     *,
@@ -410,7 +420,8 @@ def commit_catch_up(
     inventory_logic = InventoryDoFn("streaming", horizon)
     windows_logic = SalesWindowDoFn("streaming", window_size, allowed_lateness)
     size, lateness = duration_micros(window_size), duration_micros(allowed_lateness)
-    _, (newest,) = query_tables(warehouse, "SELECT epoch_us(max(last_event_time)) AS t FROM inventory", ["inventory"])
+    named = {name: tables[name] for name in ("inventory", "sales_by_window", INVENTORY_IDS.name)}
+    _, (newest,) = query_tables(warehouse, "SELECT epoch_us(max(last_event_time)) AS t FROM inventory", named)
     watermark = max(time.time_ns() // 1_000, newest.column("t")[0].as_py() or NO_TIME) - _CATCH_UP_SKEW
     _, (totals, open_windows, oldest_ids) = query_tables(
         warehouse,
@@ -421,7 +432,7 @@ def commit_catch_up(
             f"SELECT store_id, item_id, min(event_time) AS oldest FROM {INVENTORY_IDS.name} "
             "WHERE event_time >= $since GROUP BY ALL",
         ],
-        ["inventory", "sales_by_window", INVENTORY_IDS.name],
+        named,
         {"lateness": lateness, "watermark": watermark, "since": remember_since},
     )
     oldest = {(r["store_id"], r["item_id"]): r["oldest"] for r in oldest_ids.to_pylist()}
@@ -444,4 +455,4 @@ def commit_catch_up(
         deadlines = [windows_logic.next_deadline(start, w) for start, w in mine.items()]
         sales = SalesKeyState(closed_until=closed_until, timer_at=min(deadlines) if deadlines else None, windows=mine)
         states.append(state_row(key, inventory, sales, 1))
-    return begin_run(warehouse, pipeline, stops, shards, {INVENTORY_STATE.name: states}, settings)
+    return begin_run(warehouse, tables.pipeline, stops, shards, {tables[INVENTORY_STATE.name]: states}, settings)

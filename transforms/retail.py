@@ -68,6 +68,7 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from core.errors import ConfigError
+from transforms.changes import ChangesPublisher, ChangesTopics
 from transforms.checkpoint import (
     Checkpoint,
     Claims,
@@ -260,10 +261,13 @@ class _ShardedRetailFn(beam.DoFn):
         history_grid: timedelta | None = DEFAULT_HISTORY_GRID,
         checkpoint: Checkpoint | None = None,
         shards: int = DEFAULT_SHARDS,
+        changes: ChangesTopics | None = None,
     ) -> None:
         self._checkpoint = checkpoint
         self._shards = shards
         self._writer: GroupCommitter | None = None
+        self._changes = changes
+        self._publisher: ChangesPublisher | None = None
         self._inventory = inventory
         self._windows = windows
         self._clock = clock
@@ -282,11 +286,16 @@ class _ShardedRetailFn(beam.DoFn):
     def setup(self) -> None:
         if self._checkpoint is not None:
             self._writer = acquire_shared_writer(self._checkpoint.warehouse)
+            if self._changes is not None:
+                self._publisher = ChangesPublisher(self._changes)
 
     def teardown(self) -> None:
         if self._writer is not None:
             release_shared_writer(self._writer)
             self._writer = None
+        if self._publisher is not None:
+            self._publisher.close()
+            self._publisher = None
 
     def start_bundle(self) -> None:
         self._version = int.from_bytes(os.urandom(8), "big") | 1  # never 0 (a new shard's head)
@@ -555,16 +564,19 @@ class _ShardedRetailFn(beam.DoFn):
                     st = data.keys[key]
                     st.version += 1
                     states.append(state_row(key, st.inventory, st.sales, st.version))
-        writer.commit_many(
+        table = checkpoint.table
+        held = writer.commit_many(
             {
-                "inventory": inventory,
-                "sales_by_window": outbox.windows,
-                "dead_letters": outbox.letters,
-                "_inventory_state": states,
-                "_inventory_ids": outbox.ids,
+                table("inventory"): inventory,
+                table("sales_by_window"): outbox.windows,
+                table("dead_letters"): outbox.letters,
+                table("_inventory_state"): states,
+                table("_inventory_ids"): outbox.ids,
                 "_resume_offsets": offsets,
             }
         )
+        if self._publisher is not None:  # once durable; a retried bundle publishes the same versions again
+            self._publisher.publish(held)
         self._commits += 1
         if self._commits % _EXPIRE_EVERY == 0:
             writer.warehouse.expire_snapshots(DEFAULT_RETENTION)
@@ -685,6 +697,8 @@ class StreamRetail(beam.PTransform):
     snapshot per bundle, and a restart resumes from them. Pass the decode's
     dead letters in then, so their offsets count as done only once they are
     in the warehouse; the outputs still carry every row, for other sinks.
+    With ``changes`` too, each commit's rows go to the views' changes topics
+    once durable (:mod:`transforms.changes`).
     """
 
     def __init__(
@@ -697,6 +711,7 @@ class StreamRetail(beam.PTransform):
         shards: int = DEFAULT_SHARDS,
         history_grid: timedelta | None = DEFAULT_HISTORY_GRID,
         checkpoint: Checkpoint | None = None,
+        changes: ChangesTopics | None = None,
     ) -> None:
         super().__init__()
         if shards < 1:
@@ -715,6 +730,7 @@ class StreamRetail(beam.PTransform):
             history_grid,
             checkpoint,
             shards,
+            changes,
         )
         self._checkpoint = checkpoint
 

@@ -17,6 +17,7 @@ import apache_beam as beam
 import pyarrow as pa
 
 from core.views import get_view
+from transforms.changes import ChangesPublisher, ChangesTopics
 from warehouse.writer import DEFAULT_RETENTION, GroupCommitter, acquire_shared_writer, release_shared_writer
 
 __all__ = ["WriteToWarehouse"]
@@ -26,9 +27,17 @@ class _CommitBatchesFn(beam.DoFn):
     """Buffers a bundle's rows and commits them as one snapshot (or several if large)."""
 
     def __init__(
-        self, warehouse_dir: str, view: str, max_batch_rows: int, retain: dt.timedelta | None, expire_every: int
+        self,
+        warehouse_dir: str,
+        view: str,
+        max_batch_rows: int,
+        retain: dt.timedelta | None,
+        expire_every: int,
+        changes: ChangesTopics | None = None,
     ) -> None:
         self._dir = warehouse_dir
+        self._changes = changes
+        self._publisher: ChangesPublisher | None = None
         self._view = view
         self._max = max_batch_rows
         self._retain = retain
@@ -41,6 +50,8 @@ class _CommitBatchesFn(beam.DoFn):
 
     def setup(self) -> None:
         self._writer = acquire_shared_writer(self._dir)
+        if self._changes is not None:
+            self._publisher = ChangesPublisher(self._changes)
 
     def start_bundle(self) -> None:
         self._rows = []
@@ -71,7 +82,9 @@ class _CommitBatchesFn(beam.DoFn):
                 if self._rows:
                     parts.append(writer.warehouse.to_arrow(self._view, self._rows))
                 batch = pa.concat_tables(parts)
-            writer.commit(self._view, batch)
+            held = writer.commit(self._view, batch)
+            if self._publisher is not None:  # once durable; a retried bundle publishes the same versions again
+                self._publisher.publish(held)
             self._commits += 1
             # A stream commits every bundle; without expiry, manifests and
             # superseded files would pile up forever.
@@ -85,6 +98,9 @@ class _CommitBatchesFn(beam.DoFn):
         if self._writer is not None:
             release_shared_writer(self._writer)
             self._writer = None
+        if self._publisher is not None:
+            self._publisher.close()
+            self._publisher = None
 
 
 class WriteToWarehouse(beam.PTransform):
@@ -92,6 +108,8 @@ class WriteToWarehouse(beam.PTransform):
 
     ``retain`` bounds time travel: every ``expire_every`` commits a worker
     deletes snapshots older than that (None keeps every snapshot).
+    ``changes``: each commit's rows also go to the view's changes topic once
+    durable (:mod:`transforms.changes`).
     """
 
     def __init__(
@@ -102,9 +120,11 @@ class WriteToWarehouse(beam.PTransform):
         *,
         retain: dt.timedelta | None = DEFAULT_RETENTION,
         expire_every: int = 500,
+        changes: ChangesTopics | None = None,
     ) -> None:
         super().__init__()
         get_view(view)
+        self._changes = changes
         self._dir = str(warehouse_dir)
         self._view = view
         self._max = max_batch_rows
@@ -112,5 +132,5 @@ class WriteToWarehouse(beam.PTransform):
         self._expire_every = max(1, expire_every)
 
     def expand(self, pcoll: beam.PCollection) -> beam.PCollection:
-        fn = _CommitBatchesFn(self._dir, self._view, self._max, self._retain, self._expire_every)
+        fn = _CommitBatchesFn(self._dir, self._view, self._max, self._retain, self._expire_every, self._changes)
         return pcoll | f"Commit[{self._view}]" >> beam.ParDo(fn)

@@ -29,6 +29,7 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from core.views import WORD_COUNTS
+from transforms.changes import ChangesPublisher, ChangesTopics
 from transforms.checkpoint import Checkpoint, Progress, claims_of
 from transforms.counts import DEAD_LETTERS_TAG, split_line
 from transforms.events import DeadLetter, dead_letter_to_row
@@ -122,9 +123,11 @@ class _KeyLinesByShard(beam.DoFn):
 class _ShardedWordCountFn(beam.DoFn):
     """(shard, ShardLines) -> word_counts rows; dead letters tagged; commits both with its offsets."""
 
-    def __init__(self, checkpoint: Checkpoint, shards: int) -> None:
+    def __init__(self, checkpoint: Checkpoint, shards: int, changes: ChangesTopics | None = None) -> None:
         self._checkpoint = checkpoint
         self._shards = shards
+        self._changes = changes
+        self._publisher: ChangesPublisher | None = None
         self._step = uuid.uuid4().hex
         self._writer: GroupCommitter | None = None
         self._version = 0
@@ -135,11 +138,16 @@ class _ShardedWordCountFn(beam.DoFn):
 
     def setup(self) -> None:
         self._writer = acquire_shared_writer(self._checkpoint.warehouse)
+        if self._changes is not None:
+            self._publisher = ChangesPublisher(self._changes)
 
     def teardown(self) -> None:
         if self._writer is not None:
             release_shared_writer(self._writer)
             self._writer = None
+        if self._publisher is not None:
+            self._publisher.close()
+            self._publisher = None
 
     def start_bundle(self) -> None:
         self._version = int.from_bytes(os.urandom(8), "big") | 1
@@ -170,7 +178,7 @@ class _ShardedWordCountFn(beam.DoFn):
                 "SELECT topic, partition, start_offset, next_offset, pending, version FROM _resume_offsets "
                 "WHERE pipeline = $pipeline AND run = $run AND shard = $shard",
             ],
-            [WORD_COUNTS.name, "_resume_offsets"],
+            {WORD_COUNTS.name: checkpoint.table(WORD_COUNTS.name), "_resume_offsets": "_resume_offsets"},
             {"pipeline": checkpoint.pipeline, "run": checkpoint.run, "shard": shard},
         )
         data = _Shard()
@@ -225,7 +233,12 @@ class _ShardedWordCountFn(beam.DoFn):
                 for tp, progress in sorted(data.progress.items())
             )
         rows = [{"word": word, "count": count} for word, count in self._changed.items()]
-        writer.commit_many({WORD_COUNTS.name: rows, "dead_letters": self._letters, "_resume_offsets": offsets})
+        table = checkpoint.table
+        held = writer.commit_many(
+            {table(WORD_COUNTS.name): rows, table("dead_letters"): self._letters, "_resume_offsets": offsets}
+        )
+        if self._publisher is not None:  # once durable; a retried bundle publishes the same versions again
+            self._publisher.publish(held)
         self._commits += 1
         if self._commits % _EXPIRE_EVERY == 0:
             writer.warehouse.expire_snapshots(DEFAULT_RETENTION)
@@ -237,19 +250,23 @@ class StreamWordCounts(beam.PTransform):
     """Text-line KafkaRecords -> word_counts rows (main) and dead letters, checkpointed to the warehouse.
 
     ``rows, dead = records | StreamWordCounts(checkpoint)``; the step commits
-    both itself, with the offsets they cover, so a restart resumes from them.
+    both itself, with the offsets they cover, so a restart resumes from them;
+    with ``changes``, each commit's rows go to the changes topics once durable.
     """
 
-    def __init__(self, checkpoint: Checkpoint, shards: int = DEFAULT_WORD_SHARDS) -> None:
+    def __init__(
+        self, checkpoint: Checkpoint, shards: int = DEFAULT_WORD_SHARDS, *, changes: ChangesTopics | None = None
+    ) -> None:
         super().__init__()
         self._checkpoint = checkpoint
         self._shards = shards
+        self._changes = changes
 
     def expand(self, records: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
         keyed = records | "KeyLinesByShard" >> beam.ParDo(_KeyLinesByShard(self._shards)).with_output_types(
             tuple[int, Any]
         )
-        out = keyed | "CountOnce" >> beam.ParDo(_ShardedWordCountFn(self._checkpoint, self._shards)).with_outputs(
-            DEAD_LETTERS_TAG, main="rows"
-        )
+        out = keyed | "CountOnce" >> beam.ParDo(
+            _ShardedWordCountFn(self._checkpoint, self._shards, self._changes)
+        ).with_outputs(DEAD_LETTERS_TAG, main="rows")
         return out.rows, out[DEAD_LETTERS_TAG]

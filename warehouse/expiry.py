@@ -33,13 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigError
-from core.views import VIEWS
 from warehouse import protocol
 from warehouse.format import (
     LOCK_FILE,
     RUN_LOCK_PREFIX,
     SNAPSHOTS_DIR,
     Snapshot,
+    data_tables,
     manifest_id,
     verify_snapshots,
     view_dir,
@@ -132,8 +132,8 @@ def _delete(
 
 def _data_files(root: Path) -> list[tuple[str, float]]:
     out = []
-    for view in VIEWS:
-        folder = view_dir(view)
+    for table in data_tables(root):  # every table's folder: views, their versions (a dropped one's too), hidden ones
+        folder = view_dir(table)
         with os.scandir(root / folder) as entries:
             for entry in entries:
                 with contextlib.suppress(FileNotFoundError):

@@ -10,7 +10,7 @@ Layout::
     beamline-warehouse.json             marks the folder as a warehouse (format version)
     snapshots/snapshot-<id>.json        manifest of snapshot <id> (12 digits), created once, never changed
     snapshots/snapshot-<id>-<us>.json   the same, as format 1 named it (read, never written)
-    data/<view>/<id>-<uuid>.parquet     rows sorted by key, immutable
+    data/<table>/<id>-<uuid>.parquet    rows sorted by key, immutable (a table: a view, inventory@v2, a hidden one)
     CURRENT                             a hint: the name of a recent manifest
     catalog.sql                         views of a recent snapshot for the duckdb CLI
 
@@ -20,6 +20,12 @@ by listing ``snapshots/`` when ``CURRENT`` is missing, unreadable or names no
 manifest. Every manifest records up to which id snapshots have expired
 (``expired_through``); older manifests may linger a while, and count as gone.
 The commit protocol that keeps these promises is :mod:`warehouse.protocol`.
+
+A manifest lists every table the snapshot holds, and the *aliases*: which
+version of each view readers see under its plain name (absent: ``v1``, the
+plain table). A promote is a commit that changes only the aliases, so a reader
+holding one snapshot sees one version of each view, and time travel sees the
+alias as it was (:mod:`warehouse.versions`).
 """
 
 from __future__ import annotations
@@ -32,16 +38,17 @@ import json
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from core.errors import BeamlineError, ConfigError
-from core.views import USER_VIEWS, VIEWS, ViewSpec
+from core.views import FIRST_VERSION, USER_VIEWS, ViewSpec, check_version, split_name, table_name
 
 __all__ = [
+    "ALIASED_FORMAT_VERSION",
     "CATALOG_SQL",
     "CURRENT_FILE",
     "DATA_DIR",
@@ -53,6 +60,7 @@ __all__ = [
     "READABLE_FORMAT_VERSIONS",
     "RUN_LOCK_PREFIX",
     "SNAPSHOTS_DIR",
+    "Alias",
     "Snapshot",
     "SnapshotExpired",
     "WarehouseInconsistent",
@@ -61,6 +69,7 @@ __all__ = [
     "check_not_ahead",
     "check_root",
     "current_manifest",
+    "data_tables",
     "dedupe_sql",
     "empty_view_sql",
     "expired_error",
@@ -73,6 +82,7 @@ __all__ = [
     "parquet_sql",
     "quote_ident",
     "read_manifest",
+    "user_tables",
     "verify_snapshots",
     "view_dir",
 ]
@@ -81,7 +91,10 @@ MARKER_FILE = "beamline-warehouse.json"
 FORMAT_NAME = "beamline-warehouse"
 # 2: manifests are created with put-if-absent under names that hold only the id; no lock file.
 FORMAT_VERSION = 2
-READABLE_FORMAT_VERSIONS = (1, 2)
+# 3: manifests may hold versioned tables and aliases. The first commit of either marks the folder so,
+# first: Beamline from before versions refuses it rather than answer from v1 or drop the versions.
+ALIASED_FORMAT_VERSION = 3
+READABLE_FORMAT_VERSIONS = (1, 2, 3)
 CURRENT_FILE = "CURRENT"
 # Format 1 writers serialised on an fcntl lock of this file; only the upgrade to format 2 takes it now.
 LOCK_FILE = ".lock"
@@ -111,30 +124,95 @@ class SnapshotExpired(ConfigError):
 
 
 @dataclass(frozen=True)
+class Alias:
+    """Which version of a view readers see under its plain name, the one before it, and how often it moved."""
+
+    version: str
+    previous: str | None = None
+    # Grows with every promote and rollback: a changes topic orders the rows of each promotion after the last's.
+    generation: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {"version": self.version, "previous": self.previous, "generation": self.generation}
+
+
+NO_ALIAS = Alias(FIRST_VERSION)
+
+
+@dataclass(frozen=True)
 class Snapshot:
-    """One consistent state of every view: the files that make it up."""
+    """One consistent state of every table: the files that make it up, and which version each view shows."""
 
     root: Path
     snapshot_id: int
     committed_at_us: int
-    files: Mapping[str, tuple[tuple[str, int], ...]]  # view -> ((relative path, rows), ...)
+    files: Mapping[str, tuple[tuple[str, int], ...]]  # table -> ((relative path, rows), ...)
     # Snapshots with an id up to this one have expired (-1: none), as of this snapshot.
     expired_through: int = -1
+    aliases: Mapping[str, Alias] = field(default_factory=dict)  # view -> its promoted version (absent: v1)
 
     @property
     def committed_at(self) -> dt.datetime:
         """Commit time as an aware UTC datetime."""
         return EPOCH + dt.timedelta(microseconds=self.committed_at_us)
 
-    def paths(self, view: str) -> list[str]:
-        """Absolute paths of the files of ``view`` in this snapshot."""
+    def paths(self, table: str) -> list[str]:
+        """Absolute paths of the files of ``table`` in this snapshot."""
         root = str(self.root)
-        return [os.path.join(root, rel) for rel, _ in self.files.get(view, ())]
+        return [os.path.join(root, rel) for rel, _ in self.files.get(table, ())]
+
+    def alias(self, view: str) -> Alias:
+        """The alias of ``view`` (``v1`` when it was never promoted)."""
+        return self.aliases.get(view, NO_ALIAS)
+
+    def promoted(self, view: str) -> str:
+        """The version of ``view`` readers see under its plain name."""
+        return self.alias(view).version
+
+    def table_of(self, name: str) -> str:
+        """The table a reader's name stands for: a plain view's promoted version, or the version it names."""
+        base, version = split_name(name)
+        return table_name(base, version if version is not None else self.promoted(base))
+
+    def versions(self, view: str) -> list[str]:
+        """The versions of ``view`` this snapshot holds (``v1`` always, empty or not), first version first."""
+        found = {FIRST_VERSION, self.promoted(view)}
+        for table in self.files:
+            base, version = split_name(table)
+            if base == view and version is not None:
+                found.add(version)
+        return sorted(found, key=lambda v: (v != FIRST_VERSION, len(v), v))
 
 
-def view_dir(view: str) -> str:
-    """The folder of a view's Parquet files, relative to the warehouse root (as manifests list them)."""
-    return f"{DATA_DIR}/{view}"
+def user_tables(snap: Snapshot) -> dict[str, str]:
+    """Every name a reader may query in ``snap`` -> its table.
+
+    The plain views (their promoted version) and, for a view with more than
+    one version, each version by name, ``inventory@v1`` included (a warehouse
+    that never had a second version lists its views as it always did);
+    hidden tables never.
+    """
+    names: dict[str, str] = {}
+    for view in USER_VIEWS:
+        names[view] = snap.table_of(view)
+        versions = snap.versions(view)
+        for version in versions if len(versions) > 1 else ():
+            names[f"{view}@{version}"] = table_name(view, version)
+    return names
+
+
+def data_tables(root: Path) -> list[str]:
+    """The tables with a folder under ``data/`` (each view's, versioned and hidden ones too)."""
+    try:
+        entries = os.listdir(root / DATA_DIR)
+    except FileNotFoundError:
+        return []
+    return sorted(name for name in entries if not name.startswith(".") and (root / DATA_DIR / name).is_dir())
+
+
+def view_dir(table: str) -> str:
+    """The folder of a table's Parquet files, relative to the warehouse root (as manifests list them)."""
+    return f"{DATA_DIR}/{table}"
 
 
 def quote_ident(name: str) -> str:
@@ -301,7 +379,7 @@ def check_not_ahead(root: Path) -> str:
             f"(`rm -r {root / CURRENT_FILE}`), it is only a hint and is written again on the next open"
         )
     ahead: list[tuple[int, str]] = []
-    for view in VIEWS:
+    for view in data_tables(root):
         with contextlib.suppress(FileNotFoundError):
             for name in os.listdir(root / view_dir(view)):
                 sid = _data_file_id(name)
@@ -338,10 +416,23 @@ def read_manifest(root: Path, name: str) -> Snapshot:
         files = {
             view: tuple((str(f["path"]), int(f["rows"])) for f in entries) for view, entries in doc["views"].items()
         }
+        aliases = {
+            str(view): Alias(
+                check_version(str(a["version"])),
+                None if a.get("previous") is None else check_version(str(a["previous"])),
+                int(a.get("generation", 0)),
+            )
+            for view, a in (doc.get("aliases") or {}).items()
+        }
         snap = Snapshot(
-            root, int(doc["snapshot_id"]), int(doc["committed_at_us"]), files, int(doc.get("expired_through", -1))
+            root,
+            int(doc["snapshot_id"]),
+            int(doc["committed_at_us"]),
+            files,
+            int(doc.get("expired_through", -1)),
+            aliases,
         )
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError, ConfigError) as exc:
         raise WarehouseInconsistent(
             f"manifest {name} of {root} is not a valid manifest ({type(exc).__name__}: {exc}); "
             "restore it from a backup, nothing was changed"
@@ -532,13 +623,17 @@ def _verify(root: Path) -> list[Snapshot]:
 
 # -- SQL for the views -----------------------------------------------------------------
 def catalog_sql(snap: Snapshot) -> str:
-    """SQL defining every view of ``snap`` for the duckdb CLI or a notebook (`.read catalog.sql`)."""
+    """SQL defining every view of ``snap`` for the duckdb CLI or a notebook (`.read catalog.sql`).
+
+    Each view under its plain name is its promoted version; each version is there by name too (``"inventory@v2"``).
+    """
     lines = [
         f"-- Beamline warehouse, snapshot {snap.snapshot_id} committed {snap.committed_at.isoformat()}.",
         "-- Regenerated on every commit. In the duckdb CLI: .read catalog.sql",
     ]
-    for name, spec in USER_VIEWS.items():
-        paths = snap.paths(name)
+    for name, table in user_tables(snap).items():
+        spec = USER_VIEWS[split_name(name)[0]]
+        paths = snap.paths(table)
         if paths:
             body = dedupe_sql(spec, parquet_sql(paths), visible_only=True)
         else:

@@ -45,6 +45,7 @@ import pyarrow.parquet as pq
 from core.errors import BeamlineError
 from core.views import VIEWS
 from warehouse.format import (
+    ALIASED_FORMAT_VERSION,
     CATALOG_SQL,
     CURRENT_FILE,
     FORMAT_NAME,
@@ -52,6 +53,7 @@ from warehouse.format import (
     LOCK_FILE,
     MARKER_FILE,
     SNAPSHOTS_DIR,
+    Alias,
     Snapshot,
     WarehouseInconsistent,
     catalog_sql,
@@ -69,10 +71,12 @@ __all__ = [
     "Plan",
     "commit_with_retries",
     "fsync_dir",
+    "mark_aliased",
     "publish",
     "put_manifest",
     "sync_folders",
     "sync_manifest",
+    "tables_of",
     "upgrade_format",
     "write_data_file",
     "write_marker",
@@ -207,6 +211,11 @@ def write_pointer(root: Path, snap: Snapshot, name: str | None = None) -> None:
 
 
 # -- publishing ------------------------------------------------------------------------
+def tables_of(files: Mapping[str, Sequence[tuple[str, int]]]) -> dict[str, tuple[tuple[str, int], ...]]:
+    """Every table a manifest lists: the registry's (empty or not) and any other the files name."""
+    return {t: tuple(files.get(t, ())) for t in sorted(set(VIEWS) | set(files))}
+
+
 def manifest_document(
     snapshot_id: int,
     committed_at_us: int,
@@ -214,14 +223,16 @@ def manifest_document(
     *,
     operation: str,
     expired_through: int,
+    aliases: Mapping[str, Alias] | None = None,
 ) -> bytes:
-    """The JSON manifest of a snapshot: every view's files, the commit time, what expired before it."""
+    """The JSON manifest of a snapshot: every table's files, the aliases, the commit time, what expired before it."""
     doc = {
         "snapshot_id": snapshot_id,
         "committed_at_us": committed_at_us,
         "operation": operation,
         "expired_through": expired_through,
-        "views": {v: [{"path": p, "rows": n} for p, n in files.get(v, ())] for v in VIEWS},
+        "views": {t: [{"path": p, "rows": n} for p, n in entries] for t, entries in tables_of(files).items()},
+        "aliases": {view: alias.as_json() for view, alias in sorted((aliases or {}).items())},
     }
     return json.dumps(doc).encode()
 
@@ -234,15 +245,21 @@ def publish(
     *,
     operation: str = "commit",
     expired_through: int = -1,
+    aliases: Mapping[str, Alias] | None = None,
 ) -> Snapshot:
     """Steps 3 to 5 for files already written and synced: the snapshot, or CommitConflict."""
+    aliases = dict(aliases or {})
+    if aliases or any("@" in table for table in files):
+        mark_aliased(root)
     put_manifest(
         root,
         snapshot_id,
-        manifest_document(snapshot_id, committed_at_us, files, operation=operation, expired_through=expired_through),
+        manifest_document(
+            snapshot_id, committed_at_us, files, operation=operation, expired_through=expired_through, aliases=aliases
+        ),
     )
     sync_manifest(root)
-    snap = Snapshot(root, snapshot_id, committed_at_us, {v: tuple(files.get(v, ())) for v in VIEWS}, expired_through)
+    snap = Snapshot(root, snapshot_id, committed_at_us, tables_of(files), expired_through, aliases)
     write_pointer(root, snap)
     return snap
 
@@ -257,6 +274,7 @@ class Plan:
     scratch: list[Path] = field(default_factory=list)
     expired_through: int | None = None  # None: as the parent says
     committed_at_us: int | None = None  # None: now (and after the parent's)
+    aliases: Mapping[str, Alias] | None = None  # None: as the parent says
 
 
 # Publishes a snapshot whose files are written (its return value is not used); CommitConflict if the id is taken.
@@ -302,17 +320,18 @@ def commit_with_retries(
         assert planned is not None
         sid = parent.snapshot_id + 1
         expired = parent.expired_through if planned.expired_through is None else planned.expired_through
+        # Every commit carries the aliases on: only a promote, a rollback or a drop changes them.
+        aliases = dict(parent.aliases if planned.aliases is None else planned.aliases)
         # Commit times grow with ids across all writers, whatever their clocks say.
         when = planned.committed_at_us or max(time.time_ns() // 1000, parent.committed_at_us + 1)
         try:
             if time.monotonic() - resolved > PARENT_FRESHNESS_S:
                 _check_still_newest(root, planned_on, sid)
-            publisher(sid, when, planned.files, operation=planned.operation, expired_through=expired)
+            publisher(sid, when, planned.files, operation=planned.operation, expired_through=expired, aliases=aliases)
         except CommitConflict:
             time.sleep(rng.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt)))
             continue
-        files = {v: tuple(planned.files.get(v, ())) for v in VIEWS}
-        return Snapshot(root, sid, when, files, expired)
+        return Snapshot(root, sid, when, tables_of(planned.files), expired, aliases)
     if planned is not None:
         _delete(planned.scratch)
     raise CommitGaveUp(
@@ -348,10 +367,32 @@ def _check_still_newest(root: Path, parent_name: str, sid: int) -> None:
 
 # -- the marker ------------------------------------------------------------------------
 def write_marker(root: Path) -> None:
-    """Mark ``root`` as a warehouse of this format (atomically, durably)."""
+    """Mark ``root`` as a warehouse of this format (atomically, durably), unless a writer marked it format 3."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        if json.loads((root / MARKER_FILE).read_text()).get("format_version") == ALIASED_FORMAT_VERSION:
+            return
     meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION}
     _replace_file(root, MARKER_FILE, json.dumps(meta).encode())
     fsync_dir(root)
+
+
+def mark_aliased(root: Path) -> None:
+    """Mark ``root`` format 3 before its first versioned table or alias is committed (once: then a read).
+
+    Beamline from before versions reads the views' plain tables only and
+    writes manifests of the registry's tables only: it would answer from v1
+    after a promote and drop every version from its next commit. Marked, it
+    refuses the folder in one line instead.
+    """
+    try:
+        meta = json.loads((root / MARKER_FILE).read_text())
+    except (OSError, ValueError):
+        return  # no marker yet: a new warehouse, marked when its writer finishes creating it
+    if isinstance(meta, dict) and meta.get("format_version") == FORMAT_VERSION:
+        _replace_file(
+            root, MARKER_FILE, json.dumps({"format": FORMAT_NAME, "format_version": ALIASED_FORMAT_VERSION}).encode()
+        )
+        fsync_dir(root)
 
 
 def upgrade_format(root: Path) -> None:

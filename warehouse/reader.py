@@ -39,7 +39,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -51,7 +51,7 @@ from duckdb import ColumnExpression, ConstantExpression
 
 from core.errors import BeamlineError, ConfigError
 from core.settings import warehouse_dir
-from core.views import INVENTORY, USER_VIEWS
+from core.views import INVENTORY, USER_VIEWS, split_name
 from warehouse.format import (
     EPOCH,
     SNAPSHOTS_DIR,
@@ -65,6 +65,7 @@ from warehouse.format import (
     expired_error,
     load_snapshot,
     manifest_id,
+    user_tables,
 )
 
 __all__ = [
@@ -218,7 +219,7 @@ def _sandboxed(snapshot: Snapshot, limits: QueryLimits) -> duckdb.DuckDBPyConnec
             "allow_unsigned_extensions": False,
         },
     )
-    all_paths = [p for name in USER_VIEWS for p in snapshot.paths(name)]
+    all_paths = [p for table in sorted(set(user_tables(snapshot).values())) for p in snapshot.paths(table)]
     con.execute("SET allowed_paths = $paths", {"paths": all_paths})
     con.execute("SET TimeZone = 'UTC'")
     # Files are immutable, so footers and pages can be cached safely for repeated lookups.
@@ -314,8 +315,8 @@ def _parse_tree(con: duckdb.DuckDBPyConnection, sql: str) -> _Uses:
     return uses
 
 
-def _views_used(con: duckdb.DuckDBPyConnection, sql: str) -> set[str]:
-    """The views the SELECT ``sql`` reads; refuses any other table and the functions that reveal paths."""
+def _views_used(con: duckdb.DuckDBPyConnection, sql: str, names: Collection[str]) -> set[str]:
+    """The views of ``names`` the SELECT ``sql`` reads; refuses any other table and the functions that reveal paths."""
     uses = _parse_tree(con, sql)
     functions = sorted(uses.table_functions - _TABLE_FUNCTIONS)
     if functions:
@@ -330,19 +331,26 @@ def _views_used(con: duckdb.DuckDBPyConnection, sql: str) -> set[str]:
     if shows:
         raise QueryRefused(f"refused: SHOW {shows[0]} is not available; SHOW TABLES and DESCRIBE <view> are")
     internal = _internal_names(con)
-    used: set[str] = set(USER_VIEWS) if uses.shows & {'"tables"', "__show_tables_expanded"} else set()
+    used: set[str] = set(names) if uses.shows & {'"tables"', "__show_tables_expanded"} else set()
     for catalog, schema, name in uses.tables:
         low, cat, sch = name.lower(), catalog.lower(), schema.lower()
         if not cat and not sch and low in uses.ctes:
             if low in internal:  # out of the CTE's scope the name would read DuckDB's catalog
                 raise QueryRefused(f"refused: {name!r} names one of DuckDB's catalog views; rename the CTE")
             continue
-        if low in USER_VIEWS and (cat, sch) in _VIEW_QUALIFIERS:
+        if low in names and (cat, sch) in _VIEW_QUALIFIERS:
             used.add(low)
             continue
         written = ".".join(part for part in (catalog, schema, name) if part)
         if low in internal or sch in _SYSTEM_SCHEMAS or cat in _SYSTEM_CATALOGS or "/" in name or "." in name:
             raise QueryRefused(f"refused: {written!r} is not a view; the query may read only the views {VIEW_LIST}")
+        base, version = split_name(low)
+        if version is not None and base in USER_VIEWS:
+            held = [n for n in names if n.startswith(f"{base}@")]
+            raise QueryFailed(
+                f"view {base} has no version {version!r} here; "
+                + (f"its versions: {', '.join(held)}" if held else f"it has one version, queried as {base}")
+            )
         raise QueryFailed(f"no view named {written!r}; views: {VIEW_LIST}; {_TRY_QUERY}")
     return used
 
@@ -364,6 +372,7 @@ class Reader:
         self._con: duckdb.DuckDBPyConnection | None = None
         self._raw: dict[str, duckdb.DuckDBPyRelation | None] = {}  # defined views: their files (None: no file)
         self._snapshot: Snapshot | None = None
+        self._names: dict[str, str] = {}  # what a query may name in the snapshot -> its table (aliases resolved)
         self._schema_ok: set[str] = set()  # files whose footer holds the view's schema (files never change)
 
     # snapshots
@@ -403,20 +412,24 @@ class Reader:
         self.close()
         self._con = _sandboxed(snap, self.limits)
         self._snapshot = snap
+        self._names = user_tables(snap)
 
     def _abandon(self) -> None:
         """Forget a connection a stuck query still holds (closing it would wait for the query)."""
-        self._con, self._raw, self._snapshot = None, {}, None
+        self._con, self._raw, self._snapshot, self._names = None, {}, None, {}
 
     # views, opened when a query first uses them
     def _define(self, name: str) -> duckdb.DuckDBPyRelation | None:
-        """Create view ``name`` over its files; raises one line naming a file that is missing or unreadable."""
+        """Create view ``name`` over its table's files; raises one line naming a file that is missing or unreadable.
+
+        ``name`` is a view (its table: the version the snapshot's alias names) or a version by name.
+        """
         if name in self._raw:
             return self._raw[name]
         con, snap = self._con, self._snapshot
         assert con is not None and snap is not None
-        spec = USER_VIEWS[name]
-        paths = snap.paths(name)
+        spec = USER_VIEWS[split_name(name)[0]]
+        paths = snap.paths(self._names[name])
         raw: duckdb.DuckDBPyRelation | None = None
         rel: duckdb.DuckDBPyRelation | None
         if not paths:
@@ -453,7 +466,7 @@ class Reader:
             found = [(f.name, f.type) for f in pq.read_schema(path)]
         except (OSError, pa.ArrowException) as e:
             raise self._file_problem(view, path, _one_line(e)) from None
-        expected = [(f.name, f.type) for f in USER_VIEWS[view].storage_schema]
+        expected = [(f.name, f.type) for f in USER_VIEWS[split_name(view)[0]].storage_schema]
         if found != expected:
             columns = ", ".join(f"{n} {t}" for n, t in found)
             raise self._file_problem(view, path, f"its schema is ({columns}), not the view's")
@@ -463,7 +476,8 @@ class Reader:
         """Every view; a view whose files are damaged raises its one-line error when queried."""
         con = self._con
         assert con is not None
-        for name, spec in USER_VIEWS.items():
+        for name in self._names:
+            spec = USER_VIEWS[split_name(name)[0]]
             try:
                 self._define(name)
             except BeamlineError as e:
@@ -503,7 +517,12 @@ class Reader:
         if snap is None or str(snap.root) not in text:
             return None
         # The file DuckDB names first is the one it failed on ("... file A: column x was read from file B").
-        named = [(text.index(path), view, path) for view in USER_VIEWS for path in snap.paths(view) if path in text]
+        named = [
+            (text.index(path), name, path)
+            for name, table in self._names.items()
+            for path in snap.paths(table)
+            if path in text
+        ]
         if not named:
             return None
         _, view, path = min(named)
@@ -597,7 +616,7 @@ class Reader:
             con = self._con
             assert con is not None
             _check_read_only(con, sql)
-            for view in sorted(_views_used(con, sql)):
+            for view in sorted(_views_used(con, sql, self._names)):
                 self._define(view)
             return self._run(lambda: _fetch(con, sql, params, max_rows, self.limits))
 
@@ -646,7 +665,7 @@ class Reader:
         if self._con is not None:
             with contextlib.suppress(duckdb.Error):  # still held by a stopped query's thread: freed with it
                 self._con.close()
-        self._con, self._raw, self._snapshot = None, {}, None
+        self._con, self._raw, self._snapshot, self._names = None, {}, None, {}
 
 
 def _fetch(

@@ -89,22 +89,24 @@ def progress_version(run: int, commits: int) -> int:
 def query_tables(
     root: str | os.PathLike[str],
     sql: str | Sequence[str],
-    views: Sequence[str],
+    views: Sequence[str] | Mapping[str, str],
     params: Mapping[str, object] | None = None,
     snapshot: Snapshot | None = None,
 ) -> tuple[Snapshot, list[pa.Table]]:
     """Run statements (``$name`` from ``params``) over the named tables of the newest snapshot, in one connection.
 
     Hidden tables and hidden version columns included; each table is deduped by key as readers see views.
-    Returns the snapshot (``snapshot`` if given, else the newest) and each
+    ``views`` maps the names the SQL uses to tables (``{"inventory": "inventory@v2"}``), or lists tables
+    the SQL names as they are. Returns the snapshot (``snapshot`` if given, else the newest) and each
     statement's result (an empty table for one that returns no rows).
     """
     snap = snapshot if snapshot is not None else load_snapshot(root)
+    named = dict(views) if isinstance(views, Mapping) else {view: view for view in views}
     con = duckdb.connect()
     try:
-        for view in views:
-            spec = get_view(view)
-            paths = snap.paths(view)
+        for view, table in named.items():
+            spec = get_view(table)
+            paths = snap.paths(table)
             if paths:
                 body = dedupe_sql(spec, parquet_sql(paths), visible_only=False)
             else:

@@ -31,7 +31,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from core.errors import BeamlineError, ConfigError
-from core.views import VIEWS, ViewSpec, get_view
+from core.views import VIEWS, ViewSpec, get_view, split_name, table_name
 from warehouse import expiry, protocol
 from warehouse.format import (
     CATALOG_SQL,
@@ -51,11 +51,13 @@ from warehouse.format import (
     LOCK_FILE,
     MARKER_FILE,
     SNAPSHOTS_DIR,
+    Alias,
     Snapshot,
     WarehouseInconsistent,
     WarehouseMissing,
     check_not_ahead,
     check_root,
+    data_tables,
     dedupe_sql,
     empty_view_sql,
     key_columns_sql,
@@ -70,6 +72,7 @@ __all__ = [
     "DEFAULT_RETENTION",
     "CommitResult",
     "GroupCommitter",
+    "Held",
     "Warehouse",
     "acquire_shared_writer",
     "release_shared_writer",
@@ -97,6 +100,9 @@ class CommitResult:
     snapshot_id: int | None
     rows_in: int
     rows_written: int
+    # A snapshot holding these rows or newer ones of their keys: the one made, else the newest they were
+    # checked against (None: no rows). Its aliases say whether the table is the version readers see.
+    snapshot: Snapshot | None = None
 
 
 def _coerce_timestamp(value: Any) -> Any:
@@ -170,7 +176,7 @@ class Warehouse:
 
     def _refuse_lost_manifests(self, has_marker: bool) -> None:
         """A warehouse whose manifests are gone is not new: starting again at snapshot 0 would reuse ids."""
-        data = [f for v in VIEWS for f in os.listdir(self.root / view_dir(v)) if not f.startswith(".")]
+        data = [f for t in data_tables(self.root) for f in os.listdir(self.root / view_dir(t)) if not f.startswith(".")]
         if has_marker or data:
             raise WarehouseInconsistent(
                 f"{self.root / SNAPSHOTS_DIR} holds no manifest although the warehouse exists "
@@ -217,11 +223,18 @@ class Warehouse:
         *,
         operation: str = "commit",
         expired_through: int = -1,
+        aliases: Mapping[str, Alias] | None = None,
     ) -> Snapshot:
         """Publish the snapshot whose files are written and synced; CommitConflict if another writer has its id."""
         try:
             return protocol.publish(
-                self.root, snapshot_id, committed_at_us, files, operation=operation, expired_through=expired_through
+                self.root,
+                snapshot_id,
+                committed_at_us,
+                files,
+                operation=operation,
+                expired_through=expired_through,
+                aliases=aliases,
             )
         except protocol.CommitConflict:
             self.lost_races += 1
@@ -278,16 +291,18 @@ class Warehouse:
             return results
         with self._thread_lock:
             fresh: dict[str, _Fresh] = {}
+            checked: list[Snapshot] = []  # the parents the rows were checked against, the last one newest
 
             def plan(parent: Snapshot) -> protocol.Plan | None:
                 sid = parent.snapshot_id + 1
-                files = {v: list(parent.files.get(v, ())) for v in VIEWS}
+                checked.append(parent)
+                files = {t: list(entries) for t, entries in parent.files.items()}
                 for view, batch in tables.items():
                     spec = get_view(view)
                     now = self._fresh_rows(spec, batch, parent, fresh.get(view))
                     fresh[view] = now
                     if now.table.num_rows:
-                        files[view].append((self._fresh_file(spec, sid, now), now.table.num_rows))
+                        files.setdefault(view, []).append((self._fresh_file(spec, sid, now), now.table.num_rows))
                 if not any(f.table.num_rows for f in fresh.values()):
                     return None
                 # A file reused from a lost attempt had its folder synced then.
@@ -305,10 +320,11 @@ class Warehouse:
                 raise
             if snap is None:  # other writers' commits made every row stale while this one retried
                 self._discard(f.path for f in fresh.values())
+            holding = snap if snap is not None else checked[-1]
             for view, f in fresh.items():
                 written = f.table.num_rows if snap is not None else 0
                 sid = snap.snapshot_id if snap is not None and written else None
-                results[view] = CommitResult(view, sid, tables[view].num_rows, written)
+                results[view] = CommitResult(view, sid, tables[view].num_rows, written, holding)
                 if snap is not None:
                     self._remember(view, snap, f)
             if snap is not None:
@@ -437,6 +453,10 @@ class Warehouse:
             con.unregister("_batch")
 
     def _write_file(self, spec: ViewSpec, sid: int, table: pa.Table) -> str:
+        folder = self.root / view_dir(spec.name)
+        if not folder.is_dir():  # a table's first file (a new version): its folder's name durable first
+            folder.mkdir(exist_ok=True)
+            protocol.fsync_dir(self.root / DATA_DIR)
         rel = f"{view_dir(spec.name)}/{sid:012d}-{uuid.uuid4().hex}.parquet"
         protocol.write_data_file(self.root / rel, table.cast(spec.storage_schema))
         return rel
@@ -451,9 +471,11 @@ class Warehouse:
         order = key_columns_sql(spec)
         deduped = dedupe_sql(spec, "_compact", visible_only=False)
         if spec.retain_sql:
+            version = split_name(spec.name)[1]
             for name in spec.needs:
-                needed = get_view(name)
-                paths = parent.paths(name)
+                # The same version's table: ``_inventory_ids@v2`` keeps what ``_inventory_state@v2`` needs.
+                needed = get_view(table_name(name, version))
+                paths = parent.paths(needed.name)
                 body = dedupe_sql(needed, parquet_sql(paths), visible_only=False) if paths else empty_view_sql(needed)
                 con.execute(f"CREATE OR REPLACE TEMP VIEW {quote_ident(name)} AS {body}")
             deduped = f"SELECT * FROM ({deduped}) t WHERE {spec.retain_sql}"
@@ -472,9 +494,10 @@ class Warehouse:
         merged: dict[str, tuple[frozenset[str], tuple[str, int]]] = {}
 
         def plan(parent: Snapshot) -> protocol.Plan | None:
-            files = {v: list(parent.files.get(v, ())) for v in VIEWS}
+            files = {t: list(entries) for t, entries in parent.files.items()}
             made: list[Path] = []
             for view in views:
+                files.setdefault(view, [])
                 present = {rel for rel, _ in files[view]}
                 prior = merged.pop(view, None)
                 if prior is not None and prior[0] <= present:
@@ -500,11 +523,25 @@ class Warehouse:
         return protocol.commit_with_retries(self.root, plan, self._publish, what="compacting")
 
     def compact(self, view: str | None = None) -> int | None:
-        """Merge every view's files into one per view now (a commit like any other); returns the new snapshot id."""
-        views = [get_view(view).name] if view else list(VIEWS)
+        """Merge every table's files into one per table now (a commit like any other); returns the new snapshot id."""
+        views = [get_view(view).name] if view else sorted(self.current().files)
         with self._thread_lock:
             snap = self._compact_commit(views, full=True)
             return snap.snapshot_id if snap is not None else None
+
+    def commit_plan(self, plan: Callable[[Snapshot], protocol.Plan | None], *, what: str) -> Snapshot | None:
+        """Publish ``plan(newest snapshot)`` as the next snapshot, planned again on the newest after a lost race.
+
+        For commits that are no upsert (a promote, a rollback, a drop: :mod:`warehouse.versions`);
+        None when the plan says there is nothing to publish.
+        """
+        with self._thread_lock:
+            return protocol.commit_with_retries(self.root, plan, self._publish, what=what)
+
+    def write_file(self, table: str, snapshot_id: int, rows: pa.Table) -> str:
+        """A new data file of ``table`` for the commit of ``snapshot_id``, fsynced; its path as manifests list it."""
+        spec = get_view(table)
+        return self._write_file(spec, snapshot_id, rows.select(spec.storage_schema.names))
 
     def expire_snapshots(self, retain: dt.timedelta, *, orphan_grace: dt.timedelta | None = None) -> int:
         """Expire snapshots superseded more than ``retain`` ago and delete what only they used; bounds time travel.
@@ -573,13 +610,27 @@ def _newer_than(spec: ViewSpec, batch: pa.Table, versions: dict[tuple[Any, ...],
 class _Waiting:
     """One caller's rows in a group commit, and how that commit went."""
 
-    __slots__ = ("done", "error", "table", "view")
+    __slots__ = ("done", "error", "snapshot", "table", "view")
 
     def __init__(self, view: str, table: pa.Table) -> None:
         self.view = view
         self.table = table
         self.done = False
         self.error: BaseException | None = None
+        self.snapshot: Snapshot | None = None  # holds the rows (or newer ones of their keys) once done
+
+
+@dataclass(frozen=True)
+class Held:
+    """A caller's rows once durable: as committed (the tables' storage schema) and a snapshot holding them.
+
+    The snapshot is the one their commit made, or, when every row was stale,
+    the newest they were checked against (it holds them or newer rows of their
+    keys); its aliases say which of the tables readers see.
+    """
+
+    snapshot: Snapshot
+    tables: Mapping[str, pa.Table]
 
 
 class GroupCommitter:
@@ -605,16 +656,16 @@ class GroupCommitter:
         self._queue_lock = threading.Lock()
         self._queue: list[_Waiting] = []
 
-    def commit(self, view: str, rows: pa.Table | Iterable[Mapping[str, Any]]) -> None:
-        self.commit_many({view: rows})
+    def commit(self, view: str, rows: pa.Table | Iterable[Mapping[str, Any]]) -> Held | None:
+        return self.commit_many({view: rows})
 
-    def commit_many(self, batches: Mapping[str, pa.Table | Iterable[Mapping[str, Any]]]) -> None:
-        """Rows of several views, in one snapshot together (never split between two commits)."""
+    def commit_many(self, batches: Mapping[str, pa.Table | Iterable[Mapping[str, Any]]]) -> Held | None:
+        """Rows of several views, in one snapshot together (never split between two commits); None: no rows."""
         # Checked here, in the caller's thread: rows a view refuses fail their own bundle only.
         mine = [_Waiting(view, self.warehouse.prepare(view, rows)) for view, rows in batches.items()]
         mine = [waiting for waiting in mine if waiting.table.num_rows]
         if not mine:
-            return
+            return None
         with self._queue_lock:
             self._queue.extend(mine)  # queued together, so taken into one group together
         with self._commit_lock:
@@ -626,6 +677,9 @@ class GroupCommitter:
         if error is not None:
             views = ", ".join(repr(w.view) for w in mine)
             raise BeamlineError(f"committing {views} rows to {self.warehouse.root} failed: {error!r}") from error
+        snapshot = mine[0].snapshot
+        assert snapshot is not None  # set by the group commit that took these rows
+        return Held(snapshot, {waiting.view: waiting.table for waiting in mine})
 
     def _commit_group(self, group: list[_Waiting]) -> None:
         tables: dict[str, list[pa.Table]] = {}
@@ -633,7 +687,11 @@ class GroupCommitter:
             tables.setdefault(waiting.view, []).append(waiting.table)
         try:
             # Prepared in each caller's thread already: straight to the commit.
-            self.warehouse._commit_tables({v: t[0] if len(t) == 1 else pa.concat_tables(t) for v, t in tables.items()})
+            results = self.warehouse._commit_tables(
+                {v: t[0] if len(t) == 1 else pa.concat_tables(t) for v, t in tables.items()}
+            )
+            for waiting in group:
+                waiting.snapshot = results[waiting.view].snapshot
         except BaseException as exc:
             for waiting in group:
                 waiting.error = exc

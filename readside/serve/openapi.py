@@ -191,8 +191,8 @@ def openapi_schema(config: ServeConfig) -> dict[str, Any]:
             "name": "view",
             "in": "path",
             "required": True,
-            "schema": {"type": "string", "enum": list(USER_VIEWS)},
-            "description": "the view",
+            "schema": {"type": "string", "pattern": f"^({'|'.join(USER_VIEWS)})(@[a-z0-9][a-z0-9_-]{{0,31}})?$"},
+            "description": f"the view ({', '.join(USER_VIEWS)}), or one of its versions by name (inventory@v2)",
         },
         _query_param(
             "limit",

@@ -17,6 +17,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import replace
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlencode
 
@@ -27,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from core.errors import ConfigError
-from core.views import USER_VIEWS, ViewSpec
+from core.views import USER_VIEWS, ViewSpec, is_version, split_name
 from readside.query import format_result
 from readside.serve.answers import (
     SNAPSHOT_HEADER,
@@ -360,10 +361,13 @@ class Routes:
             listed.append(
                 {
                     "name": name,
+                    # The version the name shows in this snapshot, and every version queryable as "name@version".
+                    "version": snap.promoted(name),
+                    "versions": snap.versions(name),
                     "columns": _columns_of(spec.schema),
                     "key": list(spec.key),
                     "rows": counts[name],
-                    "files": len(snap.files.get(name, ())),
+                    "files": len(snap.files.get(snap.table_of(name), ())),
                     # What a streaming run's resume point covers (null for a view no streaming run wrote);
                     # lag against the log needs the broker: `beamline status`.
                     "source_offsets": offsets.get(name),
@@ -405,7 +409,9 @@ class Routes:
             sql = "SELECT " + ", ".join(f"(SELECT count(*) FROM {quote_ident(v)}) AS {quote_ident(v)}" for v in queried)
             counts = (await self._on_reader(snap, lambda r: r.query(sql).to_pylist()))[0] if queried else {}
             counts |= {
-                n: sum(k for _, k in snap.files.get(n, ())) for n, s in USER_VIEWS.items() if s.version_column is None
+                n: sum(k for _, k in snap.files.get(snap.table_of(n), ()))
+                for n, s in USER_VIEWS.items()
+                if s.version_column is None
             }
             if snap is published.snapshot:
                 counts["inventory"] = len(published.index)
@@ -446,9 +452,9 @@ class Routes:
 
     async def view_rows(self, request: Request) -> Response:
         name = request.path_params["view"]
-        spec = USER_VIEWS.get(name)
+        spec = _page_spec(name)
         if spec is None:
-            raise HTTPError(404, f"no view {name[:80]!r}; views: {', '.join(USER_VIEWS)}")
+            raise HTTPError(404, f"no view {name[:80]!r}; views: {', '.join(USER_VIEWS)} (or one's version: view@v2)")
         params = _grouped(request)
         limit_text = _single(params, "limit")
         limit = self.config.page_size if limit_text is None else _whole(limit_text, "limit", 1, self.config.max_rows)
@@ -459,6 +465,14 @@ class Routes:
             key: list[Any] = []
         else:
             snap, key = await self._cursor_snapshot(spec, after, params)
+        base, version = split_name(name)
+        if version is not None and version not in snap.versions(base):
+            raise HTTPError(
+                404,
+                f"view {base} has no version {version!r} in snapshot {snap.snapshot_id}; its versions: "
+                f"{', '.join(snap.versions(base))}",
+                {SNAPSHOT_HEADER: str(snap.snapshot_id)},
+            )
         sql, args = _page_sql(spec, filters, key, limit + 1)
         table: pa.Table = await self._on_reader(snap, lambda r: r.query(sql, args))
         more = table.num_rows > limit
@@ -548,6 +562,15 @@ class Routes:
         return StreamingResponse(
             stream(), media_type="text/event-stream", headers={"X-Accel-Buffering": "no", "Cache-Control": "no-store"}
         )
+
+
+def _page_spec(name: str) -> ViewSpec | None:
+    """The spec of a view page's name: a view, or a version of one (``inventory@v2``) under that name."""
+    base, version = split_name(name)
+    spec = USER_VIEWS.get(base)
+    if spec is None or (version is not None and not is_version(version)):
+        return None
+    return spec if version is None else replace(spec, name=name)
 
 
 def _no_row(store: str, item: str, snap: Snapshot) -> str:

@@ -8,6 +8,9 @@ manifest each, and makes the next :class:`Published` state:
 
 * a commit only adds files, so the index gains a layer with the added files'
   rows (:meth:`InventoryIndex.with_rows`): milliseconds, whatever the view's size;
+* a promote or a rollback points ``inventory`` at another version's table: its
+  files are all others, so the index is built again from them (the views it
+  moved are published at once, from the same snapshot, as every other state);
 * a compaction (``"operation": "compact"`` in its manifest) replaces files by one
   holding the same rows, so the index stays as it is;
 * anything else that removes files, a gap in the manifests (expired, or
@@ -88,7 +91,8 @@ class WatchStats:
 
 
 def _inventory_files(snap: Snapshot) -> frozenset[str]:
-    return frozenset(rel for rel, _ in snap.files.get(INVENTORY.name, ()))
+    """The files of the inventory version ``snap``'s alias names: what the index holds."""
+    return frozenset(rel for rel, _ in snap.files.get(snap.table_of(INVENTORY.name), ()))
 
 
 def _operation(root: Path, name: str) -> str | None:
@@ -207,6 +211,7 @@ class SnapshotWatcher:
             return self._full(read_manifest(self.root, name))
         index, files = current.index, current.files
         snap = current.snapshot
+        table = snap.table_of(INVENTORY.name)
         for step in range(current.snapshot_id + 1, sid + 1):
             step_name = name if step == sid else manifest_name(step)
             try:
@@ -215,12 +220,14 @@ class SnapshotWatcher:
                 return self._full(read_manifest(self.root, name))
             now = _inventory_files(snap)
             added, removed = now - files, files - now
+            if snap.table_of(INVENTORY.name) != table:
+                return self._full(read_manifest(self.root, name))  # promoted or rolled back: another table
             if removed:
                 if _operation(self.root, step_name) != "compact":
                     return self._full(read_manifest(self.root, name))
                 self.stats.compactions += 1  # the same rows in other files: the index stands
             elif added:
-                sizes = dict(snap.files.get(INVENTORY.name, ()))
+                sizes = dict(snap.files.get(snap.table_of(INVENTORY.name), ()))
                 if sum(sizes[rel] for rel in added) > max(_MIN_REBUILD_ROWS, len(index) // 4):
                     return self._full(read_manifest(self.root, name))
                 index = index.with_rows(_read(self.root, list(added)))

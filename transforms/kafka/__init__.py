@@ -18,13 +18,15 @@ Modules, lowest first (a module imports only those above it):
   :func:`partition_offsets`, :func:`commit_group_offsets`;
 - ``spec``, ``watermarks``, ``partitions``, ``read``: :class:`ReadFromKafka`, its splittable DoFn, its
   watermarks and what it is told;
-- ``write``: :class:`WriteToKafka`; ``fetch``: :class:`FetchRecords`, records looked up by offset.
+- ``write``: :class:`WriteToKafka`, and :class:`KafkaSender` for plain code;
+- ``fetch``: :class:`FetchRecords`, records looked up by offset.
 """
 
 from transforms.kafka.admin import (
     commit_group_offsets,
     count_records,
     ensure_topics,
+    first_record_times,
     partition_offsets,
     wait_for_kafka,
 )
@@ -43,7 +45,7 @@ from transforms.kafka.read import GLOBAL_WINDOWS, METRICS_NAMESPACE, ReadFromKaf
 from transforms.kafka.records import KafkaBatch, KafkaBatchCoder, KafkaRecord
 from transforms.kafka.spec import EventTimeOf, ReadTiming, StartAt, StopAt
 from transforms.kafka.watermarks import event_time_step
-from transforms.kafka.write import KafkaWriteError, WriteToKafka
+from transforms.kafka.write import KafkaSender, KafkaWriteError, WriteToKafka
 
 __all__ = [
     "GLOBAL_WINDOWS",
@@ -58,6 +60,7 @@ __all__ = [
     "KafkaBatchCoder",
     "KafkaConnection",
     "KafkaRecord",
+    "KafkaSender",
     "KafkaWriteError",
     "ReadFromKafka",
     "ReadTiming",
@@ -69,6 +72,7 @@ __all__ = [
     "count_records",
     "ensure_topics",
     "event_time_step",
+    "first_record_times",
     "load_client_properties",
     "parse_client_setting",
     "partition_offsets",

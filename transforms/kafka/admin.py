@@ -13,11 +13,18 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping, Sequence
 
-from transforms.kafka.clients import client_errors, new_admin, new_consumer, topic_partitions
+from transforms.kafka.clients import client_errors, first_record_from, new_admin, new_consumer, topic_partitions
 from transforms.kafka.connection import KafkaConnection
 from transforms.kafka.records import _TP
 
-__all__ = ["commit_group_offsets", "count_records", "ensure_topics", "partition_offsets", "wait_for_kafka"]
+__all__ = [
+    "commit_group_offsets",
+    "count_records",
+    "ensure_topics",
+    "first_record_times",
+    "partition_offsets",
+    "wait_for_kafka",
+]
 
 _ATTEMPT_S = 5.0  # the longest one metadata request of wait_for_kafka may take
 _RETRY_S = 0.2
@@ -54,15 +61,16 @@ def ensure_topics(
     partitions: int = 4,
     *,
     timeout_s: float = 10.0,
+    configs: Mapping[str, str] | None = None,
 ) -> list[str]:
-    """Create the topics that do not exist yet (one replica each); return the names created."""
+    """Create the topics that do not exist yet (one replica each, with ``configs``); return the names created."""
     kafka = KafkaConnection.of(connection)
     wait_for_kafka(kafka, timeout_s=timeout_s)
     admin = new_admin(kafka, timeout_s)
     try:
         missing = sorted(set(names) - admin.topics())
         if missing:
-            admin.create(missing, partitions, 1)
+            admin.create(missing, partitions, 1, configs)
         return missing
     finally:
         admin.close()
@@ -82,6 +90,30 @@ def partition_offsets(
         starts = consumer.beginning_offsets(tps)
         ends = consumer.end_offsets(tps)
         return {(tp.topic, tp.partition): (starts[tp], ends[tp]) for tp in tps}
+    finally:
+        consumer.close()
+
+
+def first_record_times(
+    connection: KafkaConnection | str | Sequence[str],
+    positions: Mapping[tuple[str, int], int],
+    *,
+    timeout_s: float = 10.0,
+) -> dict[tuple[str, int], int]:
+    """Per partition, the timestamp (ms) of the first record at or after its offset in ``positions``.
+
+    What a reader that stands at those offsets has not read yet began then; a
+    partition whose record does not arrive within ``timeout_s`` is left out.
+    """
+    kafka = KafkaConnection.of(connection)
+    consumer = new_consumer(kafka, {}, timeout_s)
+    found: dict[tuple[str, int], int] = {}
+    try:
+        for (topic, partition), offset in sorted(positions.items()):
+            record = first_record_from(consumer, _TP(topic, partition), offset, timeout_s)
+            if record is not None:
+                found[(topic, partition)] = record.timestamp
+        return found
     finally:
         consumer.close()
 

@@ -8,6 +8,7 @@ connection names through :class:`_Consumer`, :class:`_Producer` and
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
@@ -20,6 +21,7 @@ __all__ = [
     "broker_not_ready",
     "check_topics",
     "client_errors",
+    "first_record_from",
     "new_admin",
     "new_consumer",
     "new_producer",
@@ -115,8 +117,10 @@ class _Admin(Protocol):
 
     def topics(self) -> set[str]: ...
 
-    def create(self, names: list[str], partitions: int, replication: int) -> None:
-        """Create topics; one that exists by now (another client made it) is no error."""
+    def create(
+        self, names: list[str], partitions: int, replication: int, configs: Mapping[str, str] | None = None
+    ) -> None:
+        """Create topics (with topic ``configs``); one that exists by now (another client made it) is no error."""
         ...
 
     def close(self) -> None: ...
@@ -166,6 +170,19 @@ def topic_partitions(consumer: _Consumer, topics: Iterable[str]) -> dict[str, li
     """The partitions of each topic, from a fresh metadata request (a topic that does not exist has none)."""
     consumer.topics()  # a fresh metadata request: picks up new topics and partitions
     return {topic: [_TP(topic, p) for p in sorted(consumer.partitions(topic))] for topic in topics}
+
+
+def first_record_from(consumer: _Consumer, tp: _TP, offset: int, wait_s: float) -> KafkaRecord | None:
+    """The first record of ``tp`` at or after ``offset`` (None if none arrives within ``wait_s``)."""
+    if consumer.assigned() != tp:
+        consumer.assign(tp)
+    consumer.seek(tp, offset)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        at_or_after = [record for record in consumer.poll_batch(tp, 0.5) if record.offset >= offset]
+        if at_or_after:
+            return at_or_after[0]
+    return None
 
 
 def check_topics(consumer: _Consumer, topics: Iterable[str], connection: KafkaConnection) -> None:

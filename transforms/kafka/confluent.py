@@ -351,10 +351,15 @@ class ConfluentAdmin:
         metadata = self._a.list_topics(timeout=self._timeout_s)
         return {name for name, meta in metadata.topics.items() if meta.error is None}
 
-    def create(self, names: list[str], partitions: int, replication: int) -> None:
+    def create(
+        self, names: list[str], partitions: int, replication: int, configs: Mapping[str, str] | None = None
+    ) -> None:
         from confluent_kafka.admin import NewTopic
 
-        specs = [NewTopic(name, num_partitions=partitions, replication_factor=replication) for name in names]
+        specs = [
+            NewTopic(name, num_partitions=partitions, replication_factor=replication, config=dict(configs or {}))
+            for name in names
+        ]
         for future in self._a.create_topics(specs, request_timeout=self._timeout_s).values():
             try:
                 future.result()

@@ -9,14 +9,13 @@ at their offset, so the bytes are the ones first read.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import apache_beam as beam
 
 from core.errors import KafkaUnavailable
-from transforms.kafka.clients import _Consumer, new_consumer
+from transforms.kafka.clients import _Consumer, first_record_from, new_consumer
 from transforms.kafka.connection import KafkaConnection
 from transforms.kafka.records import _TP, KafkaRecord
 from transforms.kafka.spec import ReadTiming
@@ -48,18 +47,10 @@ class _FetchFn(beam.DoFn):
         (topic, partition, offset), value = element
         consumer = self._consumer
         assert consumer is not None
-        tp = _TP(topic, partition)
-        if consumer.assigned() != tp:
-            consumer.assign(tp)
-        consumer.seek(tp, offset)
-        deadline = time.monotonic() + _FETCH_WAIT_S
-        while time.monotonic() < deadline:
-            at_or_after = [record for record in consumer.poll_batch(tp, 0.5) if record.offset >= offset]
-            if at_or_after:
-                if at_or_after[0].offset == offset:
-                    yield at_or_after[0], value
-                    return
-                break  # past it: nothing readable at that offset any more
+        record = first_record_from(consumer, _TP(topic, partition), offset, _FETCH_WAIT_S)
+        if record is not None and record.offset == offset:  # past it: nothing readable at that offset any more
+            yield record, value
+            return
         raise KafkaUnavailable(
             f"the record at {topic}/{partition} offset {offset} could not be read back at "
             f"{self._connection.bootstrap_servers}; check the broker (and that retention kept it)"

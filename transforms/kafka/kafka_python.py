@@ -287,10 +287,13 @@ class KafkaPythonAdmin:
     def topics(self) -> set[str]:
         return set(self._a.list_topics())
 
-    def create(self, names: list[str], partitions: int, replication: int) -> None:
+    def create(
+        self, names: list[str], partitions: int, replication: int, configs: Mapping[str, str] | None = None
+    ) -> None:
         from kafka.errors import TopicAlreadyExistsError
 
-        specs = {name: {"num_partitions": partitions, "replication_factor": replication} for name in names}
+        spec = {"num_partitions": partitions, "replication_factor": replication, "configs": dict(configs or {})}
+        specs = {name: spec for name in names}
         with contextlib.suppress(TopicAlreadyExistsError):  # another client created one since our listing
             self._a.create_topics(specs)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,7 @@ from transforms.kafka.config import ClientSettings, client_error_text, confluent
 from transforms.kafka.confluent import producer_settings
 from transforms.kafka.connection import KafkaConnection
 
-__all__ = ["KafkaWriteError", "WriteToKafka"]
+__all__ = ["KafkaSender", "KafkaWriteError", "WriteToKafka"]
 
 _LOG = logging.getLogger(__name__)
 # librdkafka settings a producer config shares with the topic check's consumer.
@@ -335,3 +335,31 @@ class WriteToKafka(beam.PTransform):
             "settings": repr(spec.connection.settings),
             "producer_config": repr(spec.producer_config),
         }
+
+
+class KafkaSender:
+    """Records to one topic from plain code, each :meth:`send` acknowledged before it returns.
+
+    For work that must publish right after something else is durable (a
+    warehouse commit), in the same step: the producer, checks and errors of
+    :class:`WriteToKafka`, without transactions (at least once: a retried
+    step sends again, which a consumer that keeps the highest version per key
+    absorbs). Raises :class:`KafkaWriteError` if the broker did not
+    acknowledge every record.
+    """
+
+    def __init__(self, connection: KafkaConnection | str | Sequence[str], topic: str, *, timeout_s: float = 10.0):
+        kafka = KafkaConnection.of(connection)
+        spec = _WriteSpec(kafka, topic, kafka.role_settings(None, "producer"), float(timeout_s))
+        self._fn = _WriteFn(spec, None, None, max_pending=50_000)
+        self._fn.setup()
+
+    def send(self, records: Iterable[tuple[bytes | None, bytes | None]]) -> None:
+        """Send ``(key, value)`` records and wait until the broker acknowledged each."""
+        self._fn.start_bundle()
+        for record in records:
+            self._fn.process(record)
+        self._fn.finish_bundle()
+
+    def close(self) -> None:
+        self._fn.teardown()
