@@ -235,6 +235,7 @@ def test_a_resume_with_other_state_settings_is_refused_in_one_line(tmp_path: Pat
     from core.errors import ConfigError
     from transforms.checkpoint import start_run
     from transforms.kafka import KafkaConnection
+    from warehouse.versions import run_tables
 
     root = str(tmp_path / "wh")
     settings = {"window_size": 3600, "allowed_lateness": 3600, "dedupe_horizon": 604800}
@@ -243,4 +244,4 @@ def test_a_resume_with_other_state_settings_is_refused_in_one_line(tmp_path: Pat
     assert recorded is not None and dict(recorded.settings) == settings
     nowhere = KafkaConnection("127.0.0.1:1")  # refused before any broker is asked
     with pytest.raises(ConfigError, match=r"computed with --window_size=3600; this run asks --window_size=1800"):
-        start_run(nowhere, root, "inventory", ["sales"], 1, {**settings, "window_size": 1800})
+        start_run(nowhere, root, run_tables(root, "inventory", None), ["sales"], 1, {**settings, "window_size": 1800})
