@@ -245,3 +245,26 @@ def test_a_resume_with_other_state_settings_is_refused_in_one_line(tmp_path: Pat
     nowhere = KafkaConnection("127.0.0.1:1")  # refused before any broker is asked
     with pytest.raises(ConfigError, match=r"computed with --window_size=3600; this run asks --window_size=1800"):
         start_run(nowhere, root, run_tables(root, "inventory", None), ["sales"], 1, {**settings, "window_size": 1800})
+
+
+def test_a_damaged_resume_table_or_a_file_for_a_warehouse_is_one_clear_error(tmp_path: Path):
+    from core.errors import ConfigError
+    from warehouse.format import WarehouseInconsistent
+    from warehouse.resume import check_readable, hold_run_lock
+
+    root = tmp_path / "wh"
+    begin_run(root, "inventory", {("sales", 0): 0}, shards=1)
+    writer = Warehouse(root)
+    writer.commit("_inventory_state", [state_row(("s", "i"), KeyState(), SalesKeyState(), 1)])
+    (path,) = writer.current().paths("_inventory_state")
+    writer.close()
+    check_readable(root, ["_inventory_state", "_inventory_ids"])  # whole: nothing to say
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: len(data) // 2])  # a file cut short
+    with pytest.raises(WarehouseInconsistent, match="beamline warehouse check") as caught:
+        check_readable(root, ["_inventory_state"])
+    assert "\n" not in str(caught.value) and "_inventory_state" in str(caught.value)
+    a_file = tmp_path / "not-a-folder"
+    a_file.write_text("x")
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        hold_run_lock(a_file, "inventory")

@@ -127,6 +127,13 @@ def test_a_second_run_or_other_topics_on_a_warehouse_are_refused_in_one_line(
     retail_log: RetailLog, make_topic: Callable[..., str], tmp_path: Path
 ):
     retail_log.produce(RetailConfig(events=200, seed=3, start_time=datetime.now(timezone.utc), mean_gap_s=0.01))
+    # A misspelt topic is refused before anything is recorded: the right command still works afterwards.
+    misspelt = [
+        a if not a.startswith("--sales_topic=") else "--sales_topic=no-such-topic"
+        for a in retail_log.run_args("streaming")
+    ]
+    assert_one_line_error(run_cli(*misspelt, timeout=120), "no-such-topic", "do not exist")
+    assert recorded_run(retail_log.warehouse, "inventory") is None
     process = start_streaming(retail_log, tmp_path / "pipeline.log")
     try:
         deadline = time.monotonic() + 120

@@ -50,7 +50,14 @@ from transforms.events import NO_TIME, duration_micros
 from transforms.inventory import InventoryDoFn, KeyState
 from transforms.kafka import KafkaConnection, commit_group_offsets, partition_offsets
 from transforms.seen_ids import SeenBase, ident_hash
-from warehouse.resume import begin_run, hold_run_lock, progress_version, query_tables, recorded_run
+from warehouse.resume import (
+    begin_run,
+    check_readable,
+    hold_run_lock,
+    progress_version,
+    query_tables,
+    recorded_run,
+)
 from warehouse.versions import RunTables
 
 __all__ = [
@@ -139,8 +146,9 @@ def start_run(
     prior = recorded_run(warehouse, pipeline)
     if prior is not None and prior.topics != set(topics):
         raise ConfigError(
-            f"the warehouse {warehouse} holds a {pipeline} resume point for topics {', '.join(sorted(prior.topics))}, "
-            f"but this run reads {', '.join(topics)}; use another --warehouse, or the same topics"
+            f"the warehouse {warehouse} holds the {pipeline} resume point for topics "
+            f"{', '.join(sorted(prior.topics))}, but this run reads {', '.join(topics)}; "
+            "use another --warehouse, or the same topics"
         )
     settings = dict(settings or {})
     if prior is not None and prior.settings and dict(prior.settings) != settings:
@@ -148,10 +156,18 @@ def start_run(
         was = ", ".join(f"--{k}={prior.settings.get(k)}" for k in changed)
         now = ", ".join(f"--{k}={settings.get(k)}" for k in changed)
         raise ConfigError(
-            f"the warehouse {warehouse} holds a {pipeline} state computed with {was}; this run asks {now}: "
+            f"the warehouse {warehouse} holds the {pipeline} state computed with {was}; this run asks {now}: "
             "its state would be read wrongly. Run with the same settings, or write a new warehouse"
         )
-    earliest = {tp: first for tp, (first, _) in partition_offsets(connection, topics).items()}
+    log = partition_offsets(connection, topics)
+    missing = [topic for topic in topics if not any(t == topic for t, _ in log)]
+    if missing:  # before anything is recorded: a resume point for part of the topics would refuse the right ones
+        raise ConfigError(
+            f"Kafka topic(s) {', '.join(missing)} do not exist at {connection.bootstrap_servers}; "
+            "create them or fix the topic names"
+        )
+    check_readable(warehouse, [table for _, table in tables.tables])
+    earliest = {tp: first for tp, (first, _) in log.items()}
     recorded = dict(prior.offsets) if prior is not None else {}
     # A partition the resume point does not list (new since) starts at its earliest offset.
     starts = {tp: max(recorded.get(tp, first), first) for tp, first in earliest.items()}

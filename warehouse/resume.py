@@ -20,7 +20,7 @@ import contextlib
 import fcntl
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import duckdb
@@ -31,6 +31,7 @@ from core.views import RESUME_OFFSETS, RESUME_RUNS, get_view
 from warehouse.format import (
     RUN_LOCK_PREFIX,
     Snapshot,
+    WarehouseInconsistent,
     WarehouseMissing,
     dedupe_sql,
     empty_view_sql,
@@ -40,7 +41,15 @@ from warehouse.format import (
 )
 from warehouse.writer import Warehouse
 
-__all__ = ["RecordedRun", "begin_run", "hold_run_lock", "progress_version", "query_tables", "recorded_run"]
+__all__ = [
+    "RecordedRun",
+    "begin_run",
+    "check_readable",
+    "hold_run_lock",
+    "progress_version",
+    "query_tables",
+    "recorded_run",
+]
 
 Partition = tuple[str, int]
 
@@ -61,6 +70,8 @@ def hold_run_lock(root: str | os.PathLike[str], pipeline: str) -> None:
     the process that holds it ends, however it ends.
     """
     folder = os.fspath(root)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ConfigError(f"--warehouse {folder} is a file, not a folder; pass a folder (new or a warehouse)")
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, f"{RUN_LOCK_PREFIX}{pipeline}.lock")
     if path in _HELD_LOCKS:
@@ -103,26 +114,40 @@ def query_tables(
     snap = snapshot if snapshot is not None else load_snapshot(root)
     named = dict(views) if isinstance(views, Mapping) else {view: view for view in views}
     con = duckdb.connect()
+    results: list[pa.Table] = []
     try:
         for view, table in named.items():
             spec = get_view(table)
             paths = snap.paths(table)
-            if paths:
-                body = dedupe_sql(spec, parquet_sql(paths), visible_only=False)
-            else:
-                body = empty_view_sql(spec)
+            body = dedupe_sql(spec, parquet_sql(paths), visible_only=False) if paths else empty_view_sql(spec)
             con.execute(f"CREATE VIEW {quote_ident(view)} AS {body}")
-        results = []
-        for statement in [sql] if isinstance(sql, str) else sql:
-            used = {name: value for name, value in (params or {}).items() if f"${name}" in statement}
-            if statement.lstrip().upper().startswith(("SELECT", "WITH")):
-                results.append(con.sql(statement, params=used or None).to_arrow_table())
-            else:
-                con.execute(statement, used)
-                results.append(pa.table({}))
-        return snap, results
+        _run(con, [sql] if isinstance(sql, str) else list(sql), params, results)
+    except (duckdb.IOException, duckdb.InvalidInputException) as exc:  # a file missing, cut short or not Parquet
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WarehouseInconsistent(
+            f"reading {', '.join(named.values())} of the warehouse {root} failed: {first}; "
+            "`beamline warehouse check` names the damaged file: restore it from a backup, or write a new "
+            "warehouse (a batch run rebuilds the views, not a streaming run's resume point)"
+        ) from None
     finally:
         con.close()
+    return snap, results
+
+
+def _run(
+    con: duckdb.DuckDBPyConnection,
+    statements: Sequence[str],
+    params: Mapping[str, object] | None,
+    results: list[pa.Table],
+) -> None:
+    """Each statement in turn, its result (a table, empty for one that returns no rows) appended."""
+    for statement in statements:
+        used = {name: value for name, value in (params or {}).items() if f"${name}" in statement}
+        if statement.lstrip().upper().startswith(("SELECT", "WITH")):
+            results.append(con.sql(statement, params=used or None).to_arrow_table())
+        else:
+            con.execute(statement, used)
+            results.append(pa.table({}))
 
 
 @dataclass(frozen=True)
@@ -174,6 +199,21 @@ def recorded_run(root: str | os.PathLike[str], pipeline: str, snapshot: Snapshot
         committed_at_us=snap.committed_at_us,
         settings=json.loads(settings[0]) if settings else {},
     )
+
+
+def check_readable(root: str | os.PathLike[str], tables: Iterable[str]) -> None:
+    """Raise WarehouseInconsistent (one line) unless every file of ``tables`` in the newest snapshot reads.
+
+    A count reads each Parquet file's footer only: cheap, and a resume would
+    otherwise start, look healthy, and fail at its first bundle.
+    """
+    try:
+        snap = load_snapshot(root)
+    except WarehouseMissing:
+        return
+    present = [table for table in tables if snap.paths(table)]
+    if present:
+        query_tables(root, [f"SELECT count(*) FROM {quote_ident(t)}" for t in present], present, snapshot=snap)
 
 
 def begin_run(
