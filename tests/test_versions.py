@@ -178,6 +178,10 @@ def test_drop_refuses_the_promoted_version_and_expiry_frees_the_dropped_files(ro
     assert all(f.exists() for f in v1_files)  # older snapshots still list them: time travel reads them
     with pytest.raises(Exception, match="no earlier version to roll back to"):
         rollback(root, "inventory")
+    for view in ("inventory", "sales_by_window"):  # the emptied v1 is not a version readers can be moved to
+        with pytest.raises(Exception, match="holds no rows"):
+            promote(root, view, "v1")
+    assert shown(root) == (2, 30, "v2")
     wh = Warehouse(root)
     try:
         wh.expire_snapshots(dt.timedelta(0))

@@ -185,6 +185,12 @@ def promote(root: str | os.PathLike[str], view: str, version: str) -> Moved:
 
     def plan(_: Warehouse, parent: Snapshot) -> protocol.Plan | None:
         check_present(parent, view, version)
+        if parent.promoted(view) != version and not parent.files.get(table_name(view, version)):
+            # v1 is the plain table, which a drop empties but cannot remove: readers would see nothing.
+            raise UnknownVersion(
+                f"{view} {version} holds no rows (dropped, or never written): write it first "
+                f"(`beamline run ... --view-version {version}`); --force does not promote an empty version"
+            )
         aliases = dict(parent.aliases)
         moved.clear()
         for member in promotion_group(view):
