@@ -68,7 +68,7 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from core.errors import ConfigError
-from transforms.changes import ChangesPublisher, ChangesTopics
+from transforms.changes import ChangesTopics
 from transforms.checkpoint import (
     Checkpoint,
     Claims,
@@ -103,8 +103,8 @@ from transforms.kafka import GLOBAL_WINDOWS
 from transforms.params import KEY_PARAM, TIMESTAMP_PARAM
 from transforms.seen_ids import RestoredSeen
 from transforms.shard_keys import KeyByShard, ShardEvents, shard_of
+from transforms.sinks import WarehouseOutlet
 from warehouse.resume import progress_version
-from warehouse.writer import DEFAULT_RETENTION, GroupCommitter, acquire_shared_writer, release_shared_writer
 
 __all__ = [
     "DEFAULT_HISTORY_GRID",
@@ -190,9 +190,6 @@ _SHARD_CACHE = VersionedCache(size=lambda shard: shard.ids + len(shard.keys))
 # A checkpointed step's last restore in this process, per (warehouse, pipeline, run): every shard loads from one read.
 _RESTORED: dict[tuple[str, str, int], Restored] = {}
 
-# A checkpointed step expires old snapshots every this many commits, as the sinks do.
-_EXPIRE_EVERY = 500
-
 
 def _replay(entries: Iterable[tuple[Any, ...]]) -> _Shard:
     """A shard's committed log -> its keys and ids (latest snapshot of each key wins)."""
@@ -265,9 +262,8 @@ class _ShardedRetailFn(beam.DoFn):
     ) -> None:
         self._checkpoint = checkpoint
         self._shards = shards
-        self._writer: GroupCommitter | None = None
-        self._changes = changes
-        self._publisher: ChangesPublisher | None = None
+        # The way into the warehouse of a checkpointed step (opened in setup).
+        self._outlet = WarehouseOutlet(checkpoint.warehouse, changes) if checkpoint is not None else None
         self._inventory = inventory
         self._windows = windows
         self._clock = clock
@@ -281,21 +277,14 @@ class _ShardedRetailFn(beam.DoFn):
         self._logged: set[tuple[int, Key]] = set()
         self._changed: dict[Key, tuple[KeyState, Timestamp]] = {}
         self._outbox = _Outbox()
-        self._commits = 0
 
     def setup(self) -> None:
-        if self._checkpoint is not None:
-            self._writer = acquire_shared_writer(self._checkpoint.warehouse)
-            if self._changes is not None:
-                self._publisher = ChangesPublisher(self._changes)
+        if self._outlet is not None:
+            self._outlet.open()
 
     def teardown(self) -> None:
-        if self._writer is not None:
-            release_shared_writer(self._writer)
-            self._writer = None
-        if self._publisher is not None:
-            self._publisher.close()
-            self._publisher = None
+        if self._outlet is not None:
+            self._outlet.close()
 
     def start_bundle(self) -> None:
         self._version = int.from_bytes(os.urandom(8), "big") | 1  # never 0 (a new shard's head)
@@ -544,8 +533,8 @@ class _ShardedRetailFn(beam.DoFn):
         Before the bundle ends, so a shard's next bundle (which the runner
         starts only after this one succeeded) finds it in the warehouse.
         """
-        checkpoint, writer, outbox = self._checkpoint, self._writer, self._outbox
-        assert checkpoint is not None and writer is not None
+        checkpoint, outlet, outbox = self._checkpoint, self._outlet, self._outbox
+        assert checkpoint is not None and outlet is not None
         touched = outbox.shards | {shard for shard, _ in self._logged}
         if not touched:
             return
@@ -565,7 +554,7 @@ class _ShardedRetailFn(beam.DoFn):
                     st.version += 1
                     states.append(state_row(key, st.inventory, st.sales, st.version))
         table = checkpoint.table
-        held = writer.commit_many(
+        outlet.commit(
             {
                 table("inventory"): inventory,
                 table("sales_by_window"): outbox.windows,
@@ -575,11 +564,6 @@ class _ShardedRetailFn(beam.DoFn):
                 "_resume_offsets": offsets,
             }
         )
-        if self._publisher is not None:  # once durable; a retried bundle publishes the same versions again
-            self._publisher.publish(held)
-        self._commits += 1
-        if self._commits % _EXPIRE_EVERY == 0:
-            writer.warehouse.expire_snapshots(DEFAULT_RETENTION)
 
     def _fire_due(
         self,

@@ -29,20 +29,19 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from core.views import WORD_COUNTS
-from transforms.changes import ChangesPublisher, ChangesTopics
+from transforms.changes import ChangesTopics
 from transforms.checkpoint import Checkpoint, Progress, claims_of
 from transforms.counts import DEAD_LETTERS_TAG, split_line
 from transforms.events import DeadLetter, dead_letter_to_row
 from transforms.inventory import VersionedCache
 from transforms.kafka import GLOBAL_WINDOWS, KafkaRecord
 from transforms.params import TIMESTAMP_PARAM
+from transforms.sinks import WarehouseOutlet
 from warehouse.resume import progress_version, query_tables
-from warehouse.writer import DEFAULT_RETENTION, GroupCommitter, acquire_shared_writer, release_shared_writer
 
 __all__ = ["DEFAULT_WORD_SHARDS", "ShardLines", "StreamWordCounts", "word_shard"]
 
 DEFAULT_WORD_SHARDS = 4
-_EXPIRE_EVERY = 500
 
 WORD_HEAD = ReadModifyWriteStateSpec("word_head", PickleCoder())
 _HEAD = beam.DoFn.StateParam(WORD_HEAD)
@@ -126,28 +125,20 @@ class _ShardedWordCountFn(beam.DoFn):
     def __init__(self, checkpoint: Checkpoint, shards: int, changes: ChangesTopics | None = None) -> None:
         self._checkpoint = checkpoint
         self._shards = shards
-        self._changes = changes
-        self._publisher: ChangesPublisher | None = None
+        self._outlet: WarehouseOutlet | None = WarehouseOutlet(checkpoint.warehouse, changes)
         self._step = uuid.uuid4().hex
-        self._writer: GroupCommitter | None = None
         self._version = 0
-        self._commits = 0
         self._open: dict[int, tuple[_Head, _Shard]] = {}
         self._changed: dict[str, int] = {}
         self._letters: list[dict[str, Any]] = []
 
     def setup(self) -> None:
-        self._writer = acquire_shared_writer(self._checkpoint.warehouse)
-        if self._changes is not None:
-            self._publisher = ChangesPublisher(self._changes)
+        if self._outlet is not None:
+            self._outlet.open()
 
     def teardown(self) -> None:
-        if self._writer is not None:
-            release_shared_writer(self._writer)
-            self._writer = None
-        if self._publisher is not None:
-            self._publisher.close()
-            self._publisher = None
+        if self._outlet is not None:
+            self._outlet.close()
 
     def start_bundle(self) -> None:
         self._version = int.from_bytes(os.urandom(8), "big") | 1
@@ -222,8 +213,8 @@ class _ShardedWordCountFn(beam.DoFn):
     def finish_bundle(self) -> Iterator[WindowedValue]:
         if not self._open:
             return
-        checkpoint, writer = self._checkpoint, self._writer
-        assert writer is not None
+        checkpoint, outlet = self._checkpoint, self._outlet
+        assert outlet is not None
         offsets: list[dict[str, Any]] = []
         for shard, (head, data) in sorted(self._open.items()):
             data.commits += 1
@@ -234,14 +225,7 @@ class _ShardedWordCountFn(beam.DoFn):
             )
         rows = [{"word": word, "count": count} for word, count in self._changed.items()]
         table = checkpoint.table
-        held = writer.commit_many(
-            {table(WORD_COUNTS.name): rows, table("dead_letters"): self._letters, "_resume_offsets": offsets}
-        )
-        if self._publisher is not None:  # once durable; a retried bundle publishes the same versions again
-            self._publisher.publish(held)
-        self._commits += 1
-        if self._commits % _EXPIRE_EVERY == 0:
-            writer.warehouse.expire_snapshots(DEFAULT_RETENTION)
+        outlet.commit({table(WORD_COUNTS.name): rows, table("dead_letters"): self._letters, "_resume_offsets": offsets})
         for row in rows:
             yield WindowedValue(row, Timestamp.now(), GLOBAL_WINDOWS)
 
