@@ -420,20 +420,20 @@ def test_sink_steps_of_one_process_share_one_writer_per_warehouse(tmp_path: Path
     for step in steps:
         step.setup()
     inventory, dead, elsewhere = steps
-    assert inventory._writer is dead._writer is not elsewhere._writer
+    assert inventory._outlet._writer is dead._outlet._writer is not elsewhere._outlet._writer
     inventory.teardown()
     # The other step still commits through the shared writer after one step went away.
     dead.start_bundle()
     dead.process({"source_topic": "s", "partition": 0, "offset": 1, "error": "bad", "payload": b"x"})
     dead.finish_bundle()
     assert run_query("SELECT count(*) AS n FROM dead_letters", tmp_path / "wh").to_pylist() == [{"n": 1}]
-    shared = dead._writer
+    shared = dead._outlet._writer
     dead.teardown()
     elsewhere.teardown()
     assert shared is not None and shared.warehouse._con is None  # closed with its last user
     again = _CommitBatchesFn(str(tmp_path / "wh"), "inventory", 100, None, 1)
     again.setup()
-    assert again._writer is not shared  # a fresh writer after the last one closed
+    assert again._outlet._writer is not shared  # a fresh writer after the last one closed
     again.teardown()
 
 
