@@ -100,7 +100,14 @@ def _as_truth_input(records: list[KafkaRecord]) -> list[tuple[str, int, int, byt
 
 
 @pytest.mark.parametrize(
-    ("buckets", "batch", "one_input"), [(1, 0, False), (16, 0, False), (16, 2, False), (1, 100, False), (16, 2, True)]
+    ("buckets", "batch", "one_input"),
+    [
+        (1, 0, False),
+        pytest.param(16, 0, False, marks=pytest.mark.slow),  # the unit tier keeps one case of each kind
+        pytest.param(16, 2, False, marks=pytest.mark.slow),
+        (1, 100, False),
+        (16, 2, True),
+    ],
 )
 def test_backfill_equals_the_recompute_on_a_tricky_log(
     tmp_path: Path, buckets: int, batch: int, one_input: bool
@@ -141,7 +148,9 @@ def test_backfill_equals_the_recompute_on_a_tricky_log(
     assert (got["inventory"][("a", "x")][2], got["inventory"][("a", "y")][2]) == (8, 3)  # t1 for both items
 
 
-@pytest.mark.parametrize(("batch", "one_input"), [(0, False), (37, False), (37, True)])
+@pytest.mark.parametrize(
+    ("batch", "one_input"), [(0, False), pytest.param(37, False, marks=pytest.mark.slow), (37, True)]
+)
 def test_backfill_equals_the_recompute_on_a_random_log(tmp_path: Path, batch: int, one_input: bool) -> None:
     rng = random.Random(11)
     stores, items = ["a", "b", "c"], ["x", "y"]

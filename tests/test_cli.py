@@ -71,6 +71,7 @@ def test_a_bad_environment_default_is_one_line_too(
     one_line_error(capsys, ["run", "inventory"], "BEAMLINE_GC_THRESHOLD")
 
 
+@pytest.mark.processes
 def test_the_pipeline_module_gives_the_same_one_line() -> None:
     result = run_cli("run", "inventory", "--dedupe_horizon=0")
     module = subprocess.run(
@@ -162,6 +163,7 @@ def test_pipeline_module_help_lists_the_options(capsys: pytest.CaptureFixture[st
         assert name in text
 
 
+@pytest.mark.processes
 def test_the_environment_names_one_warehouse_for_run_and_query(
     bootstrap_servers: str, make_topic: Callable[..., str], tmp_path: Path
 ) -> None:

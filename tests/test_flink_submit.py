@@ -41,6 +41,7 @@ def _offline_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+@pytest.mark.processes
 def test_with_no_jar_anywhere_and_no_network_the_run_stops_in_one_line(tmp_path: Path) -> None:
     result = run_cli("run", "inventory", "--runner", "flink", env=_offline_env(tmp_path))
 
@@ -50,6 +51,7 @@ def test_with_no_jar_anywhere_and_no_network_the_run_stops_in_one_line(tmp_path:
     assert not (tmp_path / "home" / ".apache_beam" / "cache" / "jars" / JOB_SERVER_JAR_NAME).exists()
 
 
+@pytest.mark.processes
 def test_a_variable_naming_no_file_is_one_line(tmp_path: Path) -> None:
     env = {**_offline_env(tmp_path), "BEAMLINE_FLINK_JOB_SERVER_JAR": str(tmp_path / "missing.jar")}
     result = run_cli("run", "inventory", "--runner", "flink", env=env)

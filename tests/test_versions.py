@@ -335,6 +335,7 @@ def test_the_views_verbs_list_promote_roll_back_and_drop(root: Path, capsys: pyt
     assert [s.version for s in list_versions(root, None)[1] if s.view == "inventory"] == ["v1"]
 
 
+@pytest.mark.processes
 def test_an_unknown_version_is_one_line_from_the_command(root: Path) -> None:
     result = run_cli("views", "promote", "inventory", "v7", "--warehouse", str(root))
     assert_one_line_error(result, "no version 'v7'", "v1, v2")
