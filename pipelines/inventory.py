@@ -47,6 +47,7 @@ from pipelines.options import (
     WarehouseOptions,
     changes_topics,
     kafka_connection,
+    kafka_outage_s,
     run_tables,
 )
 from pipelines.runner import RunSummary, main_for, run_pipeline
@@ -131,7 +132,8 @@ def dead_letters_to_kafka(dead_letters: Sequence[beam.PCollection], options: Pip
         _ = (
             letters
             | f"DeadLetterRecords{suffix}" >> beam.Map(dead_letter_to_kafka)
-            | f"DeadLettersToKafka{suffix}" >> WriteToKafka(connection, kafka.dead_letter_topic)
+            | f"DeadLettersToKafka{suffix}"
+            >> WriteToKafka(connection, kafka.dead_letter_topic, outage_timeout_s=kafka_outage_s(options))
         )
 
 

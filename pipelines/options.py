@@ -26,7 +26,7 @@ from transforms.changes import DEFAULT_CHANGES_TOPIC, ChangesTopics, prepare_cha
 from transforms.checkpoint import CATCH_UP_RECORDS
 from transforms.counts import DEFAULT_ALLOWED_LATENESS, DEFAULT_EARLY_DELAY, DEFAULT_WINDOW_SIZE, LONGEST_WINDOW
 from transforms.inventory import DEFAULT_HORIZON
-from transforms.kafka import KAFKA_CLIENTS, KafkaConnection, load_client_properties, parse_client_setting
+from transforms.kafka import KAFKA_CLIENTS, OUTAGE_S, KafkaConnection, load_client_properties, parse_client_setting
 from transforms.retail import DEFAULT_SHARDS
 from warehouse.versions import RunTables
 from warehouse.versions import run_tables as resolve_run_tables
@@ -155,6 +155,11 @@ def kafka_connection(options: PipelineOptions) -> KafkaConnection:
     """The brokers, client and client settings every read and write of the pipeline uses."""
     kafka = options.view_as(KafkaOptions)
     return connection_of(bootstrap_servers(options), kafka.kafka_client, kafka.kafka_config_file, kafka.kafka_config)
+
+
+def kafka_outage_s(options: PipelineOptions) -> float | None:
+    """How long the pipeline's Kafka writes wait out a broker outage: a streaming run as long as its read does."""
+    return None if options.view_as(BeamlineOptions).mode == "streaming" else OUTAGE_S
 
 
 def connection_of(

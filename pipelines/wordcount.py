@@ -28,6 +28,7 @@ from pipelines.options import (
     WarehouseOptions,
     changes_topics,
     kafka_connection,
+    kafka_outage_s,
     run_tables,
 )
 from pipelines.runner import RunSummary, main_for, run_pipeline
@@ -47,7 +48,6 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions) -> GroupOffsets | N
     """Add the word count's steps to ``pipeline``; a streaming run also returns what runs beside it."""
     kafka = options.view_as(KafkaOptions)
     warehouse = options.view_as(WarehouseOptions).warehouse
-    tables = run_tables(options, "wordcount")
     connection = kafka_connection(options)
     ensure_topics(connection, [kafka.word_counts_topic])
     tables = run_tables(options, PIPELINE)
@@ -76,7 +76,8 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions) -> GroupOffsets | N
     _ = (
         counts
         | "WordCountRecords" >> beam.Map(word_count_to_kafka)
-        | "WordCountsToKafka" >> WriteToKafka(connection, kafka.word_counts_topic)
+        | "WordCountsToKafka"
+        >> WriteToKafka(connection, kafka.word_counts_topic, outage_timeout_s=kafka_outage_s(options))
     )
     return beside
 

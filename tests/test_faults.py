@@ -338,15 +338,6 @@ def covered(warehouse: Path) -> dict[tuple[str, int], int] | None:
     return None if recorded is None else dict(recorded.offsets)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="not yet shown reliable. The rare failure, caught with its log: a partition reader's consumer was closed "
-    "under its running bundle (kafka-python IllegalStateError 'KafkaConsumer is closed', then a KeyError releasing "
-    "the bundle's processor in the SDK harness): the harness tore the DoFn down while its bundle ran, which "
-    "suggests its periodic shutdown of idle bundle processors (apache/beam#10655) racing a bundle that waited out "
-    "the broker's absence. The read now takes a consumer closed under it as an outage and reconnects; no "
-    "standalone reproducer of the harness race yet",
-)
 def test_streaming_survives_a_broker_restart(
     kafka_broker: KafkaBroker, retail_log: RetailLog, pipeline_log: Path
 ) -> None:

@@ -8,7 +8,9 @@ The contract tests run once per Kafka client (the ``client`` fixture).
 from __future__ import annotations
 
 import hashlib
+import logging
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -40,6 +42,8 @@ from transforms.kafka import (
     KafkaBatchCoder,
     KafkaConnection,
     KafkaRecord,
+    KafkaSender,
+    KafkaWriteError,
     ReadFromKafka,
     ReadTiming,
     StartAt,
@@ -985,3 +989,96 @@ def test_event_time_moves_the_watermark_and_keeps_stamps_within_its_step(
     times: list[int | None], before: int, now: int, after: int, stamps: list[int]
 ) -> None:
     assert event_time_step(times, before, now, skew=5) == (after, stamps)
+
+
+# -- writes across a broker outage ---------------------------------------------------------
+
+_HALF_SENT = threading.Event()
+_BROKER_STOPPED = threading.Event()
+
+
+def _hold_after_250(value: bytes) -> tuple[None, bytes]:
+    """Pass records on; at the 251st, wait until the test has stopped the broker (the transaction is open)."""
+    if value == b"v-250":
+        _HALF_SENT.set()
+        assert _BROKER_STOPPED.wait(180), "the test never stopped the broker"
+    return None, value
+
+
+class _LogFlag(logging.Handler):
+    """Sets ``event`` when a record whose message contains ``text`` is logged."""
+
+    def __init__(self, event: threading.Event, text: str) -> None:
+        super().__init__(logging.WARNING)
+        self._event, self._text = event, text
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._text in record.getMessage():
+            self._event.set()
+
+
+@pytest.mark.slow
+def test_a_transactional_write_waits_out_a_stopped_broker_and_writes_each_record_once(
+    kafka_broker: KafkaBroker, bootstrap_servers: str, make_topic: Callable[..., str], kafka: KafkaConnection
+) -> None:
+    out = make_topic(partitions=1)
+    port = int(bootstrap_servers.rsplit(":", 1)[1])
+    values = [b"v-%d" % i for i in range(500)]
+    waiting = threading.Event()
+    flag = _LogFlag(waiting, "waiting for the broker")
+    logging.getLogger("transforms.kafka.write").addHandler(flag)
+    _HALF_SENT.clear()
+    _BROKER_STOPPED.clear()
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with _fn_api() as p:
+                _ = (
+                    p
+                    | beam.Create(values, reshuffle=False)
+                    | beam.Map(_hold_after_250)
+                    # 100 records a flush: two flushes are in the open transaction when the broker goes.
+                    | WriteToKafka(kafka, out, timeout_s=3, max_pending=100, outage_timeout_s=None)
+                )
+        except BaseException as exc:  # reported by the test, not lost in the thread
+            failures.append(exc)
+
+    writer = threading.Thread(target=run, daemon=True)
+    try:
+        writer.start()
+        assert _HALF_SENT.wait(120), "the pipeline never reached the 251st record"
+        kafka_broker.stop()
+        _BROKER_STOPPED.set()
+        assert waiting.wait(180), "the write never waited for the broker"
+        kafka_broker.start(port)
+        writer.join(240)
+        assert not writer.is_alive(), "the write did not finish after the broker came back"
+        assert not failures, failures
+    finally:
+        _BROKER_STOPPED.set()
+        logging.getLogger("transforms.kafka.write").removeHandler(flag)
+        if not kafka_broker.status().running:  # the session broker serves the tests after this one
+            kafka_broker.start(port)
+    consumer = _committed_reader(bootstrap_servers, out)
+    seen: list[Any] = []
+    try:
+        _wait_for(lambda: (_drain(consumer, seen), len(seen) >= len(values))[1], 60, "the written records")
+        deadline = time.monotonic() + 2  # let anything duplicated arrive before comparing
+        while time.monotonic() < deadline:
+            _drain(consumer, seen)
+    finally:
+        consumer.close()
+    assert sorted(r.value for r in seen) == sorted(values), "lost or duplicated records"
+
+
+@pytest.mark.kafka  # waits out a broker that never answers
+def test_a_write_gives_up_on_a_broker_that_stays_away_after_its_outage_timeout() -> None:
+    nowhere = f"127.0.0.1:{free_port()}"
+    sender = KafkaSender(nowhere, "anything", timeout_s=1, outage_timeout_s=2)
+    started = time.monotonic()
+    with pytest.raises(KafkaWriteError, match=r"gave up after waiting \d+ s for the broker at 127\.0\.0\.1") as info:
+        sender.send([(None, b"x")])
+    assert "\n" not in str(info.value)
+    assert time.monotonic() - started < 30
+    sender.close()

@@ -45,13 +45,14 @@ from transforms.kafka.read import GLOBAL_WINDOWS, METRICS_NAMESPACE, ReadFromKaf
 from transforms.kafka.records import KafkaBatch, KafkaBatchCoder, KafkaRecord
 from transforms.kafka.spec import EventTimeOf, ReadTiming, StartAt, StopAt
 from transforms.kafka.watermarks import event_time_step
-from transforms.kafka.write import KafkaSender, KafkaWriteError, WriteToKafka
+from transforms.kafka.write import OUTAGE_S, KafkaSender, KafkaWriteError, WriteToKafka
 
 __all__ = [
     "GLOBAL_WINDOWS",
     "KAFKA_CLIENTS",
     "LOCAL_PROGRESS",
     "METRICS_NAMESPACE",
+    "OUTAGE_S",
     "PROGRESS_DIR_ENV",
     "ClientSettings",
     "EventTimeOf",

@@ -2,8 +2,9 @@
 
 A public PTransform over one private DoFn. The producer is whichever client
 the connection names (:mod:`transforms.kafka.clients`); the DoFn holds a
-bundle's records, sends them back to back, and fails the bundle (to be
-retried) unless the broker acknowledged every one.
+bundle's records, sends them back to back, waits out a broker that stopped
+answering and sends again, and fails the bundle unless the broker
+acknowledged every one.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import apache_beam as beam
 
 from core.errors import BeamlineError, ConfigError, KafkaUnavailable
+from transforms.kafka.admin import wait_for_kafka
 from transforms.kafka.clients import (
     _Producer,
     broker_not_ready,
@@ -29,9 +31,17 @@ from transforms.kafka.config import ClientSettings, client_error_text, confluent
 from transforms.kafka.confluent import producer_settings
 from transforms.kafka.connection import KafkaConnection
 
-__all__ = ["KafkaSender", "KafkaWriteError", "WriteToKafka"]
+__all__ = ["OUTAGE_S", "KafkaSender", "KafkaWriteError", "WriteToKafka"]
 
 _LOG = logging.getLogger(__name__)
+# How long a write waits out a broker that stopped answering before its bundle fails
+# (as long as a backfill's read waits); a streaming pipeline's writes wait for ever.
+OUTAGE_S = 120.0
+# Failures in a row while the broker answers at once: not an outage (a refused record,
+# a missing topic, an ACL), so the bundle fails. A restarted broker may refuse a
+# few requests while it takes its partitions back.
+_FAILURES_WITH_BROKER_UP = 5
+_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 # librdkafka settings a producer config shares with the topic check's consumer.
 _CONFLUENT_SHARED_PREFIXES = ("client.", "security.", "ssl.", "sasl.", "socket.", "broker.", "api.version")
 # The same for kafka-python: connection and security settings.
@@ -53,6 +63,8 @@ class _WriteSpec:
     # One Kafka transaction per bundle; ids are "<prefix>-<random per DoFn instance>".
     exactly_once: bool = False
     transactional_id_prefix: str = ""
+    # How long a write waits for a broker that stopped answering; None: as long as it takes.
+    outage_s: float | None = OUTAGE_S
 
     @property
     def servers(self) -> str:
@@ -92,6 +104,8 @@ class _WriteFn(beam.DoFn):
         self._producer: _Producer | None = None
         self._pending: list[tuple[bytes | None, bytes | None]] = []
         self._in_transaction = False
+        # Records sent in the open transaction: sent again if it has to be aborted.
+        self._transaction_records: list[tuple[bytes | None, bytes | None]] = []
         self._transactional_id: str | None = None
 
     def setup(self) -> None:
@@ -108,8 +122,10 @@ class _WriteFn(beam.DoFn):
         spec = self._spec
         client = spec.connection.client
         # Right after a broker (re)start its transaction coordinator is still
-        # loading: try again for as long as a send may wait for its acknowledgement.
-        deadline = time.monotonic() + spec.timeout_s + 40
+        # loading: try again for as long as a send may wait for its acknowledgement
+        # (and no longer than the write waits out an outage).
+        wait_s = spec.timeout_s + 40 if spec.outage_s is None else min(spec.timeout_s + 40, spec.outage_s)
+        deadline = time.monotonic() + wait_s
         while True:
             try:
                 return new_producer(
@@ -146,62 +162,84 @@ class _WriteFn(beam.DoFn):
             self._flush()
 
     def _flush(self) -> None:
-        """Send the pending records and wait for them; raise (fail the bundle) if any was not acknowledged."""
         records, self._pending = self._pending, []
-        if not records:
-            return
-        if self._producer is None:
-            self._producer = self._new_producer()
-        producer, spec = self._producer, self._spec
-        try:
-            if spec.exactly_once and not self._in_transaction:
-                producer.begin()
-                self._in_transaction = True
-            for key, value in records:
-                producer.send(key, value)
-        except producer.errors as exc:
-            self._abandon()
-            raise KafkaWriteError(
-                f"could not send to Kafka topic {spec.topic} at {spec.servers} ({exc}); "
-                "the bundle will be retried; check that the topic exists and the broker is up"
-            ) from exc
-        try:
-            failed, sent, first = producer.flush(spec.timeout_s + 40)
-        except producer.errors as exc:
-            self._abandon()
-            raise KafkaWriteError(
-                f"Kafka did not acknowledge writes to topic {spec.topic} at {spec.servers} "
-                f"({type(exc).__name__}); the bundle will be retried; check the broker"
-            ) from exc
-        if failed:
-            self._abandon()
-            raise KafkaWriteError(
-                f"Kafka did not acknowledge {failed} of {sent} records to topic "
-                f"{spec.topic} ({first}); the bundle will be retried; check the broker and topic"
-            )
+        if records:
+            self._deliver(records, commit=False)
 
     def finish_bundle(self) -> None:
-        self._flush()
-        producer, spec = self._producer, self._spec
-        if not self._in_transaction or producer is None:
+        records, self._pending = self._pending, []
+        self._deliver(records, commit=True)
+
+    def _deliver(self, records: list[tuple[bytes | None, bytes | None]], commit: bool) -> None:
+        """Send ``records`` (and commit the bundle's transaction if asked), waiting out a broker outage.
+
+        A failed attempt drops the producer (aborting its transaction) and, once
+        the broker answers again, sends again: the records of this attempt and,
+        with transactions, every record of the aborted transaction. Raises
+        KafkaWriteError (the bundle fails) when the failure is not an outage.
+        """
+        outage = _OutageWait(self._spec)
+        while True:
+            try:
+                self._attempt(records, commit)
+                return
+            except (KafkaWriteError, KafkaUnavailable) as exc:
+                replay = self._transaction_records
+                self._abandon()
+                outage.wait_or_raise(exc)
+                records = replay + records
+
+    def _attempt(self, records: list[tuple[bytes | None, bytes | None]], commit: bool) -> None:
+        """One try: send, wait for every acknowledgement, commit if asked; KafkaWriteError on any failure."""
+        spec = self._spec
+        if records:
+            if self._producer is None:
+                self._producer = self._new_producer()
+            producer = self._producer
+            try:
+                if spec.exactly_once and not self._in_transaction:
+                    producer.begin()
+                    self._in_transaction = True
+                for key, value in records:
+                    producer.send(key, value)
+            except producer.errors as exc:
+                raise KafkaWriteError(
+                    f"could not send to Kafka topic {spec.topic} at {spec.servers} ({exc}); "
+                    "check that the topic exists and the broker is up"
+                ) from exc
+            try:
+                failed, sent, first = producer.flush(spec.timeout_s + 40)
+            except producer.errors as exc:
+                raise KafkaWriteError(
+                    f"Kafka did not acknowledge writes to topic {spec.topic} at {spec.servers} "
+                    f"({type(exc).__name__}); check the broker"
+                ) from exc
+            if failed:
+                raise KafkaWriteError(
+                    f"Kafka did not acknowledge {failed} of {sent} records to topic "
+                    f"{spec.topic} ({first}); check the broker and topic"
+                )
+            if self._in_transaction:
+                self._transaction_records.extend(records)
+        producer_now = self._producer
+        if not commit or not self._in_transaction or producer_now is None:
             return
         try:
-            producer.commit(spec.timeout_s + 40)
-        except producer.errors as exc:
-            self._abandon()
+            producer_now.commit(spec.timeout_s + 40)
+        except producer_now.errors as exc:
             raise KafkaWriteError(
                 f"Kafka did not commit the transaction of this bundle's records to topic {spec.topic} at "
-                f"{spec.servers} ({exc!r}); it is aborted and the bundle will be retried; check the "
-                "broker, and that a bundle fits in the transaction timeout (producer_config "
-                "transaction_timeout_ms / transaction.timeout.ms)"
+                f"{spec.servers} ({exc!r}); check the broker, and that a bundle fits in the transaction "
+                "timeout (producer_config transaction_timeout_ms / transaction.timeout.ms)"
             ) from exc
         self._in_transaction = False
+        self._transaction_records = []
 
     def _abandon(self) -> None:
         """Abort the open transaction (if any) and drop the producer; the next bundle makes a new one."""
         producer, self._producer = self._producer, None
         in_transaction, self._in_transaction = self._in_transaction, False
-        self._pending = []
+        self._transaction_records = []
         if producer is None:
             return
         if in_transaction:
@@ -219,6 +257,45 @@ class _WriteFn(beam.DoFn):
         if self._producer is not None:
             self._producer.close(self._spec.timeout_s)
             self._producer = None
+
+
+class _OutageWait:
+    """Decides, after a failed write, whether to wait for the broker and send again or to fail the bundle."""
+
+    def __init__(self, spec: _WriteSpec) -> None:
+        self._spec = spec
+        self._started = time.monotonic()
+        self._failures_with_broker_up = 0
+
+    def wait_or_raise(self, exc: BaseException) -> None:
+        """Return once the broker answers (send again); raise ``exc`` if this is no outage or it lasts too long."""
+        spec = self._spec
+        away = False
+        while True:
+            waited = time.monotonic() - self._started
+            if spec.outage_s is not None and waited >= spec.outage_s:
+                raise KafkaWriteError(
+                    f"{exc}; gave up after waiting {waited:.0f} s for the broker at {spec.servers}"
+                ) from exc
+            budget = 30.0 if spec.outage_s is None else max(1.0, min(30.0, spec.outage_s - waited))
+            try:
+                wait_for_kafka(spec.connection, timeout_s=budget)
+                break
+            except KafkaUnavailable:
+                away = True
+                _LOG.warning(
+                    "Kafka write to %s waiting for the broker at %s (%.0f s so far): %s",
+                    spec.topic,
+                    spec.servers,
+                    time.monotonic() - self._started,
+                    exc,
+                )
+        self._failures_with_broker_up = 0 if away else self._failures_with_broker_up + 1
+        if self._failures_with_broker_up >= _FAILURES_WITH_BROKER_UP:
+            raise exc
+        pause = _BACKOFF_S[min(self._failures_with_broker_up, len(_BACKOFF_S) - 1)]
+        _LOG.warning("Kafka write to %s failed (%s); sending again in %.1f s", spec.topic, exc, pause)
+        time.sleep(pause)
 
 
 def _check_producer_settings(spec: _WriteSpec) -> None:
@@ -257,10 +334,14 @@ class WriteToKafka(beam.PTransform):
 
     Without ``key_fn``/``value_fn`` the elements are ``(key, value)`` pairs of
     bytes (or None); otherwise ``key_fn(element)`` and ``value_fn(element)``
-    give the bytes (``value_fn`` defaults to the element itself). A bundle
-    whose records the broker does not acknowledge fails (:class:`KafkaWriteError`)
-    and is retried; no record is dropped silently. The producer is idempotent,
-    so a send the client retries (a broker restart) is not written twice.
+    give the bytes (``value_fn`` defaults to the element itself). No record is
+    dropped silently. A write waits out a broker that stopped answering (a
+    restart, an outage) and then sends again, for up to ``outage_timeout_s``
+    (``None``: as long as it takes, which is what a streaming pipeline wants,
+    since its read waits too). A bundle whose records the broker still does not
+    acknowledge, or refuses while it answers (a missing topic, a record too
+    large, an ACL), fails with :class:`KafkaWriteError`. The producer is
+    idempotent, so a send the client itself retries is not written twice.
 
     ``exactly_once`` (the default) writes each bundle in one Kafka transaction,
     committed when the bundle finishes: a bundle that fails is aborted, so its
@@ -277,7 +358,8 @@ class WriteToKafka(beam.PTransform):
     runner lost a bundle after it finished and ran it again, its records would
     be written twice; and a pipeline started again from the start of its input
     writes its output again. With ``exactly_once=False`` writes are plainly
-    at-least-once: a retried bundle writes its records again.
+    at-least-once: a retried bundle, or records sent again after an outage,
+    may be written twice.
 
     Records wait in the worker until the bundle ends or ``max_pending`` of
     them wait; then they are sent back to back and acknowledged. ``validate``
@@ -296,6 +378,7 @@ class WriteToKafka(beam.PTransform):
         exactly_once: bool = True,
         transactional_id_prefix: str | None = None,
         timeout_s: float = 10.0,
+        outage_timeout_s: float | None = OUTAGE_S,
         max_pending: int = 50_000,
         validate: bool = True,
     ) -> None:
@@ -306,10 +389,13 @@ class WriteToKafka(beam.PTransform):
         config = kafka.role_settings(producer_config, "producer")
         if timeout_s <= 0 or max_pending <= 0:
             raise ConfigError("timeout_s and max_pending must be positive")
+        if outage_timeout_s is not None and outage_timeout_s < 0:
+            raise ConfigError(f"outage_timeout_s must be 0 or more seconds, or None; got {outage_timeout_s!r}")
         prefix = f"beamline-{topic}" if transactional_id_prefix is None else transactional_id_prefix
         if not isinstance(prefix, str) or not prefix.strip():
             raise ConfigError(f"transactional_id_prefix must be a non-empty string; got {transactional_id_prefix!r}")
-        write_spec = _WriteSpec(kafka, topic, config, float(timeout_s), bool(exactly_once), prefix)
+        outage_s = None if outage_timeout_s is None else float(outage_timeout_s)
+        write_spec = _WriteSpec(kafka, topic, config, float(timeout_s), bool(exactly_once), prefix, outage_s)
         _check_producer_settings(write_spec)
         self._spec = write_spec
         self._fn = _WriteFn(write_spec, key_fn, value_fn, max_pending)
@@ -332,6 +418,7 @@ class WriteToKafka(beam.PTransform):
             "client": spec.connection.client,
             "topic": spec.topic,
             "exactly_once": spec.exactly_once,
+            "outage_timeout_s": "none" if spec.outage_s is None else spec.outage_s,
             "settings": repr(spec.connection.settings),
             "producer_config": repr(spec.producer_config),
         }
@@ -344,13 +431,21 @@ class KafkaSender:
     warehouse commit), in the same step: the producer, checks and errors of
     :class:`WriteToKafka`, without transactions (at least once: a retried
     step sends again, which a consumer that keeps the highest version per key
-    absorbs). Raises :class:`KafkaWriteError` if the broker did not
-    acknowledge every record.
+    absorbs). Waits out a broker outage as :class:`WriteToKafka` does; raises
+    :class:`KafkaWriteError` if the broker did not acknowledge every record.
     """
 
-    def __init__(self, connection: KafkaConnection | str | Sequence[str], topic: str, *, timeout_s: float = 10.0):
+    def __init__(
+        self,
+        connection: KafkaConnection | str | Sequence[str],
+        topic: str,
+        *,
+        timeout_s: float = 10.0,
+        outage_timeout_s: float | None = OUTAGE_S,
+    ) -> None:
         kafka = KafkaConnection.of(connection)
-        spec = _WriteSpec(kafka, topic, kafka.role_settings(None, "producer"), float(timeout_s))
+        outage_s = None if outage_timeout_s is None else float(outage_timeout_s)
+        spec = _WriteSpec(kafka, topic, kafka.role_settings(None, "producer"), float(timeout_s), outage_s=outage_s)
         self._fn = _WriteFn(spec, None, None, max_pending=50_000)
         self._fn.setup()
 
