@@ -292,12 +292,8 @@ def test_a_catch_up_keeps_open_the_windows_a_stream_would_when_the_log_holds_fut
     future = now + 2 * hour
     key = ("s1", "i1")
     writer = Warehouse(root)
-    writer.commit_many(
-        {
-            "inventory": [inventory_row(key, 9, 3, 3, future)],
-            "sales_by_window": [window_row(key, ended, half, 3, 2), window_row(key, future - future % half, half, 0, 0)],
-        }
-    )
+    windows = [window_row(key, ended, half, 3, 2), window_row(key, future - future % half, half, 0, 0)]
+    writer.commit_many({"inventory": [inventory_row(key, 9, 3, 3, future)], "sales_by_window": windows})
     writer.close()
     commit_catch_up(
         root, run_tables(root, "inventory", None), {("sales", 0): 5}, 1, remember_since=now - 24 * hour,
