@@ -268,3 +268,40 @@ def test_a_damaged_resume_table_or_a_file_for_a_warehouse_is_one_clear_error(tmp
     a_file.write_text("x")
     with pytest.raises(ConfigError, match="is a file, not a folder"):
         hold_run_lock(a_file, "inventory")
+
+
+def test_a_catch_up_keeps_open_the_windows_a_stream_would_when_the_log_holds_future_event_times(tmp_path: Path):
+    """The catch-up's state is a caught-up stream's, whose watermark never passes the wall clock.
+
+    Events dated two hours ahead must not close a window that ended 20 minutes
+    ago: a stream accepts its sales for an hour more (the allowed lateness),
+    so the catch-up's version must too, or it refuses as too late what every
+    stream of the same log counts.
+    """
+    import time
+
+    from transforms.checkpoint import commit_catch_up
+    from transforms.counts import window_row
+    from transforms.inventory import inventory_row
+    from warehouse.versions import run_tables
+
+    root = str(tmp_path / "wh")
+    hour, half = 3_600_000_000, 1_800_000_000
+    now = time.time_ns() // 1_000
+    ended = now - now % half - half  # a 30-minute window that ended less than 30 minutes ago
+    future = now + 2 * hour
+    key = ("s1", "i1")
+    writer = Warehouse(root)
+    windows = [window_row(key, ended, half, 3, 2), window_row(key, future - future % half, half, 0, 0)]
+    writer.commit_many({"inventory": [inventory_row(key, 9, 3, 3, future)], "sales_by_window": windows})
+    writer.close()
+    commit_catch_up(
+        root, run_tables(root, "inventory", None), {("sales", 0): 5}, 1, remember_since=now - 24 * hour,
+        horizon=timedelta(days=7), window_size=timedelta(minutes=30), allowed_lateness=timedelta(hours=1),
+    )  # fmt: skip
+    _, (states,) = query_tables(root, "SELECT state FROM _inventory_state", ["_inventory_state"])
+    (state,) = states.column("state").to_pylist()
+    _, sales = decode_state(state)
+    assert sales.closed_until <= now + 1_000 - hour < ended + half  # the window is still open to late sales
+    assert sales.windows[ended] == WindowState(units=3, sales=2, pane=0, on_time_fired=True, dirty=False)
+    assert sales.closed_until > now - 2 * hour  # and no later than a stream's: windows an hour past lateness closed

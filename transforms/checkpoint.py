@@ -426,19 +426,22 @@ def commit_catch_up(
     """After a batch catch-up to ``stops``: the state a streaming run resumes from, and its resume point, in one commit.
 
     The batch views are the totals; the state is what a streaming run would
-    hold once its watermark reached the later of now and the log's newest
-    event time (less the read's skew), as it does once caught up: ids from
-    ``remember_since`` on (the backfill wrote them), older ones forgotten;
-    windows still within the allowed lateness open with their sums, their
-    on-time pane fired if their end has passed; every earlier window closed.
+    hold once caught up: its watermark at the wall clock less the read's skew
+    (the read never moves a watermark past the wall clock, and an idle
+    partition follows it), ids from ``remember_since`` on (the backfill wrote
+    them), older ones forgotten; windows still within the allowed lateness
+    open with their sums, their on-time pane fired if their end has passed;
+    every earlier window closed. Not the log's newest event time when that is
+    ahead of the clock: events dated in the future would close windows that
+    the stream still accepts sales for, and the version would refuse, as too
+    late, sales that every version streaming from the log counts.
     Returns the run number the resume point is recorded under.
     """
     inventory_logic = InventoryDoFn("streaming", horizon)
     windows_logic = SalesWindowDoFn("streaming", window_size, allowed_lateness)
     size, lateness = duration_micros(window_size), duration_micros(allowed_lateness)
     named = {name: tables[name] for name in ("inventory", "sales_by_window", INVENTORY_IDS.name)}
-    _, (newest,) = query_tables(warehouse, "SELECT epoch_us(max(last_event_time)) AS t FROM inventory", named)
-    watermark = max(time.time_ns() // 1_000, newest.column("t")[0].as_py() or NO_TIME) - _CATCH_UP_SKEW
+    watermark = time.time_ns() // 1_000 - _CATCH_UP_SKEW
     _, (totals, open_windows, oldest_ids) = query_tables(
         warehouse,
         [
