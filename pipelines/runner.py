@@ -41,7 +41,14 @@ from apache_beam.options.pipeline_options import (
     DirectOptions,
     PipelineOptions,
     PortableOptions,
+    SetupOptions,
     StandardOptions,
+)
+from apache_beam.portability.api import (
+    beam_fn_api_pb2,
+    beam_fn_api_pb2_grpc,
+    beam_job_api_pb2,
+    beam_job_api_pb2_grpc,
 )
 from apache_beam.runners.runner import PipelineState
 
@@ -187,10 +194,18 @@ def check_submission(options: PipelineOptions) -> None:
             "--detach needs workers outside this process: --environment_type=EXTERNAL "
             "--environment_config=HOST:PORT of a worker pool (LOOPBACK workers end with this process)"
         )
+    setup_file = options.view_as(SetupOptions).setup_file
+    if setup_file and not os.path.isfile(setup_file):
+        raise ConfigError(f"--setup_file {setup_file} is not a file; pass the setup.py of a Beamline checkout")
     if not _answers(portable.job_endpoint, ENDPOINT_TIMEOUT_S):
         raise ServiceError(
             f"no job service answers at {portable.job_endpoint}; start one with `beamline prism start` "
             "or pass the job endpoint of a running one"
+        )
+    if not _speaks(portable.job_endpoint, _probe_job_service):
+        raise ServiceError(
+            f"{portable.job_endpoint} answers but is not a job service (a worker pool's port?); "
+            "pass the job endpoint `beamline prism status` shows"
         )
     if environment == "EXTERNAL" and portable.environment_config and not portable.environment_config.startswith("{"):
         if not _answers(portable.environment_config, ENDPOINT_TIMEOUT_S):
@@ -198,6 +213,33 @@ def check_submission(options: PipelineOptions) -> None:
                 f"no worker pool answers at {portable.environment_config}; start one with "
                 "`beamline workers start` or pass the address of a running one"
             )
+        # Prism 2.77 panics, ending every job it runs, when the EXTERNAL address is not a worker pool.
+        if not _speaks(portable.environment_config, _probe_worker_pool):
+            raise ServiceError(
+                f"{portable.environment_config} answers but is not a worker pool (a job service's port?); "
+                "pass the address `beamline workers status` shows"
+            )
+
+
+def _probe_job_service(channel: grpc.Channel) -> None:
+    beam_job_api_pb2_grpc.JobServiceStub(channel).GetJobs(beam_job_api_pb2.GetJobsRequest(), timeout=ENDPOINT_TIMEOUT_S)
+
+
+def _probe_worker_pool(channel: grpc.Channel) -> None:
+    # Stopping a worker no pool ever started: a no-op for a pool (Beam's and Beamline's).
+    beam_fn_api_pb2_grpc.BeamFnExternalWorkerPoolStub(channel).StopWorker(
+        beam_fn_api_pb2.StopWorkerRequest(worker_id="beamline-submission-probe"), timeout=ENDPOINT_TIMEOUT_S
+    )
+
+
+def _speaks(address: str, probe: Callable[[grpc.Channel], None]) -> bool:
+    """Whether the gRPC server at ``address`` implements what ``probe`` calls (False: UNIMPLEMENTED)."""
+    with grpc.insecure_channel(address) as channel:
+        try:
+            probe(channel)
+        except grpc.RpcError as exc:
+            return not (isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.UNIMPLEMENTED)
+    return True
 
 
 def auto_workers(argv: Sequence[str], records: int, cores: int) -> int:

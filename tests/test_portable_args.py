@@ -7,6 +7,8 @@ The state folder is a fresh temp one, so no job service or worker pool of
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
 
 import pytest
@@ -122,3 +124,63 @@ def test_the_pipeline_module_refuses_a_portable_runner_without_a_job_service(
     assert inventory.main(["--runner=PortableRunner"]) == 1
     err = [line for line in capsys.readouterr().err.splitlines() if "apitools" not in line]
     assert len(err) == 1 and "--job_endpoint=HOST:PORT" in err[0], err
+
+
+@pytest.fixture
+def grpc_services() -> Iterator[tuple[str, str]]:
+    """A bare job service and a bare worker pool (gRPC servers that answer, nothing behind them)."""
+    import grpc
+    from apache_beam.portability.api import (
+        beam_fn_api_pb2,
+        beam_fn_api_pb2_grpc,
+        beam_job_api_pb2,
+        beam_job_api_pb2_grpc,
+    )
+
+    class Jobs(beam_job_api_pb2_grpc.JobServiceServicer):
+        def GetJobs(self, request: object, context: object) -> object:
+            return beam_job_api_pb2.GetJobsResponse()
+
+    class Pool(beam_fn_api_pb2_grpc.BeamFnExternalWorkerPoolServicer):
+        def StopWorker(self, request: object, context: object) -> object:
+            return beam_fn_api_pb2.StopWorkerResponse()
+
+    servers = []
+    addresses = []
+    for add, servicer in (
+        (beam_job_api_pb2_grpc.add_JobServiceServicer_to_server, Jobs()),
+        (beam_fn_api_pb2_grpc.add_BeamFnExternalWorkerPoolServicer_to_server, Pool()),
+    ):
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        add(servicer, server)
+        port = server.add_insecure_port("localhost:0")
+        server.start()
+        servers.append(server)
+        addresses.append(f"localhost:{port}")
+    yield addresses[0], addresses[1]
+    for server in servers:
+        server.stop(None)
+
+
+def test_an_endpoint_that_is_not_the_service_asked_for_is_one_line(
+    capsys: pytest.CaptureFixture[str], grpc_services: tuple[str, str]
+) -> None:
+    """Ports swapped by mistake: refused before anything is submitted (Prism panics on a pool that is not one)."""
+    jobs, pool = grpc_services
+    run = ["run", "inventory", "--runner", "portable"]
+    one_line_error(capsys, [*run, "--job-endpoint", pool, "--environment-config", pool],
+                   f"{pool} answers but is not a job service")  # fmt: skip
+    one_line_error(capsys, [*run, "--job-endpoint", jobs, "--environment-config", jobs],
+                   f"{jobs} answers but is not a worker pool")  # fmt: skip
+
+
+def test_a_setup_file_that_is_not_a_file_is_one_line(
+    capsys: pytest.CaptureFixture[str], grpc_services: tuple[str, str]
+) -> None:
+    jobs, pool = grpc_services
+    assert inventory.main([
+        "--runner=PortableRunner", f"--job_endpoint={jobs}", "--environment_type=EXTERNAL",
+        f"--environment_config={pool}", "--setup_file=/nonexistent/setup.py",
+    ]) == 1  # fmt: skip
+    err = [line for line in capsys.readouterr().err.splitlines() if "apitools" not in line]
+    assert len(err) == 1 and "--setup_file /nonexistent/setup.py is not a file" in err[0], err
