@@ -56,6 +56,7 @@ from core.errors import ConfigError, PipelineFailed, ServiceError, SetupMissing,
 from core.settings import prism_binary
 from pipelines.options import BeamlineOptions, SubmitOptions, kafka_connection, options_help, without_secrets
 from transforms.kafka import LOCAL_PROGRESS, PROGRESS_DIR_ENV, count_records
+from warehouse.resume import hand_over_run_locks, set_job_probe
 
 __all__ = [
     "AUTO_WORKERS_FROM_RECORDS",
@@ -230,6 +231,25 @@ def _probe_worker_pool(channel: grpc.Channel) -> None:
     beam_fn_api_pb2_grpc.BeamFnExternalWorkerPoolStub(channel).StopWorker(
         beam_fn_api_pb2.StopWorkerRequest(worker_id="beamline-submission-probe"), timeout=ENDPOINT_TIMEOUT_S
     )
+
+
+#: Job states a job never leaves (beam_job_api.proto).
+_TERMINAL_STATES = frozenset({"DONE", "FAILED", "CANCELLED", "DRAINED", "UPDATED"})
+
+
+def job_running(endpoint: str, job_id: str) -> bool:
+    """Whether the job service at ``endpoint`` says job ``job_id`` has not ended (False if it cannot say)."""
+    with grpc.insecure_channel(endpoint) as channel:
+        try:
+            event = beam_job_api_pb2_grpc.JobServiceStub(channel).GetState(
+                beam_job_api_pb2.GetJobStateRequest(job_id=job_id), timeout=ENDPOINT_TIMEOUT_S
+            )
+        except grpc.RpcError:  # no such job, or no job service there any more: its jobs are gone
+            return False
+    return beam_job_api_pb2.JobState.Enum.Name(event.state) not in _TERMINAL_STATES
+
+
+set_job_probe(job_running)
 
 
 def _speaks(address: str, probe: Callable[[grpc.Channel], None]) -> bool:
@@ -428,7 +448,10 @@ def run_pipeline(
         if detach:
             # Beam's portable result keeps the job service's id of the job as _job_id and offers no accessor.
             state = str(result.state).split(".")[-1]
-            return RunSummary(state, time.monotonic() - started, job_id=getattr(result, "_job_id", None) or "?")
+            job_id = getattr(result, "_job_id", None) or "?"
+            # The run locks this process took (a streaming run's) go to the job, which outlives it.
+            hand_over_run_locks(options.view_as(PortableOptions).job_endpoint, job_id)
+            return RunSummary(state, time.monotonic() - started, job_id=job_id)
         stop_requested = threading.Event()
 
         def _stop(signum: int, _frame: object) -> None:

@@ -184,3 +184,57 @@ def test_a_setup_file_that_is_not_a_file_is_one_line(
     ]) == 1  # fmt: skip
     err = [line for line in capsys.readouterr().err.splitlines() if "apitools" not in line]
     assert len(err) == 1 and "--setup_file /nonexistent/setup.py is not a file" in err[0], err
+
+
+def test_a_detached_streaming_job_keeps_its_warehouse_locked_while_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second streaming run beside a detached job (its submitter long gone) is refused until the job ends."""
+    import fcntl
+    import os
+
+    import grpc
+    from apache_beam.portability.api import beam_job_api_pb2, beam_job_api_pb2_grpc
+
+    from warehouse import resume
+
+    states = {"job-7": beam_job_api_pb2.JobState.RUNNING}
+
+    class Jobs(beam_job_api_pb2_grpc.JobServiceServicer):
+        def GetState(self, request: object, context: grpc.ServicerContext) -> object:
+            if request.job_id not in states:
+                context.abort(grpc.StatusCode.NOT_FOUND, f"job {request.job_id} not found")
+            return beam_job_api_pb2.JobStateEvent(state=states[request.job_id])
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    beam_job_api_pb2_grpc.add_JobServiceServicer_to_server(Jobs(), server)
+    endpoint = f"localhost:{server.add_insecure_port('localhost:0')}"
+    server.start()
+    held: dict[str, int] = {}
+    monkeypatch.setattr(resume, "_HELD_LOCKS", held)
+
+    def submitter_exits() -> None:
+        for fd in held.values():
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+        held.clear()
+
+    try:
+        resume.hold_run_lock(tmp_path, "inventory")  # the detached submission's start_run
+        resume.hand_over_run_locks(endpoint, "job-7")
+        submitter_exits()
+        with pytest.raises(ConfigError, match=f"job job-7 of the job service at {endpoint} is streaming inventory"):
+            resume.hold_run_lock(tmp_path, "inventory")
+        resume.hold_run_lock(tmp_path, "wordcount")  # another pipeline's lock is its own
+        submitter_exits()
+        states["job-7"] = beam_job_api_pb2.JobState.CANCELLED
+        resume.hold_run_lock(tmp_path, "inventory")  # the job ended: the warehouse is free again
+        submitter_exits()
+        resume.hand_over_run_locks(endpoint, "job-8")  # nothing held: nothing written
+        resume.hold_run_lock(tmp_path, "inventory")
+        resume.hand_over_run_locks(endpoint, "job-unknown")
+        submitter_exits()
+        resume.hold_run_lock(tmp_path, "inventory")  # a job the service does not know is not running
+    finally:
+        submitter_exits()
+        server.stop(None)
