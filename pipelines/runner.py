@@ -442,6 +442,8 @@ def run_pipeline(
             reporter.start()
             stack.callback(reporter.stop)
         started = time.monotonic()
+        runner = (options.view_as(StandardOptions).runner or "").lower()
+        job_endpoint = options.view_as(PortableOptions).job_endpoint if runner in JOB_SERVICE_RUNNERS else None
         result = pipeline.run()
         if on_started is not None:
             on_started(result)
@@ -470,10 +472,14 @@ def run_pipeline(
                 previous[sig] = signal.signal(sig, _stop)
         try:
             state = result.wait_until_finish()
-        except Exception:
-            if not stop_requested.is_set():
+        except Exception as exc:
+            if stop_requested.is_set():
+                state = PipelineState.CANCELLED
+            elif job_endpoint is not None:
+                # Beam's traceback says nothing more than its message: the job's own failure is in the workers' logs.
+                raise PipelineFailed(_job_failure(exc, job_endpoint)) from None
+            else:
                 raise
-            state = PipelineState.CANCELLED
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -481,6 +487,18 @@ def run_pipeline(
     if state_name not in ("DONE", "CANCELLED", "CANCELLING") or (state_name != "DONE" and not stop_requested.is_set()):
         raise PipelineFailed(f"the pipeline ended in state {state_name}; see the log above for the failing step")
     return RunSummary(state_name, time.monotonic() - started, _collect_counters(result))
+
+
+def _job_failure(exc: Exception, endpoint: str) -> str:
+    """One line for a job on a job service that failed, or a job service that went away, while this process waited."""
+    if isinstance(exc, grpc.RpcError):
+        code = exc.code().name if isinstance(exc, grpc.Call) else type(exc).__name__
+        return (
+            f"lost the job service at {endpoint} while the job ran ({code}): was it stopped? "
+            "Start it again (`beamline prism start`) and submit again: a streaming run resumes from the warehouse"
+        )
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return f"{first}; the workers' logs say more (`beamline workers status`); a streaming run resumes if resubmitted"
 
 
 def main_for(

@@ -238,3 +238,39 @@ def test_a_detached_streaming_job_keeps_its_warehouse_locked_while_it_runs(
     finally:
         submitter_exits()
         server.stop(None)
+
+
+@pytest.mark.parametrize(
+    ("failure", "needle"),
+    [
+        (RuntimeError("Pipeline job-6 failed in state FAILED: SDK worker disconnected\nTraceback ..."),
+         "Pipeline job-6 failed in state FAILED: SDK worker disconnected; the workers' logs"),
+        (None, "lost the job service at"),
+    ],
+)  # fmt: skip
+def test_a_job_that_fails_or_loses_its_job_service_while_waited_for_is_one_line(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    grpc_services: tuple[str, str],
+    failure: Exception | None,
+    needle: str,
+) -> None:
+    """`beamline workers stop` or `beamline prism stop` under an attached run: one line, not Beam's traceback."""
+    import apache_beam as beam
+    import grpc
+
+    from pipelines.runner import main_for
+
+    class Gone(grpc.RpcError, grpc.Call):  # what Beam's wait raises when the job service stops
+        def code(self) -> grpc.StatusCode:
+            return grpc.StatusCode.UNAVAILABLE
+
+    class Result:
+        def wait_until_finish(self) -> None:
+            raise failure if failure is not None else Gone()
+
+    monkeypatch.setattr(beam.Pipeline, "run", lambda self: Result())
+    jobs, _ = grpc_services
+    code = main_for(lambda pipeline, options: None, ["--runner=PortableRunner", f"--job_endpoint={jobs}"])
+    err = [line for line in capsys.readouterr().err.splitlines() if "apitools" not in line]
+    assert code == 1 and len(err) == 1 and needle in err[0], err
