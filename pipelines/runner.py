@@ -41,7 +41,14 @@ from apache_beam.options.pipeline_options import (
     DirectOptions,
     PipelineOptions,
     PortableOptions,
+    SetupOptions,
     StandardOptions,
+)
+from apache_beam.portability.api import (
+    beam_fn_api_pb2,
+    beam_fn_api_pb2_grpc,
+    beam_job_api_pb2,
+    beam_job_api_pb2_grpc,
 )
 from apache_beam.runners.runner import PipelineState
 
@@ -49,6 +56,7 @@ from core.errors import ConfigError, PipelineFailed, ServiceError, SetupMissing,
 from core.settings import prism_binary
 from pipelines.options import BeamlineOptions, SubmitOptions, kafka_connection, options_help, without_secrets
 from transforms.kafka import LOCAL_PROGRESS, PROGRESS_DIR_ENV, count_records
+from warehouse.resume import hand_over_run_locks, set_job_probe
 
 __all__ = [
     "AUTO_WORKERS_FROM_RECORDS",
@@ -187,10 +195,18 @@ def check_submission(options: PipelineOptions) -> None:
             "--detach needs workers outside this process: --environment_type=EXTERNAL "
             "--environment_config=HOST:PORT of a worker pool (LOOPBACK workers end with this process)"
         )
+    setup_file = options.view_as(SetupOptions).setup_file
+    if setup_file and not os.path.isfile(setup_file):
+        raise ConfigError(f"--setup_file {setup_file} is not a file; pass the setup.py of a Beamline checkout")
     if not _answers(portable.job_endpoint, ENDPOINT_TIMEOUT_S):
         raise ServiceError(
             f"no job service answers at {portable.job_endpoint}; start one with `beamline prism start` "
             "or pass the job endpoint of a running one"
+        )
+    if not _speaks(portable.job_endpoint, _probe_job_service):
+        raise ServiceError(
+            f"{portable.job_endpoint} answers but is not a job service (a worker pool's port?); "
+            "pass the job endpoint `beamline prism status` shows"
         )
     if environment == "EXTERNAL" and portable.environment_config and not portable.environment_config.startswith("{"):
         if not _answers(portable.environment_config, ENDPOINT_TIMEOUT_S):
@@ -198,6 +214,52 @@ def check_submission(options: PipelineOptions) -> None:
                 f"no worker pool answers at {portable.environment_config}; start one with "
                 "`beamline workers start` or pass the address of a running one"
             )
+        # Prism 2.77 panics, ending every job it runs, when the EXTERNAL address is not a worker pool.
+        if not _speaks(portable.environment_config, _probe_worker_pool):
+            raise ServiceError(
+                f"{portable.environment_config} answers but is not a worker pool (a job service's port?); "
+                "pass the address `beamline workers status` shows"
+            )
+
+
+def _probe_job_service(channel: grpc.Channel) -> None:
+    beam_job_api_pb2_grpc.JobServiceStub(channel).GetJobs(beam_job_api_pb2.GetJobsRequest(), timeout=ENDPOINT_TIMEOUT_S)
+
+
+def _probe_worker_pool(channel: grpc.Channel) -> None:
+    # Stopping a worker no pool ever started: a no-op for a pool (Beam's and Beamline's).
+    beam_fn_api_pb2_grpc.BeamFnExternalWorkerPoolStub(channel).StopWorker(
+        beam_fn_api_pb2.StopWorkerRequest(worker_id="beamline-submission-probe"), timeout=ENDPOINT_TIMEOUT_S
+    )
+
+
+#: Job states a job never leaves (beam_job_api.proto).
+_TERMINAL_STATES = frozenset({"DONE", "FAILED", "CANCELLED", "DRAINED", "UPDATED"})
+
+
+def job_running(endpoint: str, job_id: str) -> bool:
+    """Whether the job service at ``endpoint`` says job ``job_id`` has not ended (False if it cannot say)."""
+    with grpc.insecure_channel(endpoint) as channel:
+        try:
+            event = beam_job_api_pb2_grpc.JobServiceStub(channel).GetState(
+                beam_job_api_pb2.GetJobStateRequest(job_id=job_id), timeout=ENDPOINT_TIMEOUT_S
+            )
+        except grpc.RpcError:  # no such job, or no job service there any more: its jobs are gone
+            return False
+    return beam_job_api_pb2.JobState.Enum.Name(event.state) not in _TERMINAL_STATES
+
+
+set_job_probe(job_running)
+
+
+def _speaks(address: str, probe: Callable[[grpc.Channel], None]) -> bool:
+    """Whether the gRPC server at ``address`` implements what ``probe`` calls (False: UNIMPLEMENTED)."""
+    with grpc.insecure_channel(address) as channel:
+        try:
+            probe(channel)
+        except grpc.RpcError as exc:
+            return not (isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.UNIMPLEMENTED)
+    return True
 
 
 def auto_workers(argv: Sequence[str], records: int, cores: int) -> int:
@@ -380,13 +442,18 @@ def run_pipeline(
             reporter.start()
             stack.callback(reporter.stop)
         started = time.monotonic()
+        runner = (options.view_as(StandardOptions).runner or "").lower()
+        job_endpoint = options.view_as(PortableOptions).job_endpoint if runner in JOB_SERVICE_RUNNERS else None
         result = pipeline.run()
         if on_started is not None:
             on_started(result)
         if detach:
             # Beam's portable result keeps the job service's id of the job as _job_id and offers no accessor.
             state = str(result.state).split(".")[-1]
-            return RunSummary(state, time.monotonic() - started, job_id=getattr(result, "_job_id", None) or "?")
+            job_id = getattr(result, "_job_id", None) or "?"
+            # The run locks this process took (a streaming run's) go to the job, which outlives it.
+            hand_over_run_locks(options.view_as(PortableOptions).job_endpoint, job_id)
+            return RunSummary(state, time.monotonic() - started, job_id=job_id)
         stop_requested = threading.Event()
 
         def _stop(signum: int, _frame: object) -> None:
@@ -405,10 +472,14 @@ def run_pipeline(
                 previous[sig] = signal.signal(sig, _stop)
         try:
             state = result.wait_until_finish()
-        except Exception:
-            if not stop_requested.is_set():
+        except Exception as exc:
+            if stop_requested.is_set():
+                state = PipelineState.CANCELLED
+            elif job_endpoint is not None:
+                # Beam's traceback says nothing more than its message: the job's own failure is in the workers' logs.
+                raise PipelineFailed(_job_failure(exc, job_endpoint)) from None
+            else:
                 raise
-            state = PipelineState.CANCELLED
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -416,6 +487,18 @@ def run_pipeline(
     if state_name not in ("DONE", "CANCELLED", "CANCELLING") or (state_name != "DONE" and not stop_requested.is_set()):
         raise PipelineFailed(f"the pipeline ended in state {state_name}; see the log above for the failing step")
     return RunSummary(state_name, time.monotonic() - started, _collect_counters(result))
+
+
+def _job_failure(exc: Exception, endpoint: str) -> str:
+    """One line for a job on a job service that failed, or a job service that went away, while this process waited."""
+    if isinstance(exc, grpc.RpcError):
+        code = exc.code().name if isinstance(exc, grpc.Call) else type(exc).__name__
+        return (
+            f"lost the job service at {endpoint} while the job ran ({code}): was it stopped? "
+            "Start it again (`beamline prism start`) and submit again: a streaming run resumes from the warehouse"
+        )
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return f"{first}; the workers' logs say more (`beamline workers status`); a streaming run resumes if resubmitted"
 
 
 def main_for(

@@ -7,6 +7,8 @@ The state folder is a fresh temp one, so no job service or worker pool of
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
 
 import pytest
@@ -122,3 +124,153 @@ def test_the_pipeline_module_refuses_a_portable_runner_without_a_job_service(
     assert inventory.main(["--runner=PortableRunner"]) == 1
     err = [line for line in capsys.readouterr().err.splitlines() if "apitools" not in line]
     assert len(err) == 1 and "--job_endpoint=HOST:PORT" in err[0], err
+
+
+@pytest.fixture
+def grpc_services() -> Iterator[tuple[str, str]]:
+    """A bare job service and a bare worker pool (gRPC servers that answer, nothing behind them)."""
+    import grpc
+    from apache_beam.portability.api import (
+        beam_fn_api_pb2,
+        beam_fn_api_pb2_grpc,
+        beam_job_api_pb2,
+        beam_job_api_pb2_grpc,
+    )
+
+    class Jobs(beam_job_api_pb2_grpc.JobServiceServicer):
+        def GetJobs(self, request: object, context: object) -> object:
+            return beam_job_api_pb2.GetJobsResponse()
+
+    class Pool(beam_fn_api_pb2_grpc.BeamFnExternalWorkerPoolServicer):
+        def StopWorker(self, request: object, context: object) -> object:
+            return beam_fn_api_pb2.StopWorkerResponse()
+
+    servers = []
+    addresses = []
+    for add, servicer in (
+        (beam_job_api_pb2_grpc.add_JobServiceServicer_to_server, Jobs()),
+        (beam_fn_api_pb2_grpc.add_BeamFnExternalWorkerPoolServicer_to_server, Pool()),
+    ):
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        add(servicer, server)
+        port = server.add_insecure_port("localhost:0")
+        server.start()
+        servers.append(server)
+        addresses.append(f"localhost:{port}")
+    yield addresses[0], addresses[1]
+    for server in servers:
+        server.stop(None)
+
+
+def test_an_endpoint_that_is_not_the_service_asked_for_is_one_line(
+    capsys: pytest.CaptureFixture[str], grpc_services: tuple[str, str]
+) -> None:
+    """Ports swapped by mistake: refused before anything is submitted (Prism panics on a pool that is not one)."""
+    jobs, pool = grpc_services
+    run = ["run", "inventory", "--runner", "portable"]
+    one_line_error(capsys, [*run, "--job-endpoint", pool, "--environment-config", pool],
+                   f"{pool} answers but is not a job service")  # fmt: skip
+    one_line_error(capsys, [*run, "--job-endpoint", jobs, "--environment-config", jobs],
+                   f"{jobs} answers but is not a worker pool")  # fmt: skip
+
+
+def test_a_setup_file_that_is_not_a_file_is_one_line(
+    capsys: pytest.CaptureFixture[str], grpc_services: tuple[str, str]
+) -> None:
+    jobs, pool = grpc_services
+    assert inventory.main([
+        "--runner=PortableRunner", f"--job_endpoint={jobs}", "--environment_type=EXTERNAL",
+        f"--environment_config={pool}", "--setup_file=/nonexistent/setup.py",
+    ]) == 1  # fmt: skip
+    err = [line for line in capsys.readouterr().err.splitlines() if "apitools" not in line]
+    assert len(err) == 1 and "--setup_file /nonexistent/setup.py is not a file" in err[0], err
+
+
+def test_a_detached_streaming_job_keeps_its_warehouse_locked_while_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second streaming run beside a detached job (its submitter long gone) is refused until the job ends."""
+    import fcntl
+    import os
+
+    import grpc
+    from apache_beam.portability.api import beam_job_api_pb2, beam_job_api_pb2_grpc
+
+    from warehouse import resume
+
+    states = {"job-7": beam_job_api_pb2.JobState.RUNNING}
+
+    class Jobs(beam_job_api_pb2_grpc.JobServiceServicer):
+        def GetState(self, request: object, context: grpc.ServicerContext) -> object:
+            if request.job_id not in states:
+                context.abort(grpc.StatusCode.NOT_FOUND, f"job {request.job_id} not found")
+            return beam_job_api_pb2.JobStateEvent(state=states[request.job_id])
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    beam_job_api_pb2_grpc.add_JobServiceServicer_to_server(Jobs(), server)
+    endpoint = f"localhost:{server.add_insecure_port('localhost:0')}"
+    server.start()
+    held: dict[str, int] = {}
+    monkeypatch.setattr(resume, "_HELD_LOCKS", held)
+
+    def submitter_exits() -> None:
+        for fd in held.values():
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+        held.clear()
+
+    try:
+        resume.hold_run_lock(tmp_path, "inventory")  # the detached submission's start_run
+        resume.hand_over_run_locks(endpoint, "job-7")
+        submitter_exits()
+        with pytest.raises(ConfigError, match=f"job job-7 of the job service at {endpoint} is streaming inventory"):
+            resume.hold_run_lock(tmp_path, "inventory")
+        resume.hold_run_lock(tmp_path, "wordcount")  # another pipeline's lock is its own
+        submitter_exits()
+        states["job-7"] = beam_job_api_pb2.JobState.CANCELLED
+        resume.hold_run_lock(tmp_path, "inventory")  # the job ended: the warehouse is free again
+        submitter_exits()
+        resume.hand_over_run_locks(endpoint, "job-8")  # nothing held: nothing written
+        resume.hold_run_lock(tmp_path, "inventory")
+        resume.hand_over_run_locks(endpoint, "job-unknown")
+        submitter_exits()
+        resume.hold_run_lock(tmp_path, "inventory")  # a job the service does not know is not running
+    finally:
+        submitter_exits()
+        server.stop(None)
+
+
+@pytest.mark.parametrize(
+    ("failure", "needle"),
+    [
+        (RuntimeError("Pipeline job-6 failed in state FAILED: SDK worker disconnected\nTraceback ..."),
+         "Pipeline job-6 failed in state FAILED: SDK worker disconnected; the workers' logs"),
+        (None, "lost the job service at"),
+    ],
+)  # fmt: skip
+def test_a_job_that_fails_or_loses_its_job_service_while_waited_for_is_one_line(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    grpc_services: tuple[str, str],
+    failure: Exception | None,
+    needle: str,
+) -> None:
+    """`beamline workers stop` or `beamline prism stop` under an attached run: one line, not Beam's traceback."""
+    import apache_beam as beam
+    import grpc
+
+    from pipelines.runner import main_for
+
+    class Gone(grpc.RpcError, grpc.Call):  # what Beam's wait raises when the job service stops
+        def code(self) -> grpc.StatusCode:
+            return grpc.StatusCode.UNAVAILABLE
+
+    class Result:
+        def wait_until_finish(self) -> None:
+            raise failure if failure is not None else Gone()
+
+    monkeypatch.setattr(beam.Pipeline, "run", lambda self: Result())
+    jobs, _ = grpc_services
+    code = main_for(lambda pipeline, options: None, ["--runner=PortableRunner", f"--job_endpoint={jobs}"])
+    err = [line for line in capsys.readouterr().err.splitlines() if "apitools" not in line]
+    assert code == 1 and len(err) == 1 and needle in err[0], err

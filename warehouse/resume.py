@@ -20,7 +20,7 @@ import contextlib
 import fcntl
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import duckdb
@@ -45,10 +45,12 @@ __all__ = [
     "RecordedRun",
     "begin_run",
     "check_readable",
+    "hand_over_run_locks",
     "hold_run_lock",
     "progress_version",
     "query_tables",
     "recorded_run",
+    "set_job_probe",
 ]
 
 Partition = tuple[str, int]
@@ -67,7 +69,10 @@ def hold_run_lock(root: str | os.PathLike[str], pipeline: str) -> None:
     Two streaming runs of one pipeline writing one resume point would each
     take the other's offsets for their own; the second is refused instead. An
     advisory lock (flock) on a file in the warehouse: freed by the system when
-    the process that holds it ends, however it ends.
+    the process that holds it ends, however it ends. A detached submission
+    ends while its job streams on in a job service: it leaves the job's id in
+    the file (:func:`hand_over_run_locks`), and the lock counts as held for as
+    long as the job service says that job runs.
     """
     folder = os.fspath(root)
     if os.path.exists(folder) and not os.path.isdir(folder):
@@ -86,10 +91,51 @@ def hold_run_lock(root: str | os.PathLike[str], pipeline: str) -> None:
             f"another streaming run of {pipeline} (pid {holder}) is writing to the warehouse {folder}; "
             "stop it first, or pass another --warehouse"
         ) from None
+    job = _detached_job(os.pread(fd, 1024, 0).decode(errors="replace"))
+    if job is not None and _job_running(*job):
+        os.close(fd)
+        endpoint, job_id = job
+        raise ConfigError(
+            f"job {job_id} of the job service at {endpoint} is streaming {pipeline} into the warehouse {folder}; "
+            f"stop it first (`beamline jobs cancel {job_id} --job-endpoint {endpoint}`), or pass another --warehouse"
+        )
     with contextlib.suppress(OSError):
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
     _HELD_LOCKS[path] = fd
+
+
+# What a run lock file holds once a detached submission handed it to its job.
+_JOB_PREFIX = "job "
+# (endpoint, job id) -> whether the job service says the job still runs (True when it cannot tell).
+_JOB_PROBE: list[Callable[[str, str], bool]] = []
+
+
+def set_job_probe(probe: Callable[[str, str], bool]) -> None:
+    """How :func:`hold_run_lock` asks a job service whether a job runs (the pipelines' runner sets it)."""
+    _JOB_PROBE[:] = [probe]
+
+
+def hand_over_run_locks(endpoint: str, job_id: str) -> None:
+    """Write into every run lock this process holds that job ``job_id`` of ``endpoint`` now holds it."""
+    for fd in _HELD_LOCKS.values():
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({"job": job_id, "endpoint": endpoint}).join([_JOB_PREFIX, ""]).encode(), 0)
+
+
+def _detached_job(text: str) -> tuple[str, str] | None:
+    if not text.startswith(_JOB_PREFIX):
+        return None
+    try:
+        record = json.loads(text[len(_JOB_PREFIX) :])
+        return str(record["endpoint"]), str(record["job"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _job_running(endpoint: str, job_id: str) -> bool:
+    return _JOB_PROBE[0](endpoint, job_id) if _JOB_PROBE else True
 
 
 def progress_version(run: int, commits: int) -> int:
