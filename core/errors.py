@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from urllib.error import HTTPError, URLError
 
 __all__ = [
     "BeamlineError",
@@ -17,6 +18,7 @@ __all__ = [
     "PipelineFailed",
     "ServiceError",
     "SetupMissing",
+    "download_failure",
     "report_errors",
 ]
 
@@ -59,3 +61,14 @@ def report_errors(action: Callable[[], int | None], prefix: str = "beamline: err
     except KeyboardInterrupt:
         print("beamline: interrupted", file=sys.stderr)
         return 130
+
+
+def download_failure(exc: BaseException) -> str:
+    """Why a download failed, on one line: the first URL error met on the way, else the exception's own message."""
+    reason: object = exc
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, URLError):
+            reason = cause if isinstance(cause, HTTPError) else cause.reason
+        cause = cause.__context__
+    return " ".join(str(reason).split())[:200]

@@ -40,10 +40,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.error import HTTPError, URLError
 
 from core import settings
-from core.errors import ServiceError, SetupMissing
+from core.errors import ServiceError, SetupMissing, download_failure
 from core.settings import cache_dir, state_dir
 from infra.process import (
     ManagedProcess,
@@ -172,23 +171,12 @@ def require_job_server_jar() -> Path:
         return Path(JavaJarServer.local_jar(url))
     except (RuntimeError, OSError) as exc:
         raise SetupMissing(
-            f"Beam could not fetch its Flink job server jar {JOB_SERVER_JAR_NAME} ({_fetch_failure(exc)}); "
+            f"Beam could not fetch its Flink job server jar {JOB_SERVER_JAR_NAME} ({download_failure(exc)}); "
             "download it where Maven Central is reachable and point env BEAMLINE_FLINK_JOB_SERVER_JAR at it, "
             f"or put it in {cached_job_server_jar().parent}"
         ) from None
     finally:
         downloads.setLevel(level)
-
-
-def _fetch_failure(exc: BaseException) -> str:
-    """Why a download failed, on one line: the first URL error Beam met, else Beam's own message."""
-    reason: object = exc
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, URLError):
-            reason = cause if isinstance(cause, HTTPError) else cause.reason
-        cause = cause.__context__
-    return " ".join(str(reason).split())[:200]
 
 
 def flink_pipeline_args(

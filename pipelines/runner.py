@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -52,7 +53,15 @@ from apache_beam.portability.api import (
 )
 from apache_beam.runners.runner import PipelineState
 
-from core.errors import ConfigError, PipelineFailed, ServiceError, SetupMissing, report_errors
+from core.errors import (
+    BeamlineError,
+    ConfigError,
+    PipelineFailed,
+    ServiceError,
+    SetupMissing,
+    download_failure,
+    report_errors,
+)
 from core.settings import prism_binary
 from pipelines.options import BeamlineOptions, SubmitOptions, kafka_connection, options_help, without_secrets
 from transforms.kafka import LOCAL_PROGRESS, PROGRESS_DIR_ENV, count_records
@@ -444,7 +453,14 @@ def run_pipeline(
         started = time.monotonic()
         runner = (options.view_as(StandardOptions).runner or "").lower()
         job_endpoint = options.view_as(PortableOptions).job_endpoint if runner in JOB_SERVICE_RUNNERS else None
-        result = pipeline.run()
+        try:
+            with _quiet_jar_download(runner):
+                result = pipeline.run()
+        except RuntimeError as exc:
+            failure = _runner_failure(exc, runner)
+            if failure is None:
+                raise
+            raise failure from None
         if on_started is not None:
             on_started(result)
         if detach:
@@ -497,8 +513,50 @@ def _job_failure(exc: Exception, endpoint: str) -> str:
             f"lost the job service at {endpoint} while the job ran ({code}): was it stopped? "
             "Start it again (`beamline prism start`) and submit again: a streaming run resumes from the warehouse"
         )
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    text = str(exc)
+    missing = _MISSING_BEAMLINE.search(text)
+    if missing is not None:
+        return (
+            f"the job's workers cannot import Beamline (No module named {missing.group(1)!r}): pass "
+            "--setup_file=PATH/setup.py of this checkout so the job stages it (`beamline run` does), "
+            "or install Beamline in the workers' Python"
+        )
+    first = (text.strip().splitlines() or [type(exc).__name__])[0]
     return f"{first}; the workers' logs say more (`beamline workers status`); a streaming run resumes if resubmitted"
+
+
+# A worker's import of Beamline's own packages failed: the job was not given the code.
+_MISSING_BEAMLINE = re.compile(
+    r"No module named '((?:cli|core|pipelines|producers|readside|transforms|warehouse)[\w.]*)'"
+)
+# Beam's FlinkRunner fetches its job server jar itself when it runs; where it cannot, it raises this.
+_FLINK_JAR_FETCH = "job server jar"
+
+
+@contextlib.contextmanager
+def _quiet_jar_download(runner: str) -> Iterator[None]:
+    """Beam's FlinkRunner warns in eight lines each time it tries to download its jar; a failure is said in one."""
+    if runner != "flinkrunner":
+        yield
+        return
+    downloads = logging.getLogger("apache_beam.utils.subprocess_server")
+    level = downloads.level
+    downloads.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        downloads.setLevel(level)
+
+
+def _runner_failure(exc: RuntimeError, runner: str) -> BeamlineError | None:
+    """One line for a runner that could not start: Beam's FlinkRunner without its job server jar."""
+    if runner != "flinkrunner" or _FLINK_JAR_FETCH not in str(exc):
+        return None
+    return ServiceError(
+        f"Beam could not fetch its Flink job server jar ({download_failure(exc)}); pass "
+        "--flink_job_server_jar=PATH of a downloaded one, or use `beamline run --runner flink`, which also "
+        "finds it through env BEAMLINE_FLINK_JOB_SERVER_JAR or the project cache"
+    )
 
 
 def main_for(

@@ -10,6 +10,9 @@ options Beamline passes.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,7 +23,7 @@ from cli.main import build_parser
 from cli.run import pipeline_argv
 from infra.flink_cluster import BEAM_VERSION, JAVA_MODULE_OPTS, JOB_SERVER_JAR_NAME
 from infra.process import free_port
-from tests.cli_helpers import assert_one_line_error, run_cli
+from tests.cli_helpers import PROJECT_ROOT, assert_one_line_error, run_cli
 
 #: What the environment of a machine without Maven Central looks like to Beam: every fetch is refused.
 _PROXY_VARIABLES = ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY")
@@ -49,6 +52,37 @@ def test_with_no_jar_anywhere_and_no_network_the_run_stops_in_one_line(tmp_path:
     assert result.returncode == 1
     assert "Beam could not fetch" in line
     assert not (tmp_path / "home" / ".apache_beam" / "cache" / "jars" / JOB_SERVER_JAR_NAME).exists()
+
+
+@pytest.mark.processes
+def test_the_pipeline_module_on_flink_with_no_jar_is_one_line_too(
+    tmp_path: Path, bootstrap_servers: str, make_topic: Callable[..., str]
+) -> None:
+    """Beam's own entry point: its FlinkRunner fetches the jar while it runs, and that failure is one line."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.inventory",
+            "--runner=FlinkRunner",
+            "--mode=batch",
+            f"--bootstrap_servers={bootstrap_servers}",
+            f"--shipments_topic={make_topic()}",
+            f"--sales_topic={make_topic()}",
+            f"--dead_letter_topic={make_topic()}",
+            f"--warehouse={tmp_path / 'warehouse'}",
+        ],
+        cwd=PROJECT_ROOT,
+        env=_offline_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    lines = [line for line in result.stderr.splitlines() if "apitools" not in line]
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("beamline: error: "), result.stderr[-2000:]
+    assert "Beam could not fetch its Flink job server jar" in lines[0] and "--flink_job_server_jar" in lines[0]
 
 
 @pytest.mark.processes

@@ -21,7 +21,7 @@ from core.settings import PROJECT_ROOT
 from infra.process import free_port
 from infra.submit import portable_runner_args
 from pipelines import inventory
-from pipelines.runner import PRISM_NO_SPLITS, resolve_argv
+from pipelines.runner import PRISM_NO_SPLITS, _job_failure, resolve_argv
 from tests.test_cli import one_line_error
 
 
@@ -274,3 +274,16 @@ def test_a_job_that_fails_or_loses_its_job_service_while_waited_for_is_one_line(
     code = main_for(lambda pipeline, options: None, ["--runner=PortableRunner", f"--job_endpoint={jobs}"])
     err = [line for line in capsys.readouterr().err.splitlines() if "apitools" not in line]
     assert code == 1 and len(err) == 1 and needle in err[0], err
+
+
+def test_a_job_whose_workers_lack_beamline_says_to_stage_it() -> None:
+    """Workers without the code fail deep in Beam; the run says in one line what to pass."""
+    failed = RuntimeError(
+        "Pipeline job-001 failed in state FAILED: Traceback (most recent call last):\n  ...\n"
+        "ModuleNotFoundError: No module named 'transforms.retail'"
+    )
+    line = _job_failure(failed, "localhost:8073")
+    assert "\n" not in line
+    assert "'transforms.retail'" in line and "--setup_file" in line
+    other = _job_failure(RuntimeError("Pipeline job-002 failed: No module named 'numpy'"), "localhost:8073")
+    assert "--setup_file" not in other and other.startswith("Pipeline job-002 failed")
