@@ -286,6 +286,9 @@ def _headline_rows(bench: Benchmark, text: str | None, status: str) -> list[str]
     return rows
 
 
+PROFILES_FILE = "profiles.md"
+
+
 def assemble(results_dir: Path, statuses: dict[str, tuple[str, float]], output: Path) -> str:
     """Write the summary: header, headline table, then each result file in full."""
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -321,6 +324,10 @@ def assemble(results_dir: Path, statuses: dict[str, tuple[str, float]], output: 
             )
             body = re.sub(r"^# ", "### ", text.strip(), count=1, flags=re.MULTILINE)
             sections.append(f"## bench.{bench.name}{stale}\n\n{body}\n")
+    # Profiles (where the time and the memory go) are written by hand from profiler runs, not by a benchmark.
+    profiles = results_dir / PROFILES_FILE
+    if profiles.exists():
+        sections.append(re.sub(r"^# ", "## ", profiles.read_text().strip(), count=1, flags=re.MULTILINE) + "\n")
     lines += ["", *sections]
     out = "\n".join(lines)
     output.parent.mkdir(parents=True, exist_ok=True)
