@@ -7,8 +7,10 @@ errors as one line and exits non-zero instead of showing a traceback.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from urllib.error import HTTPError, URLError
 
 __all__ = [
@@ -19,6 +21,7 @@ __all__ = [
     "ServiceError",
     "SetupMissing",
     "download_failure",
+    "quiet_beam_downloads",
     "report_errors",
 ]
 
@@ -72,3 +75,15 @@ def download_failure(exc: BaseException) -> str:
             reason = cause if isinstance(cause, HTTPError) else cause.reason
         cause = cause.__context__
     return " ".join(str(reason).split())[:200]
+
+
+@contextlib.contextmanager
+def quiet_beam_downloads() -> Iterator[None]:
+    """Beam warns in eight lines each time it downloads a jar from a public repository; a failure is said in one."""
+    downloads = logging.getLogger("apache_beam.utils.subprocess_server")
+    level = downloads.level
+    downloads.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        downloads.setLevel(level)

@@ -32,7 +32,6 @@ from does not serve it, so the Beam-on-Flink path (:func:`flink_runner_args`,
 from __future__ import annotations
 
 import json
-import logging
 import subprocess
 import time
 import urllib.request
@@ -42,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from core import settings
-from core.errors import ServiceError, SetupMissing, download_failure
+from core.errors import ServiceError, SetupMissing, download_failure, quiet_beam_downloads
 from core.settings import cache_dir, state_dir
 from infra.process import (
     ManagedProcess,
@@ -163,20 +162,15 @@ def require_job_server_jar() -> Path:
     from apache_beam.utils.subprocess_server import JavaJarServer
 
     url = JavaJarServer.path_to_beam_jar(f":runners:flink:{FLINK_LINE}:job-server:shadowJar")
-    # Beam warns in eight lines that it downloads from a public repository; a failure is said in one below.
-    downloads = logging.getLogger(JavaJarServer.__module__)
-    level = downloads.level
-    downloads.setLevel(logging.ERROR)
     try:
-        return Path(JavaJarServer.local_jar(url))
+        with quiet_beam_downloads():
+            return Path(JavaJarServer.local_jar(url))
     except (RuntimeError, OSError) as exc:
         raise SetupMissing(
             f"Beam could not fetch its Flink job server jar {JOB_SERVER_JAR_NAME} ({download_failure(exc)}); "
             "download it where Maven Central is reachable and point env BEAMLINE_FLINK_JOB_SERVER_JAR at it, "
             f"or put it in {cached_job_server_jar().parent}"
         ) from None
-    finally:
-        downloads.setLevel(level)
 
 
 def flink_pipeline_args(

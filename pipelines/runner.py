@@ -60,6 +60,7 @@ from core.errors import (
     ServiceError,
     SetupMissing,
     download_failure,
+    quiet_beam_downloads,
     report_errors,
 )
 from core.settings import prism_binary
@@ -454,7 +455,7 @@ def run_pipeline(
         runner = (options.view_as(StandardOptions).runner or "").lower()
         job_endpoint = options.view_as(PortableOptions).job_endpoint if runner in JOB_SERVICE_RUNNERS else None
         try:
-            with _quiet_jar_download(runner):
+            with quiet_beam_downloads() if runner == "flinkrunner" else contextlib.nullcontext():
                 result = pipeline.run()
         except RuntimeError as exc:
             failure = _runner_failure(exc, runner)
@@ -531,21 +532,6 @@ _MISSING_BEAMLINE = re.compile(
 )
 # Beam's FlinkRunner fetches its job server jar itself when it runs; where it cannot, it raises this.
 _FLINK_JAR_FETCH = "job server jar"
-
-
-@contextlib.contextmanager
-def _quiet_jar_download(runner: str) -> Iterator[None]:
-    """Beam's FlinkRunner warns in eight lines each time it tries to download its jar; a failure is said in one."""
-    if runner != "flinkrunner":
-        yield
-        return
-    downloads = logging.getLogger("apache_beam.utils.subprocess_server")
-    level = downloads.level
-    downloads.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        downloads.setLevel(level)
 
 
 def _runner_failure(exc: RuntimeError, runner: str) -> BeamlineError | None:

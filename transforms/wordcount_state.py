@@ -125,7 +125,7 @@ class _ShardedWordCountFn(beam.DoFn):
     def __init__(self, checkpoint: Checkpoint, shards: int, changes: ChangesTopics | None = None) -> None:
         self._checkpoint = checkpoint
         self._shards = shards
-        self._outlet: WarehouseOutlet | None = WarehouseOutlet(checkpoint.warehouse, changes)
+        self._outlet = WarehouseOutlet(checkpoint.warehouse, changes)
         self._step = uuid.uuid4().hex
         self._version = 0
         self._open: dict[int, tuple[_Head, _Shard]] = {}
@@ -133,12 +133,10 @@ class _ShardedWordCountFn(beam.DoFn):
         self._letters: list[dict[str, Any]] = []
 
     def setup(self) -> None:
-        if self._outlet is not None:
-            self._outlet.open()
+        self._outlet.open()
 
     def teardown(self) -> None:
-        if self._outlet is not None:
-            self._outlet.close()
+        self._outlet.close()
 
     def start_bundle(self) -> None:
         self._version = int.from_bytes(os.urandom(8), "big") | 1
@@ -214,7 +212,6 @@ class _ShardedWordCountFn(beam.DoFn):
         if not self._open:
             return
         checkpoint, outlet = self._checkpoint, self._outlet
-        assert outlet is not None
         offsets: list[dict[str, Any]] = []
         for shard, (head, data) in sorted(self._open.items()):
             data.commits += 1

@@ -107,13 +107,15 @@ def hold_run_lock(root: str | os.PathLike[str], pipeline: str) -> None:
 
 # What a run lock file holds once a detached submission handed it to its job.
 _JOB_PREFIX = "job "
-# (endpoint, job id) -> whether the job service says the job still runs (True when it cannot tell).
-_JOB_PROBE: list[Callable[[str, str], bool]] = []
+# (endpoint, job id) -> whether that job still runs. Set by the pipelines' runner, which speaks the
+# job API; with none set (a process that never imported it), a handed-over lock counts as held.
+_job_probe: Callable[[str, str], bool] | None = None
 
 
 def set_job_probe(probe: Callable[[str, str], bool]) -> None:
     """How :func:`hold_run_lock` asks a job service whether a job runs (the pipelines' runner sets it)."""
-    _JOB_PROBE[:] = [probe]
+    global _job_probe
+    _job_probe = probe
 
 
 def hand_over_run_locks(endpoint: str, job_id: str) -> None:
@@ -121,7 +123,7 @@ def hand_over_run_locks(endpoint: str, job_id: str) -> None:
     for fd in _HELD_LOCKS.values():
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps({"job": job_id, "endpoint": endpoint}).join([_JOB_PREFIX, ""]).encode(), 0)
+            os.pwrite(fd, (_JOB_PREFIX + json.dumps({"job": job_id, "endpoint": endpoint})).encode(), 0)
 
 
 def _detached_job(text: str) -> tuple[str, str] | None:
@@ -135,7 +137,7 @@ def _detached_job(text: str) -> tuple[str, str] | None:
 
 
 def _job_running(endpoint: str, job_id: str) -> bool:
-    return _JOB_PROBE[0](endpoint, job_id) if _JOB_PROBE else True
+    return _job_probe(endpoint, job_id) if _job_probe is not None else True
 
 
 def progress_version(run: int, commits: int) -> int:
