@@ -28,7 +28,7 @@ DEMO_EVENTS = 20_000
 def pipeline_argv(args: argparse.Namespace, extra: Sequence[str]) -> list[str]:
     """Translate ``beamline run`` options into the pipeline's Beam-style arguments."""
     argv = [f"--mode={args.mode}"]
-    if args.bootstrap_servers:
+    if args.bootstrap_servers is not None:  # an empty value is refused in one line, not replaced by the default
         argv.append(f"--bootstrap_servers={args.bootstrap_servers}")
     if args.warehouse:
         argv.append(f"--warehouse={args.warehouse}")

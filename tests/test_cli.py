@@ -254,3 +254,11 @@ def test_a_bad_client_setting_is_one_line_without_the_secret(
     flag, value = extra
     line = one_line_error(capsys, ["run", "inventory", f"--{flag[2:].replace('-', '_')}={value}"], *needles)
     assert SECRET not in line
+
+
+def test_an_empty_bootstrap_address_is_refused_not_replaced_by_the_default(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["run", "inventory", "--bootstrap-servers", ""]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bootstrap_servers is empty" in err[0], err

@@ -313,3 +313,15 @@ def test_read_specs_check_themselves() -> None:
         with pytest.raises(ConfigError) as info:
             make()
         _one_line_error(info, *words)
+
+
+@pytest.mark.parametrize("servers", ["", "  ", "host:notaport", ":9092", "host:0", "host:70000", "a:9092,b:x"])
+def test_a_bootstrap_address_that_is_not_host_port_is_one_line_at_once(servers: str) -> None:
+    with pytest.raises(ConfigError, match=r"bootstrap server|bootstrap_servers is empty") as info:
+        KafkaConnection(servers)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("servers", ["localhost", "127.0.0.1:9092", "a:9092,b:9093", "[::1]:9092"])
+def test_addresses_kafka_takes_are_taken(servers: str) -> None:
+    assert KafkaConnection(servers).bootstrap_servers == servers

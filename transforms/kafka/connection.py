@@ -78,6 +78,10 @@ class KafkaConnection:
     def __post_init__(self) -> None:
         if not isinstance(self.bootstrap_servers, str) or not self.bootstrap_servers.strip():
             raise ConfigError("bootstrap_servers is empty; pass HOST:PORT of a Kafka broker")
+        for server in self.bootstrap_servers.split(","):
+            host, colon, port = server.strip().rpartition(":")
+            if colon and (not host or not port.isdigit() or not 0 < int(port) < 65536):
+                raise ConfigError(f"bootstrap server {server.strip()!r} is not HOST:PORT (a port is 1 to 65535)")
         check_client(self.client)
         settings = client_config(self.client, self.settings)
         given = [name for name in _BOOTSTRAP_KEYS if name in settings]
