@@ -191,7 +191,9 @@ def recompute(log: list[Shipment | Sale]) -> list[dict[str, Any]]:
     return [row(k[0], k[1], shipped[k], sold[k], count[k], last[k]) for k in count]
 
 
-@pytest.mark.parametrize("mode", [pytest.param("streaming", marks=pytest.mark.slow), "batch"])
+# Both in the slow tier: a random log of many events through a whole pipeline (the unit tier keeps the small cases).
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["streaming", "batch"])
 def test_random_log_equals_plain_recompute(mode: str) -> None:
     log = random_log(seed=20261126, n=4_000)
     expected = recompute(log)

@@ -237,6 +237,7 @@ def test_a_view_page_refuses_what_it_cannot_answer_in_one_line(client: TestClien
     one_line_error(client.get("/v1/views/inventory?as_of=soon"), 400, "as_of='soon' is not a time")
 
 
+@pytest.mark.slow  # 100k rows and a writer beside them: the unit tier keeps the small paging tests
 def test_pagination_walks_100k_rows_while_commits_land(tmp_path: Path) -> None:
     """Every page of a walk reads the walk's first snapshot: no row missed or repeated however many commits land."""
     root = tmp_path / "wh"
