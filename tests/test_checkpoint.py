@@ -7,13 +7,16 @@ from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.errors import BeamlineError
+from core.views import INVENTORY_IDS
 from transforms.checkpoint import (
     Checkpoint,
+    IdColumns,
     Progress,
     claims_of,
     decode_state,
@@ -191,6 +194,29 @@ def test_hidden_tables_are_not_shown_to_readers(tmp_path: Path):
         reader.close()
     _, (rows,) = query_tables(root, "SELECT count(*) AS n FROM _resume_offsets", ["_resume_offsets"])
     assert rows.to_pylist() == [{"n": 1}]
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["s1", "s2"]),
+            st.text(min_size=1, max_size=4),
+            st.sampled_from(["sale", "shipment"]),
+            st.text(min_size=1, max_size=8),
+            st.integers(-(2**63), 2**63 - 1),
+            st.integers(1, 10**6),
+        ),
+        max_size=30,
+    )
+)
+@settings(max_examples=40, deadline=None)
+def test_id_columns_make_the_table_the_id_rows_make(ids):
+    columns = IdColumns()
+    for store, item, kind, event_id, event_time, quantity in ids:
+        columns.add((store, item), kind, event_id, event_time, quantity)
+    rows = [id_row((store, item), kind, e, t, q) for store, item, kind, e, t, q in ids]
+    assert len(columns) == len(ids)
+    assert columns.table().equals(pa.Table.from_pylist(rows, schema=INVENTORY_IDS.storage_schema))
 
 
 def test_a_group_commit_of_several_views_is_one_snapshot(tmp_path: Path):

@@ -531,6 +531,53 @@ def test_group_commit_writes_waiting_callers_rows_as_one_snapshot(warehouse: War
     assert [r["offset"] for r in answer["dead_letters"]] == [1, 2]
 
 
+def test_a_commit_past_the_file_limit_returns_while_the_views_are_compacted_behind_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    warehouse = Warehouse(tmp_path / "wh", max_files_per_view=3)
+    writer = GroupCommitter(warehouse)
+    merging, release = threading.Event(), threading.Event()
+    compact = Warehouse._compact_commit
+
+    def held(self: Warehouse, views: list[str], *, full: bool) -> Any:
+        merging.set()
+        assert release.wait(60)
+        return compact(self, views, full=full)
+
+    monkeypatch.setattr(Warehouse, "_compact_commit", held)
+    for version in (1, 2, 3, 4):  # the fourth file takes the view past the limit of three
+        writer.commit("inventory", inventory_rows(version, keys=4))
+    assert merging.wait(60)
+    writer.commit("inventory", inventory_rows(5, keys=4))  # while the merge is held: commits go on
+    assert len(warehouse.current().files["inventory"]) == 5
+    release.set()
+    writer.close()  # waits for the merge
+    assert len(warehouse.current().files["inventory"]) <= 3
+    assert writer.compactor.failures == 0
+    assert [r["on_hand"] for r in all_views_answer(warehouse.root)["inventory"]] == [5, 5, 5, 5]
+
+
+def test_a_failed_background_compaction_is_a_warning_and_loses_no_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    warehouse = Warehouse(tmp_path / "wh", max_files_per_view=2)
+    writer = GroupCommitter(warehouse)
+
+    def disk_full(self: Warehouse, views: list[str], *, full: bool) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Warehouse, "_compact_commit", disk_full)
+    for version in (1, 2, 3):
+        writer.commit("inventory", inventory_rows(version, keys=2))
+    writer.close()
+    assert writer.compactor.failures == 1
+    assert "No space left" in caplog.text and "the next commit past the limit asks again" in caplog.text
+    assert len(warehouse.current().files["inventory"]) == 3
+    assert [r["on_hand"] for r in all_views_answer(warehouse.root)["inventory"]] == [3, 3]
+
+
 def test_a_failed_group_commit_fails_every_caller_in_it_and_publishes_nothing(
     warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -43,6 +43,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from core.errors import ConfigError
 from core.views import INVENTORY_IDS, INVENTORY_STATE, RESUME_OFFSETS
 from transforms.counts import SalesKeyState, SalesWindowDoFn, WindowState
@@ -66,6 +68,7 @@ __all__ = [
     "Checkpoint",
     "Claims",
     "GroupOffsets",
+    "IdColumns",
     "Progress",
     "Restored",
     "claims_of",
@@ -275,6 +278,41 @@ def state_row(key: Key, inventory: KeyState, sales: SalesKeyState, version: int)
         "state": encode_state(inventory, sales),
         "version": version,
     }
+
+
+class IdColumns:
+    """A bundle's new ``_inventory_ids`` rows, column by column.
+
+    A stream remembers one id per event it applies, so a bundle at a few
+    thousand events a second commits as many id rows. Kept as dicts they
+    cost about as much to turn into Arrow as everything else the commit
+    does; as columns they become a table in one call.
+    """
+
+    __slots__ = ("_columns",)
+
+    def __init__(self) -> None:
+        self._columns: tuple[list[Any], ...] = tuple([] for _ in INVENTORY_IDS.storage_schema.names)
+
+    def add(self, key: Key, kind: str, event_id: str, event_time: int, quantity: int) -> None:
+        store_ids, item_ids, kinds, event_ids, hashes, times, quantities = self._columns
+        store_ids.append(key[0])
+        item_ids.append(key[1])
+        kinds.append(kind)
+        event_ids.append(event_id)
+        hashes.append(ident_hash(kind, event_id))
+        times.append(event_time)
+        quantities.append(quantity)
+
+    def __len__(self) -> int:
+        return len(self._columns[0])
+
+    def table(self) -> pa.Table:
+        """The rows as a table with the view's storage schema."""
+        schema = INVENTORY_IDS.storage_schema
+        return pa.Table.from_arrays(
+            [pa.array(column, type=f.type) for column, f in zip(self._columns, schema, strict=True)], schema=schema
+        )
 
 
 def id_row(key: Key, kind: str, event_id: str, event_time: int, quantity: int) -> dict[str, Any]:

@@ -72,10 +72,10 @@ from transforms.changes import ChangesTopics
 from transforms.checkpoint import (
     Checkpoint,
     Claims,
+    IdColumns,
     Progress,
     Restored,
     decode_state,
-    id_row,
     restore,
     restored_progress,
     state_row,
@@ -219,7 +219,7 @@ class _Outbox:
 
     windows: list[dict[str, Any]] = field(default_factory=list)
     letters: list[dict[str, Any]] = field(default_factory=list)
-    ids: list[dict[str, Any]] = field(default_factory=list)
+    ids: IdColumns = field(default_factory=IdColumns)
     shards: set[int] = field(default_factory=set)  # shards whose offsets moved
 
 
@@ -495,7 +495,7 @@ class _ShardedRetailFn(beam.DoFn):
             log_state.add(("i", key, event.kind, event.event_id, event.event_time, event.quantity))
             data.entries += 1
         else:
-            self._outbox.ids.append(id_row(key, event.kind, event.event_id, event.event_time, event.quantity))
+            self._outbox.ids.add(key, event.kind, event.event_id, event.event_time, event.quantity)
         due = inventory.expiry_due(st.inventory, event.event_time)
         if due is not None:
             self._want(head, "expiry", due, expiry)
@@ -560,7 +560,7 @@ class _ShardedRetailFn(beam.DoFn):
                 table("sales_by_window"): outbox.windows,
                 table("dead_letters"): outbox.letters,
                 table("_inventory_state"): states,
-                table("_inventory_ids"): outbox.ids,
+                table("_inventory_ids"): outbox.ids.table(),
                 "_resume_offsets": offsets,
             }
         )

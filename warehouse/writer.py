@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import logging
 import os
 import threading
 import time
@@ -70,6 +71,7 @@ from warehouse.format import (
 
 __all__ = [
     "DEFAULT_RETENTION",
+    "BackgroundCompactor",
     "CommitResult",
     "GroupCommitter",
     "Held",
@@ -77,6 +79,8 @@ __all__ = [
     "acquire_shared_writer",
     "release_shared_writer",
 ]
+
+_LOG = logging.getLogger(__name__)
 
 # A view up to this many rows keeps its key -> version map in the writer's
 # memory (some tens of MB at the limit): a commit then finds the newer rows
@@ -136,6 +140,8 @@ class Warehouse:
         self._known: dict[str, tuple[tuple[str, ...], Versions]] = {}
         # How often another writer published the id a commit of this one aimed at (each retried).
         self.lost_races = 0
+        # Where a commit that takes views past the file limit sends them (None: it compacts them itself).
+        self.compact_later: Callable[[list[str]], None] | None = None
         self._init_layout()
 
     # layout
@@ -332,7 +338,9 @@ class Warehouse:
                 limit = max(1, self.max_files_per_view)
                 over = [v for v, f in fresh.items() if f.table.num_rows and len(snap.files[v]) % limit == 1 % limit]
                 over = [v for v in over if len(snap.files[v]) > limit]
-                if over:
+                if over and self.compact_later is not None:
+                    self.compact_later(over)
+                elif over:
                     with contextlib.suppress(protocol.CommitGaveUp):  # the rows are in; the next crossing compacts
                         self._compact_commit(over, full=False)
             return results
@@ -633,6 +641,71 @@ class Held:
     tables: Mapping[str, pa.Table]
 
 
+class BackgroundCompactor:
+    """Compacts a warehouse's views in a thread of its own, so the commit that crossed the file limit returns at once.
+
+    A stream commits every bundle, and every ``max_files_per_view`` commits
+    each view crosses the limit; merged inline, that commit (and the bundle
+    waiting on it) took several times as long as the others, which is what
+    set the stream's worst latencies. Here the merge is a commit of a second
+    writer, with its own DuckDB and lock: the protocol lets writers race, and
+    a merge that loses to new commits is planned again on the newest
+    snapshot. Requests that arrive while a merge runs are gathered into the
+    next one. :meth:`close` waits for the merge in progress.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], max_files_per_view: int) -> None:
+        self._root = root
+        self._max_files = max_files_per_view
+        self._warehouse: Warehouse | None = None  # made by the thread, on first use
+        self._wanted: set[str] = set()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self.failures = 0
+
+    def request(self, views: Iterable[str]) -> None:
+        """Compact ``views`` soon (a no-op once closed: the next commit past the limit asks again)."""
+        with self._cond:
+            if self._closed:
+                return
+            self._wanted.update(views)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="beamline-compactor", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._wanted and not self._closed:
+                    self._cond.wait()
+                if not self._wanted:
+                    return
+                views, self._wanted = sorted(self._wanted), set()
+            try:
+                if self._warehouse is None:
+                    self._warehouse = Warehouse(self._root, max_files_per_view=self._max_files)
+                with self._warehouse._thread_lock:
+                    self._warehouse._compact_commit(views, full=False)
+            except Exception as exc:  # the rows are committed; the next commit past the limit asks again
+                self.failures += 1
+                _LOG.warning(
+                    "compacting %s in %s failed; the next commit past the limit asks again: %r", views, self._root, exc
+                )
+
+    def close(self) -> None:
+        """Finish the merge in progress and any asked for, then stop."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+        if self._warehouse is not None:
+            self._warehouse.close()
+
+
 class GroupCommitter:
     """A process's commits to one warehouse, gathered into as few snapshots as possible.
 
@@ -652,6 +725,8 @@ class GroupCommitter:
 
     def __init__(self, warehouse: Warehouse) -> None:
         self.warehouse = warehouse
+        self.compactor = BackgroundCompactor(warehouse.root, warehouse.max_files_per_view)
+        warehouse.compact_later = self.compactor.request
         self._commit_lock = threading.Lock()
         self._queue_lock = threading.Lock()
         self._queue: list[_Waiting] = []
@@ -680,6 +755,11 @@ class GroupCommitter:
         snapshot = mine[0].snapshot
         assert snapshot is not None  # set by the group commit that took these rows
         return Held(snapshot, {waiting.view: waiting.table for waiting in mine})
+
+    def close(self) -> None:
+        """Wait for a compaction in progress; release the DuckDB connections."""
+        self.compactor.close()
+        self.warehouse.close()
 
     def _commit_group(self, group: list[_Waiting]) -> None:
         tables: dict[str, list[pa.Table]] = {}
@@ -727,4 +807,4 @@ def release_shared_writer(writer: GroupCommitter) -> None:
             _SHARED_WRITERS[root] = (writer, users - 1)
             return
         del _SHARED_WRITERS[root]
-    writer.warehouse.close()
+    writer.close()
