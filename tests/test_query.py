@@ -188,6 +188,15 @@ def test_missing_warehouse_says_what_to_run(tmp_path: Path, capsys: pytest.Captu
     assert not missing.exists()
 
 
+def test_a_file_given_as_the_warehouse_is_named_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a warehouse\n")
+    assert beamline(["query", "SELECT 1", "--warehouse", str(a_file)]) != 0
+    line = _one_error_line(capsys)
+    assert "is a file, not a warehouse folder" in line and str(a_file) in line and "does not exist" not in line
+    assert a_file.read_text() == "not a warehouse\n"
+
+
 def test_foreign_folder_is_not_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "data.csv").write_text("a,b\n1,2\n")
     assert beamline(["query", "SELECT 1", "--warehouse", str(tmp_path)]) != 0

@@ -239,6 +239,8 @@ def dedupe_sql(spec: ViewSpec, source: str, visible_only: bool) -> str:
 
 def check_root(root: Path) -> None:
     """Raise WarehouseMissing, saying what to run, unless ``root`` is a warehouse of a format this reads."""
+    if root.exists() and not root.is_dir():
+        raise WarehouseMissing(f"{root} is a file, not a warehouse folder; pass --warehouse DIR")
     if not root.is_dir():
         raise WarehouseMissing(
             f"warehouse {root} does not exist; run `beamline run inventory --mode batch --warehouse {root}` "
