@@ -37,6 +37,7 @@ from typing import Any
 import duckdb
 
 from bench.machine import cpu_model
+from bench.warehouse import percentile
 from transforms.checkpoint import IdColumns, id_row
 from warehouse.writer import GroupCommitter, Warehouse
 
@@ -48,11 +49,6 @@ PARTITIONS = [(topic, p) for topic in ("shipments", "sales") for p in range(4)]
 SHARDS = 4
 HOUR_US = 3_600_000_000
 T0_US = 1_796_600_000_000_000
-
-
-def _percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
 
 
 def _bundles(count: int, events: int, id_columns: bool) -> Iterator[dict[str, Any]]:
@@ -226,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[name].append(figures)
                 print(
                     f"{name} (round {round_no + 1}): commit p50 {statistics.median(figures['waits']) * 1000:.0f} ms, "
-                    f"p99 {_percentile(figures['waits'], 99) * 1000:.0f} ms, cpu {figures['cpu']:.1f} s",
+                    f"p99 {percentile(figures['waits'], 99) * 1000:.0f} ms, cpu {figures['cpu']:.1f} s",
                     flush=True,
                 )
                 answers = _answers(root)
@@ -282,12 +278,12 @@ def _report(
         for n, r in enumerate(runs, 1):
             w = r["waits"]
             lines.append(
-                f"| {name} | {n} | {ms(statistics.median(w))} | {ms(_percentile(w, 90))} | {ms(_percentile(w, 99))} "
+                f"| {name} | {n} | {ms(statistics.median(w))} | {ms(percentile(w, 90))} | {ms(percentile(w, 99))} "
                 f"| {ms(max(w))} | {r['wall']:.1f} | {r['cpu']:.1f} | {r['lost_races']} |"
             )
     best: dict[str, dict[str, float]] = {
         name: {
-            "p99": min(_percentile(r["waits"], 99) for r in runs),
+            "p99": min(percentile(r["waits"], 99) for r in runs),
             "p50": min(statistics.median(r["waits"]) for r in runs),
             "cpu": min(r["cpu"] for r in runs),
         }

@@ -28,7 +28,7 @@ from readside.query import run_query
 from warehouse.reader import Reader
 from warehouse.writer import Warehouse
 
-__all__ = ["main"]
+__all__ = ["main", "percentile"]
 
 RESULTS = Path(__file__).parent / "results" / "warehouse.md"
 STORES = 1000
@@ -52,7 +52,8 @@ def _inventory(n: int, version: int, offset: int = 0) -> pa.Table:
     )
 
 
-def _percentile(values: list[float], p: float) -> float:
+def percentile(values: list[float], p: float) -> float:
+    """The ``p``th percentile of ``values`` (the nearest sample, no interpolation)."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
@@ -109,7 +110,7 @@ def concurrent_writers(writers: int, commits: int) -> dict[str, float]:
         "writers_commits_per_s": writers * commits / max(r[0] for r in results),
         "writers_lost_races_per_commit": sum(r[1] for r in results) / (writers * commits),
         "writers_commit_p50_ms": statistics.median(lat) * 1000,
-        "writers_commit_p99_ms": _percentile(lat, 99) * 1000,
+        "writers_commit_p99_ms": percentile(lat, 99) * 1000,
         "writers": writers,
         "writers_commits": commits,
     }
@@ -147,7 +148,7 @@ def run(rows: int, lookups: int) -> dict[str, float]:
             wh.commit("inventory", _inventory(1000, 100 + k, offset=(k * 7919) % (rows - 1000)))
             small.append(time.perf_counter() - t0)
         figures["commit_1k_p50_ms"] = statistics.median(small) * 1000
-        figures["commit_1k_p99_ms"] = _percentile(small, 99) * 1000
+        figures["commit_1k_p99_ms"] = percentile(small, 99) * 1000
         figures["files_in_view"] = len(wh.current().files["inventory"])
 
         rng = random.Random(7)
@@ -162,7 +163,7 @@ def run(rows: int, lookups: int) -> dict[str, float]:
             lat.append(time.perf_counter() - t0)
             assert row is not None and row["store_id"] == store
         figures["lookup_p50_ms"] = statistics.median(lat) * 1000
-        figures["lookup_p99_ms"] = _percentile(lat, 99) * 1000
+        figures["lookup_p99_ms"] = percentile(lat, 99) * 1000
         reader.close()
 
         # After compaction into one sorted file.
@@ -176,7 +177,7 @@ def run(rows: int, lookups: int) -> dict[str, float]:
             reader.lookup_inventory(f"store-{i % STORES:04d}", f"item-{(i // STORES) % ITEMS:04d}")
             lat.append(time.perf_counter() - t0)
         figures["lookup_compacted_p50_ms"] = statistics.median(lat) * 1000
-        figures["lookup_compacted_p99_ms"] = _percentile(lat, 99) * 1000
+        figures["lookup_compacted_p99_ms"] = percentile(lat, 99) * 1000
         reader.close()
 
         # One-shot query as `beamline query` runs it: open snapshot, sandbox, answer.
