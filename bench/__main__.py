@@ -224,6 +224,19 @@ BENCHMARKS: tuple[Benchmark, ...] = (
                 "True",
             ),
             Headline(
+                "streaming: an idle Beam job on Prism, peak RSS (MiB)",
+                r"## Memory floor: an idle Beam streaming job on Prism\n\n[^\n]*\n- peak of the sampled sums: "
+                r"\*\*([\d,]+) MiB",
+                "(figure)",
+                "True",
+            ),
+            Headline(
+                "streaming: an idle Beam job on Prism / Quix Streams, peak RSS on the 30-minute stream",
+                r"idle Beam job on Prism, peak RSS / Quix Streams' peak on the 30-minute stream: \*\*([\d.]+)x",
+                "(floor: above 1.0x, the RSS goal is out of reach on Beam and Prism)",
+                "True",
+            ),
+            Headline(
                 "streaming: Quix Streams RSS growth, second half of the same stream (MiB)",
                 r"second half of the stream: Beamline [^,]*, \(a\) Quix Streams ([+-][\d,]+) MiB",
                 "(figure)",

@@ -59,6 +59,8 @@ POLL_S = 0.1
 # The paced phases send what is due every this many seconds (see _send_paced).
 SEND_TICK_S = 0.005
 GOAL_P99_S = 1.0  # at 5,000 records/s, and below Quix Streams' in the same run
+# How long the idle Beam job runs (bench.idle_beam): long enough for Prism and the worker to settle.
+FLOOR_SECONDS, FLOOR_SECONDS_QUICK = 40.0, 10.0
 GOAL_RSS_VS_QUIX = 1.0  # peak RSS of all the job's processes, Beamline / Quix Streams
 GOAL_VS_QUIX = 1.0  # sustained events/s at "max"
 KEEPS_UP = 0.90  # sustained / offered valid events over the measured window
@@ -1003,6 +1005,47 @@ def run_memory(bootstrap: str, work: Path, s: Settings, quix_python: str | None 
     return result
 
 
+@dataclass
+class FloorResult:
+    """The idle Beam job's memory (``bench.idle_beam``): a floor under any streaming job on Beam and Prism."""
+
+    status: str = "ok"
+    seconds: float = 0.0
+    peak_sampled_mib: float = 0.0
+    hwm: dict[str, float] = field(default_factory=dict)
+
+
+def run_floor(work: Path, seconds: float) -> FloorResult:
+    """Run ``bench.idle_beam`` for ``seconds`` in a subprocess and sample its process tree's RSS every second."""
+    result = FloorResult(seconds=seconds)
+    log_path = work / "idle-beam.log"
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bench.idle_beam", "--seconds", f"{seconds:g}"],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        sampler = RssSampler(process.pid)
+        sampler.start()
+        try:
+            code = process.wait(timeout=seconds + 120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            code = process.wait()
+        finally:
+            sampler.stop()
+    if code != 0:
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
+        result.status = f"failed (exit {code}): {tail[0] if tail else 'no output'}"
+        print(f"  floor: {result.status}", file=sys.stderr, flush=True)
+    result.peak_sampled_mib = max((x.rss_kib for x in sampler.samples), default=0) / 1024
+    result.hwm = {name: kib / 1024 for name, kib in sampler.peaks.items()}
+    return result
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -1075,6 +1118,7 @@ def report(
     s: Settings,
     systems: list[SystemResult],
     memory: list[MemoryResult],
+    floor: FloorResult | None,
     versions: str,
     skipped: dict[str, str],
     loads: tuple[str, str],
@@ -1218,6 +1262,8 @@ def report(
     for m in memory:
         lines += _memory_section(m, s)
     lines += _memory_comparison(memory)
+    if floor is not None:
+        lines += _floor_section(floor, memory, quix)
 
     lines += [
         "## Method",
@@ -1265,6 +1311,40 @@ def report(
         "",
     ]
     return "\n".join(lines)
+
+
+def _floor_section(floor: FloorResult, memory: list[MemoryResult], quix: SystemResult | None) -> list[str]:
+    """The idle Beam job's peak, and how it compares with Quix Streams' peaks in the same run."""
+    lines = ["## Memory floor: an idle Beam streaming job on Prism", ""]
+    if floor.status != "ok":
+        return [*lines, f"- not measured: {floor.status}", ""]
+    per_process = ", ".join(f"{n.split('[')[0]} {mib:,.0f} MiB" for n, mib in sorted(floor.hwm.items()))
+    lines += [
+        f"- `bench/idle_beam.py` for {floor.seconds:g} s: Prism with the SDK worker in the launching process "
+        "(LOOPBACK, as Beamline's streaming runs), a `PeriodicImpulse` once a second into a step that does "
+        "nothing; no Kafka, no state, no Beamline code",
+        f"- peak of the sampled sums: **{floor.peak_sampled_mib:,.0f} MiB** (per-process peaks: {per_process})",
+    ]
+    quix_stream = next((m for m in memory if m.system == "quix" and m.status == "ok"), None)
+    beam_stream = next((m for m in memory if m.system == "beamline" and m.status == "ok"), None)
+    if quix_stream is not None:
+        ratio = _ratio(floor.peak_sampled_mib, quix_stream.peak_sampled_mib)
+        lines.append(
+            f"- idle Beam job on Prism, peak RSS / Quix Streams' peak on the 30-minute stream: **{ratio:.2f}x** "
+            f"({quix_stream.peak_sampled_mib:,.0f} MiB): above 1.0x, no job with a Beam SDK worker and Prism "
+            f"can meet the goal of <= {GOAL_RSS_VS_QUIX:.1f}x on that stream, whatever its own code holds"
+        )
+    if quix is not None and quix.peak_rss_mib:
+        ratio = _ratio(floor.peak_sampled_mib, quix.peak_rss_mib)
+        lines.append(
+            f"- idle Beam job / Quix Streams' peak over the rate phases ({quix.peak_rss_mib:,.0f} MiB): {ratio:.2f}x"
+        )
+    if beam_stream is not None:
+        lines.append(
+            f"- Beamline above the floor on the 30-minute stream: "
+            f"{beam_stream.peak_sampled_mib - floor.peak_sampled_mib:+,.0f} MiB"
+        )
+    return [*lines, ""]
 
 
 def _memory_comparison(memory: list[MemoryResult]) -> list[str]:
@@ -1391,9 +1471,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-rate", type=float, default=MEMORY_RATE, help="records/s of the 30-minute stream")
     parser.add_argument(
         "--systems",
-        default="beamline,quix,plain,memory,memory-quix",
+        default="beamline,quix,plain,memory,memory-quix,floor",
         help="comma-separated subset to run; memory, memory-quix = the 30-minute-equivalent stream on Beamline, "
-        "on Quix Streams",
+        "on Quix Streams; floor = an idle Beam job on Prism (bench.idle_beam)",
     )
     parser.add_argument("--quick", action="store_true", help="a short smoke run (harness check, not figures)")
     parser.add_argument("--seed", type=int, default=11)
@@ -1421,9 +1501,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory_beam_arg:
         s.memory_options = tuple(args.memory_beam_arg)
     wanted = [x.strip() for x in args.systems.split(",") if x.strip()]
-    unknown = sorted(set(wanted) - {"beamline", "quix", "plain", "memory", "memory-quix"})
+    known = ("beamline", "quix", "plain", "memory", "memory-quix", "floor")
+    unknown = sorted(set(wanted) - set(known))
     if unknown:
-        parser.error(f"unknown system(s) {', '.join(unknown)}; known: beamline, quix, plain, memory, memory-quix")
+        parser.error(f"unknown system(s) {', '.join(unknown)}; known: {', '.join(known)}")
 
     from infra.kafka_broker import KafkaBroker, free_port
 
@@ -1435,6 +1516,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[SystemResult] = []
     skipped: dict[str, str] = {}
     memory: list[MemoryResult] = []
+    floor: FloorResult | None = None
     with tempfile.TemporaryDirectory(prefix="beamline-bench-streaming-") as tmp_dir:
         work = Path(tmp_dir)
         if args.keep:
@@ -1445,7 +1527,7 @@ def main(argv: list[str] | None = None) -> int:
         client = _sender_client()
         try:
             bootstrap = broker.status().bootstrap_servers or ""
-            for name in [x for x in wanted if not x.startswith("memory")]:
+            for name in [x for x in wanted if x in ("beamline", "quix", "plain")]:
                 topics = Topics.fresh(name)
                 system: System
                 if name == "beamline":
@@ -1471,9 +1553,12 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     print("== memory-quix: 30-minute-equivalent stream on Quix Streams", flush=True)
                     memory.append(run_memory(bootstrap, work, s, quix_python_path))
+            if "floor" in wanted:
+                print("== floor: an idle Beam streaming job on Prism", flush=True)
+                floor = run_floor(work, FLOOR_SECONDS_QUICK if args.quick else FLOOR_SECONDS)
         finally:
             broker.stop()
-    text = report(args, s, results, memory, versions, skipped, (load_before, _load()), client)
+    text = report(args, s, results, memory, floor, versions, skipped, (load_before, _load()), client)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
     print(text)
