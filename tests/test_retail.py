@@ -45,6 +45,8 @@ class _Runner:
             out += self.fn.process((0, [event]), stamp, self.head, self.log, *kinds)
         if fire is not None and fire[0] == "expiry":
             out += self.fn._expire(0, Timestamp(micros=fire[1]), self.head, self.log, timers["expiry"])
+        if fire is not None and fire[0] == "window":
+            out += self.fn._on_watermark(0, Timestamp(micros=fire[1]), self.head, self.log, timers["window"])
         if fire is not None and fire[0] == "early":
             out += self.fn._on_early(0, self.head, self.log)
         out += self.fn.finish_bundle()
@@ -192,6 +194,26 @@ def test_each_bundle_sends_one_element_per_shard_with_its_events_in_order() -> N
 def test_history_grid_must_be_whole_positive_milliseconds(grid: timedelta) -> None:
     with pytest.raises(ConfigError, match="history_grid"):
         StreamRetail(history_grid=grid)
+
+
+def test_a_window_the_watermark_has_passed_gets_its_panes_from_the_data_path() -> None:
+    run = _Runner(StreamRetail(early_delay=None, history_grid=None))
+    run.bundle([Sale("a", "s", "i", 2, T0)])
+    end = T0 + HOUR - 1_000  # the hour's on-time deadline
+    assert run.timers["window"].at == Timestamp(micros=end)
+    assert _panes(run.bundle([], fire=("window", end))) == [("i", 2, 1, 0, "on_time")]
+    closing = run.timers["window"].at  # the hour closes an allowed lateness later
+    assert closing == Timestamp(micros=end + HOUR)
+    # Another key's first sale in that hour: the watermark is past its end, so
+    # the on-time pane comes in this bundle, and the timer is not set back.
+    assert _panes(run.bundle([Sale("b", "s", "j", 3, T0 + 10)])) == [("j", 3, 1, 0, "on_time")]
+    assert run.timers["window"].at == closing
+    # Later sales in the hour are late panes, at once, as they were before.
+    assert _panes(run.bundle([Sale("c", "s", "j", 1, T0 + 20)])) == [("j", 4, 2, 1, "late")]
+    # The closing deadline runs from the timer, for both keys, with its own time.
+    assert _panes(run.bundle([], fire=("window", end + HOUR))) == []
+    out = run.bundle([Sale("d", "s", "j", 1, T0 + 30)])
+    assert sorted(tag for tag, _ in out) == ["inventory", "too_late"]
 
 
 def test_timers_for_history_fire_on_the_grid_and_for_the_present_on_time() -> None:

@@ -37,7 +37,12 @@ upstream bundle (``KeyByShard``), in the order they were read.
 Each key's event-time timers (dedupe expiry, window deadlines) are kept in its
 state; the shard's timer of each kind is set for the earliest of its keys, and
 when it fires, every key that is due runs its own timer logic with its own
-time.
+time. A deadline the watermark has passed already (a timer of the shard fired
+beyond it) runs at once instead, from the data path: a late sale that opens a
+window of a closed hour. Through the timer it cost a bundle of its own, and
+since Prism never puts a key's timers and data in one bundle, the shard's
+events waited a bundle more: at the start of a stream with late events, every
+other bundle.
 
 Early panes are per shard, as a record cache's flush is: the first sale that
 leaves a window without a pane makes the shard due ``early_delay`` later, and
@@ -149,6 +154,8 @@ class _Head:
     timers: dict[str, int] = field(default_factory=dict)
     # Checkpointed runs: the version of the shard's last commit to the warehouse.
     committed: int = 0
+    # The latest event time an event-time timer of the shard fired at: the watermark is past it.
+    passed: int = 0
 
 
 @dataclass
@@ -505,6 +512,11 @@ class _ShardedRetailFn(beam.DoFn):
         if isinstance(event, Sale):
             at, soon = _Wanted(), _Wanted()
             yield from self._tagged(self._windows.add((key, event), _Sales(st), at, soon))
+            if at.micros is not None and at.micros <= head.passed:
+                # A window the watermark has already passed (a late sale opened it): its
+                # panes now, as the timer would give them, not through a timer bundle.
+                yield from self._close_windows(key, st, head.passed)
+                at.micros = st.sales.timer_at
             if at.micros is not None:
                 self._want(head, "window", at.micros, window)
             if soon.micros is not None and "early" not in head.timers:
@@ -582,12 +594,18 @@ class _ShardedRetailFn(beam.DoFn):
         time, as if it had a timer of its own; then the shard's timer is set
         for the earliest key still waiting.
         """
+        head.passed = max(head.passed, upto)
         pending = _PENDING[name]
         for key, st in data.keys.items():
             while (at := pending(st)) is not None and at <= upto:
                 yield from fire(key, st, at)
                 self._log_key(shard, head, data, log_state, key)
         self._rearm(head, data, name, timer)
+
+    def _close_windows(self, key: Key, st: _RetailState, upto: int) -> Iterator[Any]:
+        """The key's window logic at each deadline it asked for up to ``upto``, as its timer would run it."""
+        while (at := st.sales.timer_at) is not None and at <= upto:
+            yield from self._tagged(self._windows.on_watermark(key, Timestamp(micros=at), _Sales(st), _Wanted()))
 
     @on_timer(EXPIRY_TIMER)
     def _expire(
@@ -623,7 +641,7 @@ class _ShardedRetailFn(beam.DoFn):
         head, data = self._load(shard, head_state, log_state)
 
         def close(key: Key, st: _RetailState, at: int) -> Iterator[Any]:
-            return self._tagged(self._windows.on_watermark(key, Timestamp(micros=at), _Sales(st), _Wanted()))
+            return self._close_windows(key, st, at)
 
         yield from self._noted(self._fire_due(shard, head, data, log_state, "window", fired.micros, close, window))
 
