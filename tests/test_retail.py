@@ -214,6 +214,18 @@ def test_a_window_the_watermark_has_passed_gets_its_panes_from_the_data_path() -
     assert _panes(run.bundle([], fire=("window", end + HOUR))) == []
     out = run.bundle([Sale("d", "s", "j", 1, T0 + 30)])
     assert sorted(tag for tag, _ in out) == ["inventory", "too_late"]
+    # A key's first sales in an hour whose lateness has run out as well: a deadline that closes
+    # the window stays with the timer, after the bundle, so every sale of the bundle counts.
+    assert not _panes(run.bundle([Sale("e", "s", "k", 1, T0 + 40), Sale("f", "s", "k", 2, T0 + 50)]))
+    assert run.timers["window"].at == Timestamp(micros=end)
+    assert _panes(run.bundle([], fire=("window", end))) == [("k", 3, 2, 0, "on_time")]
+
+
+def test_before_any_timer_fired_no_deadline_counts_as_passed() -> None:
+    run = _Runner(StreamRetail(early_delay=None, history_grid=None))
+    before_1970 = -10 * HOUR  # event times may be older than the epoch
+    assert not _panes(run.bundle([Sale("a", "s", "i", 2, before_1970)]))
+    assert run.timers["window"].at == Timestamp(micros=-9 * HOUR - 1_000)
 
 
 def test_timers_for_history_fire_on_the_grid_and_for_the_present_on_time() -> None:

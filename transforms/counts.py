@@ -241,6 +241,10 @@ class SalesWindowDoFn(beam.DoFn):
             window_timer.set(Timestamp(micros=st.timer_at))
         key_state.write(st)
 
+    def closes_by(self, st: SalesKeyState, upto: int) -> bool:
+        """Whether a watermark at ``upto`` ends the allowed lateness of one of the key's windows (streaming)."""
+        return not self._batch and any(start + self._size - _MS + self._lateness <= upto for start in st.windows)
+
     def next_deadline(self, start: int, w: WindowState) -> int:
         """When this window next needs the watermark timer (max timestamp rule)."""
         end = start + self._size

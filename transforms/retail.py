@@ -37,12 +37,14 @@ upstream bundle (``KeyByShard``), in the order they were read.
 Each key's event-time timers (dedupe expiry, window deadlines) are kept in its
 state; the shard's timer of each kind is set for the earliest of its keys, and
 when it fires, every key that is due runs its own timer logic with its own
-time. A deadline the watermark has passed already (a timer of the shard fired
-beyond it) runs at once instead, from the data path: a late sale that opens a
-window of a closed hour. Through the timer it cost a bundle of its own, and
-since Prism never puts a key's timers and data in one bundle, the shard's
-events waited a bundle more: at the start of a stream with late events, every
-other bundle.
+time. An on-time deadline the watermark has passed already (a timer of the
+shard fired beyond it) runs at once instead, from the data path: a late sale
+that opens a window of a closed hour gets its on-time pane in its own bundle.
+Through the timer it cost a bundle of its own, and since Prism never puts a
+key's timers and data in one bundle, the shard's events waited a bundle more:
+at the start of a stream with late events, every other bundle. A deadline that
+closes a window stays with the timer, which runs after the bundle: the
+bundle's other sales in that window still count, as they would without it.
 
 Early panes are per shard, as a record cache's flush is: the first sale that
 leaves a window without a pane makes the shard due ``early_delay`` later, and
@@ -69,7 +71,7 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
-from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from core.errors import ConfigError
@@ -155,7 +157,7 @@ class _Head:
     # Checkpointed runs: the version of the shard's last commit to the warehouse.
     committed: int = 0
     # The latest event time an event-time timer of the shard fired at: the watermark is past it.
-    passed: int = 0
+    passed: int = MIN_TIMESTAMP.micros
 
 
 @dataclass
@@ -514,8 +516,8 @@ class _ShardedRetailFn(beam.DoFn):
             yield from self._tagged(self._windows.add((key, event), _Sales(st), at, soon))
             if at.micros is not None and at.micros <= head.passed:
                 # A window the watermark has already passed (a late sale opened it): its
-                # panes now, as the timer would give them, not through a timer bundle.
-                yield from self._close_windows(key, st, head.passed)
+                # on-time pane now, as the timer would give it, not through a timer bundle.
+                yield from self._on_time_passed(key, st, head.passed)
                 at.micros = st.sales.timer_at
             if at.micros is not None:
                 self._want(head, "window", at.micros, window)
@@ -602,10 +604,19 @@ class _ShardedRetailFn(beam.DoFn):
                 self._log_key(shard, head, data, log_state, key)
         self._rearm(head, data, name, timer)
 
-    def _close_windows(self, key: Key, st: _RetailState, upto: int) -> Iterator[Any]:
-        """The key's window logic at each deadline it asked for up to ``upto``, as its timer would run it."""
-        while (at := st.sales.timer_at) is not None and at <= upto:
-            yield from self._tagged(self._windows.on_watermark(key, Timestamp(micros=at), _Sales(st), _Wanted()))
+    def _close_windows(self, key: Key, st: _RetailState, at: int) -> Iterator[Any]:
+        """The key's window logic for its deadline ``at``, as its own timer would run it."""
+        return self._tagged(self._windows.on_watermark(key, Timestamp(micros=at), _Sales(st), _Wanted()))
+
+    def _on_time_passed(self, key: Key, st: _RetailState, passed: int) -> Iterator[Any]:
+        """The key's deadlines up to ``passed``, each with its own time, unless one of them closes a window.
+
+        Those are on-time panes only; a window whose lateness ``passed`` has
+        run out as well closes from the timer, after the bundle, as before.
+        """
+        windows = self._windows
+        while (at := st.sales.timer_at) is not None and at <= passed and not windows.closes_by(st.sales, passed):
+            yield from self._close_windows(key, st, at)
 
     @on_timer(EXPIRY_TIMER)
     def _expire(
