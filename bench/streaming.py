@@ -1019,12 +1019,10 @@ def run_floor(work: Path, seconds: float) -> FloorResult:
     """Run ``bench.idle_beam`` for ``seconds`` in a subprocess and sample its process tree's RSS every second."""
     result = FloorResult(seconds=seconds)
     log_path = work / "idle-beam.log"
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     with log_path.open("w") as log:
-        process = subprocess.Popen(
+        process = subprocess.Popen(  # `-m` from the project root: bench and core import from there
             [sys.executable, "-m", "bench.idle_beam", "--seconds", f"{seconds:g}"],
             cwd=PROJECT_ROOT,
-            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )

@@ -604,7 +604,7 @@ class _ShardedRetailFn(beam.DoFn):
                 self._log_key(shard, head, data, log_state, key)
         self._rearm(head, data, name, timer)
 
-    def _close_windows(self, key: Key, st: _RetailState, at: int) -> Iterator[Any]:
+    def _window_deadline(self, key: Key, st: _RetailState, at: int) -> Iterator[Any]:
         """The key's window logic for its deadline ``at``, as its own timer would run it."""
         return self._tagged(self._windows.on_watermark(key, Timestamp(micros=at), _Sales(st), _Wanted()))
 
@@ -616,7 +616,7 @@ class _ShardedRetailFn(beam.DoFn):
         """
         windows = self._windows
         while (at := st.sales.timer_at) is not None and at <= passed and not windows.closes_by(st.sales, passed):
-            yield from self._close_windows(key, st, at)
+            yield from self._window_deadline(key, st, at)
 
     @on_timer(EXPIRY_TIMER)
     def _expire(
@@ -650,11 +650,8 @@ class _ShardedRetailFn(beam.DoFn):
         window: Any = _WINDOW,
     ) -> Iterator[Any]:
         head, data = self._load(shard, head_state, log_state)
-
-        def close(key: Key, st: _RetailState, at: int) -> Iterator[Any]:
-            return self._close_windows(key, st, at)
-
-        yield from self._noted(self._fire_due(shard, head, data, log_state, "window", fired.micros, close, window))
+        due = self._fire_due(shard, head, data, log_state, "window", fired.micros, self._window_deadline, window)
+        yield from self._noted(due)
 
     @on_timer(EARLY_TIMER)
     def _on_early(
